@@ -1,0 +1,136 @@
+"""`exitc bench`: the original and the compiled model side by side, in one process.
+
+Both run with identically configured ONNX Runtime sessions on data the compiler never saw. Runs
+are interleaved (original, compiled, original, ...) so that drift of a noisy machine hits both;
+ratios are taken per pair and the median is reported.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from .backends import make_session
+from .data import batches, load_dataset
+from .errors import ExitcError
+from .passes.graph import TensorInfo
+from .passes.normalize import load_model, normalize
+from .report import format_table
+from .runtime import load
+
+
+@dataclass
+class BenchOptions:
+    batch_size: int = 32
+    rounds: int = 3
+    latency_rows: int = 300
+    engine: str = "auto"
+    progress: bool = True
+
+
+def _infos(manifest: dict) -> list[TensorInfo]:
+    from onnx import helper
+
+    return [TensorInfo(i["name"], helper.np_dtype_to_tensor_dtype(np.dtype(i["dtype"])), i["shape"]) for i in manifest["inputs"]]
+
+
+def original_path(artifact: str, manifest: dict, given: str | None) -> str:
+    path = given or manifest["source"].get("path")
+    if not path or not os.path.isfile(path):
+        raise ExitcError(f"{artifact}: original model not found at {path!r}; pass --original MODEL.onnx")
+    return path
+
+
+def run_all(fn, feeds: dict, n: int, batch: int):
+    outs = []
+    t = time.perf_counter()
+    for sl in batches(n, batch):
+        outs.append(fn({k: v[sl] for k, v in feeds.items()}))
+    return time.perf_counter() - t, outs
+
+
+def bench(artifact: str, data_path: str, opts: BenchOptions, original: str | None = None, log=print) -> dict:
+    compiled = load(artifact, engine=opts.engine)
+    manifest = compiled.manifest
+    model, _ = normalize(load_model(original_path(artifact, manifest, original)), output=manifest["prediction_output"])
+    orig = make_session(model, "original model")
+    data = load_dataset(data_path, _infos(manifest))
+    n, b = data.rows, opts.batch_size
+    feeds = data.feeds
+
+    def run_orig(f):
+        return orig.run(f)[0]
+
+    def run_comp(f):
+        outs, idx = compiled.run(f)
+        return outs[0], idx
+
+    # Warm-up both (session creation, allocator growth).
+    run_all(run_orig, feeds, min(n, 2 * b), b)
+    run_all(run_comp, feeds, min(n, 2 * b), b)
+    t_orig, t_comp, ratios = [], [], []
+    ref = got = None
+    for r in tqdm(range(opts.rounds), desc=f"bench batch {b}", unit="round", disable=not opts.progress, leave=False):
+        to, o = run_all(run_orig, feeds, n, b)
+        tc, c = run_all(run_comp, feeds, n, b)
+        t_orig.append(to)
+        t_comp.append(tc)
+        ratios.append(to / tc)
+        if r == 0:
+            ref = np.concatenate(o)
+            got = np.concatenate([x[0] for x in c])
+            exit_index = np.concatenate([x[1] for x in c])
+    # Batch-1 latency, interleaved row by row.
+    lat_o, lat_c = [], []
+    rows = min(opts.latency_rows, n)
+    for i in tqdm(range(rows), desc="bench batch 1", unit="row", disable=not opts.progress, leave=False):
+        f = {k: v[i:i + 1] for k, v in feeds.items()}
+        t = time.perf_counter()
+        run_orig(f)
+        lat_o.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        run_comp(f)
+        lat_c.append(time.perf_counter() - t)
+    pred_o, pred_c = ref.argmax(1), got.argmax(1)
+    k = compiled.num_exits
+    result = {
+        "artifact": artifact, "data": data_path, "rows": n, "batch_size": b, "rounds": opts.rounds,
+        "engine": type(compiled).__name__,
+        "agreement": float((pred_o == pred_c).mean()),
+        "agreement_bound": manifest["calibration"].get("agreement_bound"),
+        "target_acc": manifest["calibration"].get("target_acc"),
+        "exit_fractions": [float((exit_index == e).mean()) for e in range(k + 1)],
+        "throughput_original": n / float(np.median(t_orig)),
+        "throughput_exitc": n / float(np.median(t_comp)),
+        "speedup_throughput": float(np.median(ratios)),
+        "latency_rows": rows,
+        "latency_p50_ms_original": float(np.percentile(lat_o, 50) * 1e3),
+        "latency_p99_ms_original": float(np.percentile(lat_o, 99) * 1e3),
+        "latency_p50_ms_exitc": float(np.percentile(lat_c, 50) * 1e3),
+        "latency_p99_ms_exitc": float(np.percentile(lat_c, 99) * 1e3),
+    }
+    result["speedup_latency_p50"] = result["latency_p50_ms_original"] / result["latency_p50_ms_exitc"]
+    if data.labels is not None:
+        result["accuracy_original"] = float((pred_o == data.labels).mean())
+        result["accuracy_exitc"] = float((pred_c == data.labels).mean())
+    log(format_table(["metric", "original", "exitc", "ratio"], bench_rows(result)))
+    return result
+
+
+def bench_rows(r: dict) -> list[list]:
+    rows = [
+        [f"throughput (rows/s, batch {r['batch_size']})", f"{r['throughput_original']:.1f}", f"{r['throughput_exitc']:.1f}",
+         f"{r['speedup_throughput']:.2f}x"],
+        ["latency p50 (ms, batch 1)", f"{r['latency_p50_ms_original']:.2f}", f"{r['latency_p50_ms_exitc']:.2f}",
+         f"{r['speedup_latency_p50']:.2f}x"],
+        ["latency p99 (ms, batch 1)", f"{r['latency_p99_ms_original']:.2f}", f"{r['latency_p99_ms_exitc']:.2f}", ""],
+        ["agreement with original", "1.0000", f"{r['agreement']:.4f}", f"bound {r['agreement_bound']:.4f}"],
+    ]
+    if "accuracy_original" in r:
+        rows.append(["accuracy (labels)", f"{r['accuracy_original']:.4f}", f"{r['accuracy_exitc']:.4f}", ""])
+    rows.append(["exit fractions", "", " ".join(f"{f:.2f}" for f in r["exit_fractions"]), ""])
+    return rows

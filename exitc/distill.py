@@ -1,0 +1,190 @@
+"""Self-distillation: fit exit heads to the original model's own soft predictions (no labels).
+
+Heads are fitted on pooled features cached by :mod:`exitc.features`. For every candidate we fit a
+linear head and, where the features are small enough to train one quickly, a one-hidden-layer MLP;
+K-fold cross-fitting gives out-of-fold (OOF) predictions for every row, which (a) pick the head
+kind that agrees best with the original on held-out rows and (b) train the exit gate and the exit
+policy without the optimism of in-sample predictions. The kept head is then refitted on all rows.
+
+Only numpy and scipy are used: torch is not needed on the ONNX path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import minimize
+from threadpoolctl import threadpool_limits
+from tqdm import tqdm
+
+from .passes.candidates import Candidate
+from .passes.heads import gate_features, softmax
+
+Layers = list[tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class FittedHead:
+    candidate: Candidate
+    kind: str                  # "linear" | "mlp"
+    layers: Layers             # final weights (standardisation folded in), fitted on all rows
+    gate_w: np.ndarray         # exit gate on (max prob, margin, entropy)
+    gate_b: float
+    oof_agree: np.ndarray      # bool [rows]: OOF head prediction == original prediction
+    oof_score: np.ndarray      # float [rows]: OOF gate score
+    agreement: float           # mean of oof_agree
+
+    @property
+    def params(self) -> int:
+        return int(sum(w.size + b.size for w, b in self.layers))
+
+
+def forward(layers: Layers, x: np.ndarray) -> np.ndarray:
+    h = x
+    for i, (w, b) in enumerate(layers):
+        h = h @ w + b
+        if i < len(layers) - 1:
+            h = np.maximum(h, 0)
+    return h
+
+
+def _standardize(x: np.ndarray):
+    mu = x.mean(axis=0)
+    sd = x.std(axis=0) + 1e-4
+    return mu.astype(np.float32), sd.astype(np.float32)
+
+
+def _fold_standardization(layers: Layers, mu: np.ndarray, sd: np.ndarray) -> Layers:
+    w, b = layers[0]
+    w2 = w / sd[:, None]
+    b2 = b - (mu / sd) @ w
+    return [(w2.astype(np.float32), b2.astype(np.float32))] + [(w.astype(np.float32), b.astype(np.float32)) for w, b in layers[1:]]
+
+
+def _soft_ce(z: np.ndarray, p: np.ndarray):
+    """Mean soft cross-entropy and its gradient w.r.t. logits z."""
+    s = softmax(z)
+    n = len(z)
+    loss = -(p * np.log(s + 1e-12)).sum() / n
+    return loss, (s - p) / n
+
+
+def fit_linear(x: np.ndarray, p: np.ndarray, l2: float = 1e-3, max_iter: int = 200) -> Layers:
+    mu, sd = _standardize(x)
+    xs = (x - mu) / sd
+    d, c = x.shape[1], p.shape[1]
+
+    def f(theta):
+        w = theta[: d * c].reshape(d, c).astype(np.float32)
+        b = theta[d * c:].astype(np.float32)
+        loss, g = _soft_ce(xs @ w + b, p)
+        gw = xs.T @ g + l2 * w
+        return float(loss + 0.5 * l2 * float((w * w).sum())), np.concatenate([gw.ravel(), g.sum(axis=0)]).astype(np.float64)
+
+    res = minimize(f, np.zeros(d * c + c), jac=True, method="L-BFGS-B", options={"maxiter": max_iter})
+    w = res.x[: d * c].reshape(d, c)
+    b = res.x[d * c:]
+    return _fold_standardization([(w, b)], mu, sd)
+
+
+def fit_mlp(x: np.ndarray, p: np.ndarray, hidden: int = 64, l2: float = 1e-3, max_iter: int = 150, seed: int = 0) -> Layers:
+    mu, sd = _standardize(x)
+    xs = (x - mu) / sd
+    d, c = x.shape[1], p.shape[1]
+    rng = np.random.default_rng(seed)
+    shapes = [(d, hidden), (hidden,), (hidden, c), (c,)]
+    sizes = [int(np.prod(s)) for s in shapes]
+    init = np.concatenate([(rng.standard_normal(d * hidden) * np.sqrt(2.0 / d)), np.zeros(hidden),
+                           rng.standard_normal(hidden * c) * np.sqrt(1.0 / hidden), np.zeros(c)])
+
+    def unpack(theta):
+        out, o = [], 0
+        for s, n in zip(shapes, sizes):
+            out.append(theta[o:o + n].reshape(s).astype(np.float32))
+            o += n
+        return out
+
+    def f(theta):
+        w1, b1, w2, b2 = unpack(theta)
+        a = xs @ w1 + b1
+        h = np.maximum(a, 0)
+        loss, g = _soft_ce(h @ w2 + b2, p)
+        gw2 = h.T @ g + l2 * w2
+        gh = (g @ w2.T) * (a > 0)
+        gw1 = xs.T @ gh + l2 * w1
+        reg = 0.5 * l2 * float((w1 * w1).sum() + (w2 * w2).sum())
+        grad = np.concatenate([gw1.ravel(), gh.sum(axis=0), gw2.ravel(), g.sum(axis=0)])
+        return float(loss + reg), grad.astype(np.float64)
+
+    res = minimize(f, init, jac=True, method="L-BFGS-B", options={"maxiter": max_iter})
+    w1, b1, w2, b2 = unpack(res.x)
+    return _fold_standardization([(w1, b1), (w2, b2)], mu, sd)
+
+
+def fit_gate(probs: np.ndarray, agree: np.ndarray, l2: float = 1e-3) -> tuple[np.ndarray, float]:
+    """Logistic regression predicting P(head agrees with the original) from gate features."""
+    f = gate_features(probs).astype(np.float64)
+    y = agree.astype(np.float64)
+    if y.min() == y.max():  # degenerate: always or never agrees
+        return np.array([0.0, 0.0, 0.0], np.float32), (20.0 if y[0] > 0 else -20.0)
+    n = len(y)
+
+    def obj(theta):
+        z = f @ theta[:3] + theta[3]
+        s = 1 / (1 + np.exp(-z))
+        loss = -(y * np.log(s + 1e-12) + (1 - y) * np.log(1 - s + 1e-12)).mean() + 0.5 * l2 * (theta[:3] ** 2).sum()
+        g = (s - y) / n
+        return loss, np.concatenate([f.T @ g + l2 * theta[:3], [g.sum()]])
+
+    res = minimize(obj, np.zeros(4), jac=True, method="L-BFGS-B", options={"maxiter": 200})
+    return res.x[:3].astype(np.float32), float(res.x[3])
+
+
+def gate_scores(probs: np.ndarray, w: np.ndarray, b: float) -> np.ndarray:
+    z = gate_features(probs) @ w + np.float32(b)
+    return (1 / (1 + np.exp(-z))).astype(np.float32)
+
+
+FITTERS = {"linear": fit_linear, "mlp": fit_mlp}
+
+
+def distill_heads(candidates: list[Candidate], features: list[np.ndarray], targets: np.ndarray,
+                  kinds: tuple[str, ...] = ("linear", "mlp"), folds: int = 3, mlp_max_features: int = 1024,
+                  seed: int = 0, progress: bool = True) -> list[FittedHead]:
+    """Fit one head per candidate on (features, original soft predictions)."""
+    # The optimiser makes many small matrix products; OpenBLAS's thread hand-offs cost more than
+    # they save at these sizes on small machines (measured 7x slower with 2 threads here).
+    with threadpool_limits(1, user_api="blas"):
+        return _distill_heads(candidates, features, targets, kinds, folds, mlp_max_features, seed, progress)
+
+
+def _distill_heads(candidates, features, targets, kinds, folds, mlp_max_features, seed, progress) -> list[FittedHead]:
+    n = len(targets)
+    pred = targets.argmax(axis=1)
+    fold_of = np.random.default_rng(seed).permutation(n) % folds
+    heads = []
+    jobs = [(k, kind) for k in range(len(candidates)) for kind in kinds
+            if kind == "linear" or features[k].shape[1] <= mlp_max_features]
+    oof: dict[tuple[int, str], np.ndarray] = {}
+    for k, kind in tqdm(jobs, desc="distill: fit heads", unit="head", disable=not progress, leave=False):
+        x = features[k]
+        probs = np.zeros_like(targets)
+        for f in range(folds):
+            tr, te = fold_of != f, fold_of == f
+            probs[te] = softmax(forward(FITTERS[kind](x[tr], targets[tr]), x[te]))
+        oof[(k, kind)] = probs
+    for k, cand in enumerate(candidates):
+        options = [(kind, oof[(k, kind)]) for kind in kinds if (k, kind) in oof]
+        # Prefer the linear head unless the richer one agrees clearly more often on held-out rows.
+        best_kind, best_probs = options[0]
+        best_acc = float((best_probs.argmax(1) == pred).mean())
+        for kind, probs in options[1:]:
+            acc = float((probs.argmax(1) == pred).mean())
+            if acc > best_acc + 0.005:
+                best_kind, best_probs, best_acc = kind, probs, acc
+        agree = best_probs.argmax(1) == pred
+        gw, gb = fit_gate(best_probs, agree)
+        layers = FITTERS[best_kind](features[k], targets)
+        heads.append(FittedHead(cand, best_kind, layers, gw, gb, agree, gate_scores(best_probs, gw, gb), best_acc))
+    return heads

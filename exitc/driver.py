@@ -1,0 +1,152 @@
+"""The compiler driver: the pipeline of docs/design, one call per stage.
+
+    load -> candidates -> distill -> profile -> policy -> emit
+
+Each stage lives in its own module and only exchanges plain values with the others.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from . import emit, report
+from .data import Dataset, load_dataset
+from .distill import FittedHead, distill_heads, forward, gate_scores
+from .errors import ExitcError
+from .features import collect_features
+from .passes import find_candidates, load_model, normalize
+from .passes.candidates import Candidate
+from .passes.graph import GraphIndex
+from .passes.heads import softmax
+from .passes.split import find_mask_input
+from .policy import Plan, choose_plan
+from .profile import Profile, profile_costs
+from .stats import min_rows_for
+
+
+@dataclass
+class CompileOptions:
+    target_acc: float = 0.99
+    confidence: float = 0.95
+    batch_size: int = 32
+    output: str | None = None
+    certify_fraction: float = 0.5
+    max_candidates: int = 24
+    head_kinds: tuple[str, ...] = ("linear", "mlp")
+    seed: int = 0
+    progress: bool = True
+    force: bool = False
+
+    def validate(self) -> None:
+        if not (0.0 < self.target_acc <= 1.0):
+            raise ExitcError(f"--target-acc {self.target_acc} is outside (0, 1]")
+        if not (0.0 < self.confidence < 1.0):
+            raise ExitcError(f"--confidence {self.confidence} is outside (0, 1)")
+        if self.batch_size < 1:
+            raise ExitcError(f"--batch-size {self.batch_size} must be >= 1")
+        if not (0.0 < self.certify_fraction < 1.0):
+            raise ExitcError(f"--certify-fraction {self.certify_fraction} is outside (0, 1)")
+
+
+@dataclass
+class CompileResult:
+    out_dir: str
+    plan: Plan
+    candidates: list[Candidate]
+    heads: list[FittedHead]
+    profile: Profile | None
+    seconds: float
+    stage_seconds: dict = field(default_factory=dict)
+
+
+def load_stage(model_path: str, output: str | None):
+    model = load_model(model_path)
+    return normalize(model, output=output, label=model_path)
+
+
+def split_rows(n: int, certify_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    perm = np.random.default_rng(seed).permutation(n)
+    n_cert = int(n * certify_fraction)
+    return np.sort(perm[n_cert:]), np.sort(perm[:n_cert])
+
+
+def check_rows(data: Dataset, opts: CompileOptions) -> None:
+    need_cert = min_rows_for(opts.target_acc, opts.confidence)
+    if opts.target_acc >= 1.0:
+        return
+    need = int(np.ceil(need_cert / opts.certify_fraction))
+    need = max(need, need_cert + 100)
+    if data.rows < need:
+        raise ExitcError(f"{data.path}: {data.rows} calibration rows; --target-acc {opts.target_acc} at --confidence "
+                         f"{opts.confidence} needs at least {need} ({need_cert} for certification)")
+
+
+def certify_stage(heads: list[FittedHead], features: list[np.ndarray], pred: np.ndarray):
+    """Final heads on the certification rows: (gate scores, agreement), each [rows, K]."""
+    scores, agree = [], []
+    for h, x in zip(heads, features):
+        probs = softmax(forward(h.layers, x))
+        scores.append(gate_scores(probs, h.gate_w, h.gate_b))
+        agree.append(probs.argmax(1) == pred)
+    return np.stack(scores, axis=1), np.stack(agree, axis=1)
+
+
+def compile_model(model_path: str, calib_path: str, out_dir: str, opts: CompileOptions | None = None,
+                  log=print) -> CompileResult:
+    opts = opts or CompileOptions()
+    opts.validate()
+    emit.check_destination(out_dir, opts.force)
+    t0 = time.perf_counter()
+    stages: dict[str, float] = {}
+
+    def mark(name: str, since: float) -> float:
+        now = time.perf_counter()
+        stages[name] = now - since
+        return now
+
+    t = time.perf_counter()
+    model, sig = load_stage(model_path, opts.output)
+    data = load_dataset(calib_path, sig.inputs)
+    check_rows(data, opts)
+    mask_input = find_mask_input(model)
+    elem_types = {name: info.elem_type for name, info in GraphIndex.build(model).infos.items()}
+    t = mark("load", t)
+
+    candidates = find_candidates(model, max_candidates=opts.max_candidates)
+    log(f"exitc: {len(candidates)} candidate exits in {os.path.basename(model_path)}")
+    t = mark("candidates", t)
+
+    fit_idx, cert_idx = split_rows(data.rows, opts.certify_fraction, opts.seed)
+    heads: list[FittedHead] = []
+    profile = None
+    if candidates and opts.target_acc < 1.0:
+        cache = collect_features(model, candidates, mask_input, data, progress=opts.progress)
+        heads = distill_heads(candidates, [f[fit_idx] for f in cache.features], cache.probs[fit_idx],
+                              kinds=opts.head_kinds, seed=opts.seed, progress=opts.progress)
+        t = mark("distill", t)
+        profile = profile_costs(model, heads, mask_input, data.take(fit_idx), opts.batch_size, elem_types,
+                                progress=opts.progress)
+        t = mark("profile", t)
+        pred = cache.predictions
+        cert_scores, cert_agree = certify_stage(heads, [f[cert_idx] for f in cache.features], pred[cert_idx])
+        fit_scores = np.stack([h.oof_score for h in heads], axis=1)
+        fit_agree = np.stack([h.oof_agree for h in heads], axis=1)
+        plan = choose_plan(fit_scores, fit_agree, cert_scores, cert_agree, profile, opts.target_acc, opts.confidence)
+        emit_probabilities = cache.outputs_are_probabilities
+        t = mark("policy", t)
+    else:
+        reason = "no candidate exit points found" if not candidates else "--target-acc 1.0 admits no early exit"
+        plan = Plan([], [], 0.0, opts.target_acc, opts.confidence, 0, 0, 1.0, 1.0, 1.0, [1.0], 0, 0, 0, 0, reason)
+        emit_probabilities = False
+    validation = emit.write_artifact(out_dir, model, sig, model_path, candidates, heads, plan, profile, mask_input,
+                                     elem_types, emit_probabilities, data.take(cert_idx) if len(cert_idx) else data,
+                                     opts, force=opts.force, report_fn=report.write_reports)
+    mark("emit", t)
+    result = CompileResult(out_dir, plan, candidates, heads, profile, time.perf_counter() - t0, stages)
+    report.print_summary(result, validation, log)
+    return result

@@ -1,0 +1,196 @@
+"""Choose which exits to keep and their thresholds, with a statistical guarantee.
+
+The exit rule: a row leaves at the first kept exit ``k`` whose gate score (the estimated
+probability that head ``k`` agrees with the original) reaches ``tau_k(mu) = 1 - mu * saved_k``,
+where ``saved_k`` is the share of the model's measured cost that exiting at ``k`` saves. This is
+the Lagrangian form of "minimise expected cost subject to a budget of disagreements": a row is
+worth sending out early when its risk of disagreeing is small relative to the cost it saves.
+One scalar ``mu`` orders configurations from conservative (mu = 0: nobody exits) to aggressive.
+
+1. On the fit split (out-of-fold head outputs) a greedy backward elimination picks the exit set
+   that minimises the expected cost at the deployment batch size, subject to the agreement the
+   certification split will have to show.
+2. On the disjoint certification split, fixed-sequence testing over increasing ``mu``
+   (:mod:`exitc.stats`) picks the most aggressive configuration whose agreement is certified.
+If no exit pays for itself, or none can be certified, the plan has no exits (the original model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .profile import Cost, Profile
+from .stats import clopper_pearson_lower, fixed_sequence
+
+MU_GRID = np.concatenate([[0.0], np.logspace(-4, 1, 160)])
+
+
+@dataclass
+class Plan:
+    exits: list[int]                  # kept candidate indices, in graph order
+    thresholds: list[float]           # gate threshold per kept exit
+    mu: float
+    target: float
+    confidence: float
+    n_fit: int
+    n_certify: int
+    agreement_fit: float
+    agreement_certify: float
+    agreement_bound: float            # Clopper-Pearson lower bound on the certification split
+    exit_fractions: list[float]       # per kept exit, then "ran to the end" (certification split)
+    predicted_cost_batch: float       # seconds per batch at the deployment batch size
+    predicted_cost_b1: float          # seconds per row at batch 1
+    original_cost_batch: float
+    original_cost_b1: float
+    reason: str = ""
+    curve: list[dict] = field(default_factory=list)   # the mu sequence (Pareto curve data)
+
+    @property
+    def predicted_speedup(self) -> float:
+        return self.original_cost_batch / self.predicted_cost_batch if self.predicted_cost_batch else 1.0
+
+
+class CostModel:
+    """Expected cost of an exit set for given per-exit pass-through rates."""
+
+    def __init__(self, profile: Profile):
+        self.p = profile
+        self.k = len(profile.heads)
+
+    def segments(self, exits: list[int]) -> list[Cost]:
+        """Cost of each segment (backbone slices fused with the head at its end)."""
+        bounds = [-1] + list(exits) + [self.k]
+        out = []
+        for i in range(len(bounds) - 1):
+            js = range(bounds[i] + 1, bounds[i + 1] + 1)
+            fixed = sum(self.p.slices[j].fixed for j in js) - (len(js) - 1) * self.p.call_overhead
+            per_row = sum(self.p.slices[j].per_row for j in js)
+            if i < len(exits):
+                h = self.p.heads[exits[i]]
+                fixed += h.fixed - self.p.call_overhead
+                per_row += h.per_row
+            out.append(Cost(max(fixed, 0.0), per_row))
+        return out
+
+    def expected(self, exits: list[int], reach: np.ndarray, batch: int) -> np.ndarray:
+        """reach: [..., len(exits)+1] fraction of rows reaching each segment. Returns seconds per
+        batch of `batch` rows (for batch 1: the expected per-row latency)."""
+        segs = self.segments(exits)
+        fixed = np.array([s.fixed for s in segs])
+        per_row = np.array([s.per_row for s in segs])
+        p_run = 1.0 - (1.0 - reach) ** batch
+        return (p_run * fixed + reach * batch * per_row).sum(axis=-1)
+
+    def saved_share(self, exits: list[int], batch: int) -> np.ndarray:
+        segs = self.segments(exits)
+        costs = np.array([s.at(batch) for s in segs])
+        total = costs.sum()
+        return np.array([1.0 - costs[: i + 1].sum() / total for i in range(len(exits))])
+
+
+def simulate(scores: np.ndarray, agree: np.ndarray, thresholds: np.ndarray):
+    """Vectorised exit simulation.
+
+    scores, agree: [rows, E]; thresholds: [M, E]. Returns (agreement [M], reach [M, E+1],
+    exit_at [M, rows]) where exit_at == E means "ran to the end" (agrees by definition).
+    """
+    m, e = thresholds.shape
+    n = scores.shape[0]
+    if e == 0:
+        return np.ones(m), np.ones((m, 1)), np.zeros((m, n), np.int64)
+    passed = scores[None, :, :] >= thresholds[:, None, :]
+    any_pass = passed.any(axis=2)
+    exit_at = np.where(any_pass, passed.argmax(axis=2), e)
+    agree_end = np.concatenate([agree, np.ones((n, 1), bool)], axis=1)
+    ok = np.take_along_axis(np.broadcast_to(agree_end, (m, n, e + 1)), exit_at[:, :, None], axis=2)[:, :, 0]
+    counts = np.stack([(exit_at == i).sum(axis=1) for i in range(e + 1)], axis=1)
+    reach = 1.0 - np.concatenate([np.zeros((m, 1)), np.cumsum(counts, axis=1)[:, :-1]], axis=1) / n
+    return ok.mean(axis=1), reach, exit_at
+
+
+def thresholds_for(saved: np.ndarray, mus: np.ndarray) -> np.ndarray:
+    # mu = 0 must mean "nobody exits": a threshold above any sigmoid output.
+    t = 1.0 - mus[:, None] * saved[None, :]
+    return np.where(mus[:, None] == 0, 2.0, t)
+
+
+def required_rate(n_cert: int, target: float, confidence: float) -> float:
+    """Empirical agreement the certification split must show for the bound to reach target."""
+    lo, hi = 0, n_cert
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if clopper_pearson_lower(mid, n_cert, confidence) >= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo / n_cert if n_cert else 1.0
+
+
+def choose_plan(fit_scores: np.ndarray, fit_agree: np.ndarray, cert_scores: np.ndarray, cert_agree: np.ndarray,
+                profile: Profile, target: float, confidence: float, max_exits: int | None = None) -> Plan:
+    """fit_*: [n_fit, K] out-of-fold gate scores / agreement per candidate; cert_*: [n_cert, K]."""
+    cm = CostModel(profile)
+    b = profile.batch_size
+    k_all = fit_scores.shape[1]
+    n_cert = len(cert_scores)
+    req = required_rate(n_cert, target, confidence) if target < 1.0 else 2.0
+    orig_b, orig_1 = profile.original.at(b), profile.original.at(1)
+
+    def best_cost(exits: list[int]) -> tuple[float, float]:
+        if not exits:
+            return cm.expected([], np.ones((1, 1)), b)[0], 0.0
+        saved = cm.saved_share(exits, b)
+        th = thresholds_for(saved, MU_GRID)
+        agreement, reach, _ = simulate(fit_scores[:, exits], fit_agree[:, exits], th)
+        cost = cm.expected(exits, reach, b)
+        feasible = agreement >= req
+        if not feasible.any():
+            return float("inf"), 0.0
+        i = int(np.argmin(np.where(feasible, cost, np.inf)))
+        return float(cost[i]), float(MU_GRID[i])
+
+    exits = list(range(k_all))
+    cost, _ = best_cost(exits)
+    while exits:
+        trials = [(best_cost([e for e in exits if e != drop])[0], drop) for drop in exits]
+        c, drop = min(trials)
+        if c <= cost * 1.001 or (max_exits is not None and len(exits) > max_exits):
+            exits.remove(drop)
+            cost = min(cost, c) if c < float("inf") else cost
+        else:
+            break
+
+    def no_exits(reason: str, curve=None) -> Plan:
+        return Plan([], [], 0.0, target, confidence, len(fit_scores), n_cert, 1.0, 1.0, 1.0, [1.0],
+                    orig_b, orig_1, orig_b, orig_1, reason, curve or [])
+
+    if not exits or cost >= orig_b:
+        return no_exits("no exit pays for itself at the required agreement")
+    saved = cm.saved_share(exits, b)
+    th = thresholds_for(saved, MU_GRID)
+    fit_agreement, fit_reach, _ = simulate(fit_scores[:, exits], fit_agree[:, exits], th)
+    cert_agreement, cert_reach, cert_exit = simulate(cert_scores[:, exits], cert_agree[:, exits], th)
+    costs = cm.expected(exits, cert_reach, b)
+    costs1 = cm.expected(exits, cert_reach, 1)
+    successes = [int(round(a * n_cert)) for a in cert_agreement]
+    accepted = fixed_sequence(successes, n_cert, target, confidence)
+    curve = [{"mu": float(MU_GRID[i]), "cost_batch": float(costs[i]), "relative_cost": float(costs[i] / orig_b),
+              "agreement_fit": float(fit_agreement[i]), "agreement_certify": float(cert_agreement[i]),
+              "bound": clopper_pearson_lower(successes[i], n_cert, confidence), "accepted": i <= accepted}
+             for i in range(len(MU_GRID))]
+    if accepted <= 0:
+        return no_exits("no configuration with exits could be certified at the requested target and confidence", curve)
+    # Among accepted configurations take the cheapest (usually the last one).
+    i = min(range(1, accepted + 1), key=lambda j: costs[j])
+    if costs[i] >= orig_b:
+        return no_exits("no certified configuration is cheaper than the original model", curve)
+    fractions = [(cert_exit[i] == e).mean() for e in range(len(exits) + 1)]
+    return Plan(exits=exits, thresholds=[float(t) for t in th[i]], mu=float(MU_GRID[i]), target=target,
+                confidence=confidence, n_fit=len(fit_scores), n_certify=n_cert,
+                agreement_fit=float(fit_agreement[i]), agreement_certify=float(cert_agreement[i]),
+                agreement_bound=clopper_pearson_lower(successes[i], n_cert, confidence),
+                exit_fractions=[float(f) for f in fractions], predicted_cost_batch=float(costs[i]),
+                predicted_cost_b1=float(costs1[i]), original_cost_batch=orig_b, original_cost_b1=orig_1,
+                reason="", curve=curve)

@@ -1,0 +1,159 @@
+"""Reports: `report.json`, `report.html` with PNG plots, and the terminal summary table."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+
+import numpy as np
+
+
+def _candidate_rows(candidates, heads, profile) -> list[dict]:
+    rows = []
+    total = sum(c.at(profile.batch_size) for c in profile.slices) if profile else 0.0
+    acc = 0.0
+    for k, c in enumerate(candidates):
+        row = {"index": k, "tensor": c.tensor, "layout": c.layout, "side": list(c.side),
+               "flops_fraction": round(c.flops_fraction, 4)}
+        if profile:
+            acc += profile.slices[k].at(profile.batch_size)
+            row["measured_cost_fraction"] = round(acc / total, 4) if total else None
+            row["head_cost_fraction"] = round(profile.heads[k].at(profile.batch_size) / total, 4) if total else None
+        if heads:
+            row["head"] = heads[k].kind
+            row["head_agreement_oof"] = round(heads[k].agreement, 4)
+        rows.append(row)
+    return rows
+
+
+def write_reports(out_dir, manifest, plan, candidates, heads, profile, validation, opts) -> None:
+    rep = {
+        "manifest": {k: manifest[k] for k in ("calibration", "profile", "prediction_output", "num_classes")},
+        "options": {"target_acc": opts.target_acc, "confidence": opts.confidence, "batch_size": opts.batch_size,
+                    "certify_fraction": opts.certify_fraction},
+        "candidates": _candidate_rows(candidates, heads, profile),
+        "plan": {"exits": plan.exits, "thresholds": plan.thresholds, "mu": plan.mu,
+                 "exit_fractions_certify": plan.exit_fractions, "agreement_fit": plan.agreement_fit,
+                 "agreement_certify": plan.agreement_certify, "agreement_bound": plan.agreement_bound,
+                 "predicted_speedup_batch": plan.predicted_speedup,
+                 "predicted_latency_speedup_b1": (plan.original_cost_b1 / plan.predicted_cost_b1
+                                                  if plan.predicted_cost_b1 else 1.0),
+                 "reason": plan.reason},
+        "validation": validation,
+        "profile": profile.to_json() if profile else None,
+        "curve": plan.curve,
+    }
+    with open(os.path.join(out_dir, "report.json"), "w") as f:
+        json.dump(rep, f, indent=2)
+    os.makedirs(os.path.join(out_dir, "plots"), exist_ok=True)
+    plots = _plots(out_dir, plan, profile)
+    _html(out_dir, rep, plots)
+
+
+def _plots(out_dir, plan, profile) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    if plan.curve:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        cost = [c["relative_cost"] for c in plan.curve]
+        agr = [c["agreement_certify"] for c in plan.curve]
+        ok = [c["accepted"] for c in plan.curve]
+        ax.plot(cost, agr, "-", color="0.6", lw=1, label="exit policies (mu sweep)")
+        ax.scatter([c for c, a in zip(cost, ok) if a], [g for g, a in zip(agr, ok) if a], s=10, color="tab:green",
+                   label="certified")
+        ax.axhline(plan.target, color="tab:red", ls="--", lw=1, label=f"target {plan.target}")
+        if plan.exits:
+            ax.scatter([plan.predicted_cost_batch / plan.original_cost_batch], [plan.agreement_certify], s=80,
+                       marker="*", color="tab:blue", zorder=5, label="chosen")
+        ax.set_xlabel("predicted cost relative to original (batch %d)" % (profile.batch_size if profile else 1))
+        ax.set_ylabel("agreement with original (certification split)")
+        ax.set_ylim(max(0.0, min(agr + [plan.target]) - 0.01), 1.001)
+        ax.legend(fontsize=8, loc="lower right")
+        ax.set_title("Agreement vs cost")
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, "plots", "pareto.png"), dpi=110)
+        plt.close(fig)
+        files.append("plots/pareto.png")
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    labels = [f"exit {i}" for i in range(len(plan.exits))] + ["end"]
+    ax.bar(labels, plan.exit_fractions, color=["tab:blue"] * len(plan.exits) + ["0.5"])
+    ax.set_ylabel("fraction of rows")
+    ax.set_title("Where rows exit (certification split)")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "plots", "exits.png"), dpi=110)
+    plt.close(fig)
+    files.append("plots/exits.png")
+    if profile:
+        from .policy import CostModel
+
+        segs = CostModel(profile).segments(plan.exits)
+        b = profile.batch_size
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        names = [f"seg {i}" for i in range(len(segs))] + ["original"]
+        vals = [s.at(b) * 1e3 for s in segs] + [profile.original.at(b) * 1e3]
+        ax.bar(names, vals, color=["tab:orange"] * len(segs) + ["0.5"])
+        ax.set_ylabel(f"ms per call at batch {b}")
+        ax.set_title("Measured segment costs (full batch)")
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, "plots", "segments.png"), dpi=110)
+        plt.close(fig)
+        files.append("plots/segments.png")
+    return files
+
+
+def _html(out_dir, rep, plots) -> None:
+    plan, cal = rep["plan"], rep["manifest"]["calibration"]
+    e = html.escape
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{e(str(c.get(k, '')))}</td>" for k in
+                         ("index", "tensor", "layout", "flops_fraction", "measured_cost_fraction", "head",
+                          "head_agreement_oof")) + "</tr>" for c in rep["candidates"])
+    kept = ", ".join(str(x) for x in plan["exits"]) or "none"
+    body = f"""<!doctype html><html><head><meta charset="utf-8"><title>exitc report</title>
+<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}td,th{{padding:2px 8px;border-bottom:1px solid #ddd}}</style>
+</head><body><h1>exitc compile report</h1>
+<p>Target agreement {cal['target_acc']} at confidence {cal['confidence']}: certified lower bound
+<b>{cal['agreement_bound']:.4f}</b> (agreement {cal['agreement_certify']:.4f} on {cal['n_certify']} certification rows).
+Kept exits (candidate indices): {e(kept)}. Predicted speedup at batch {rep['options']['batch_size']}:
+<b>{plan['predicted_speedup_batch']:.2f}x</b>; at batch 1: {plan['predicted_latency_speedup_b1']:.2f}x.
+{e(plan['reason'])}</p>
+<p>Method: {e(cal['method'])}.</p>
+{''.join(f'<img src="{p}" alt="{p}"><br>' for p in plots)}
+<h2>Candidates</h2><table><tr><th>#</th><th>tensor</th><th>layout</th><th>FLOPs share</th><th>measured cost share</th>
+<th>head</th><th>head agreement (held-out)</th></tr>{rows}</table>
+<h2>Validation run</h2><pre>{e(json.dumps(rep['validation'], indent=2))}</pre></body></html>"""
+    with open(os.path.join(out_dir, "report.html"), "w") as f:
+        f.write(body)
+
+
+def format_table(headers: list[str], rows: list[list]) -> str:
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    line = "  ".join("-" * w for w in widths)
+    out = ["  ".join(c.ljust(w) for c, w in zip(cells[0], widths)), line]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells[1:]]
+    return "\n".join(out)
+
+
+def print_summary(result, validation, log=print) -> None:
+    plan = result.plan
+    rows = []
+    for i, c in enumerate(plan.exits):
+        h = result.heads[c]
+        rows.append([i, h.candidate.tensor[-40:], h.kind, f"{h.candidate.flops_fraction:.2f}",
+                     f"{plan.thresholds[i]:.4f}", f"{plan.exit_fractions[i]:.3f}"])
+    rows.append(["end", "(original output)", "-", "1.00", "-", f"{plan.exit_fractions[-1]:.3f}"])
+    log(format_table(["exit", "tensor", "head", "FLOPs share", "threshold", "fraction"], rows))
+    if plan.reason:
+        log(f"exitc: {plan.reason}; the artifact runs the original model as one segment")
+    log(f"agreement bound {plan.agreement_bound:.4f} (target {plan.target}, confidence {plan.confidence}, "
+        f"{plan.n_certify} certification rows); predicted speedup {plan.predicted_speedup:.2f}x at batch "
+        f"{result.profile.batch_size if result.profile else '-'}; measured on held-out rows "
+        f"{validation.get('measured_speedup') or 0:.2f}x")
+    stages = ", ".join(f"{k} {v:.1f}s" for k, v in result.stage_seconds.items())
+    log(f"compiled in {result.seconds:.1f}s ({stages}) -> {result.out_dir}")

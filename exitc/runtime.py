@@ -1,0 +1,130 @@
+"""The Python reference runtime: executes an artifact exactly as docs/artifact-format.md says.
+
+It is the oracle the C++ runtime is tested against. `load(path)` returns an :class:`ExitModel`;
+calling it with the original model's inputs returns the original's outputs (same names, shapes,
+dtypes, order) and, per row, the exit it took.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Mapping
+
+import numpy as np
+
+from .backends import make_session
+from .compaction import compact_rows, scatter_rows
+from .errors import ExitcError
+from .manifest import read_manifest
+
+
+class ExitModel:
+    """A loaded early-exit model (reference implementation)."""
+
+    def __init__(self, path: str, threads: int | None = None, use_conditional: bool = True):
+        self.path = path
+        self.manifest = read_manifest(path)
+        m = self.manifest
+        self.inputs = m["inputs"]
+        self.output_names = [o["name"] for o in m["outputs"]]
+        self.prediction_output = m["prediction_output"]
+        self.num_classes = m["num_classes"]
+        self.segments = m["segments"]
+        self.num_exits = len(self.segments) - 1
+        self._sessions = [make_session(os.path.join(path, s["file"]), os.path.join(path, s["file"]), threads)
+                          for s in self.segments]
+        cond = m.get("conditional")
+        self._conditional = (make_session(os.path.join(path, cond["file"]), os.path.join(path, cond["file"]), threads)
+                             if cond and use_conditional else None)
+        self._needed_after = []  # tensor names still needed by segments after segment i
+        needed: set[str] = set()
+        for s in reversed(self.segments):
+            self._needed_after.insert(0, set(needed))
+            needed |= set(s["inputs"])
+        self._out_dtype = np.dtype(m["outputs"][0]["dtype"])
+        self._lock = threading.Lock()
+        self._exit_counts = np.zeros(self.num_exits + 1, np.int64)
+
+    # -- validation -------------------------------------------------------------------------
+    def _check(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {}
+        batch = None
+        for spec in self.inputs:
+            name = spec["name"]
+            if name not in feeds:
+                raise ExitcError(f"missing input {name!r} (expected {[i['name'] for i in self.inputs]})")
+            arr = np.asarray(feeds[name])
+            if arr.dtype != np.dtype(spec["dtype"]):
+                raise ExitcError(f"input {name!r} has dtype {arr.dtype}, expected {spec['dtype']}")
+            shape = spec["shape"]
+            if arr.ndim != len(shape) or any(isinstance(d, int) and d != g for d, g in zip(shape[1:], arr.shape[1:])):
+                raise ExitcError(f"input {name!r} has shape {list(arr.shape)}, expected {shape}")
+            if batch is None:
+                batch = arr.shape[0]
+            elif arr.shape[0] != batch:
+                raise ExitcError(f"input {name!r} has {arr.shape[0]} rows, other inputs have {batch}")
+            out[name] = np.ascontiguousarray(arr)
+        return out
+
+    # -- execution --------------------------------------------------------------------------
+    def run(self, feeds: Mapping[str, np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
+        """Returns ([outputs in manifest order], exit_index int64 [batch])."""
+        state = self._check(feeds)
+        batch = next(iter(state.values())).shape[0]
+        if batch == 1 and self._conditional is not None:
+            out, exit_index = self._conditional.run(state)
+            self._count(exit_index)
+            return [out.astype(self._out_dtype, copy=False)], exit_index.astype(np.int64)
+        result = np.zeros((batch, self.num_classes), self._out_dtype)
+        exit_index = np.full(batch, self.num_exits, np.int64)
+        active = np.arange(batch)
+        for i, (seg, sess) in enumerate(zip(self.segments, self._sessions)):
+            ex = seg["exit"]
+            wanted = list(seg["carry_out"]) + ([ex["logits"], ex["score"]] if ex else list(seg["outputs"]))
+            outs = dict(zip(wanted, sess.run({k: state[k] for k in seg["inputs"]}, wanted)))
+            if ex is None:
+                scatter_rows(result, active, outs[self.prediction_output])
+                break
+            leave = outs[ex["score"]] >= np.float32(ex["threshold"])
+            if leave.any():
+                scatter_rows(result, active[leave], outs[ex["logits"]][leave])
+                exit_index[active[leave]] = ex["index"]
+            keep = ~leave
+            if not keep.any():
+                break
+            state.update({k: outs[k] for k in seg["carry_out"]})
+            live = {k: v for k, v in state.items() if k in self._needed_after[i]}
+            state = compact_rows(live, keep) if leave.any() else live
+            active = active[keep]
+        self._count(exit_index)
+        return [result], exit_index
+
+    __call__ = run
+
+    def _count(self, exit_index: np.ndarray) -> None:
+        counts = np.bincount(exit_index, minlength=self.num_exits + 1)
+        with self._lock:
+            self._exit_counts += counts
+
+    def stats(self) -> dict:
+        with self._lock:
+            counts = self._exit_counts.copy()
+        total = int(counts.sum())
+        return {"rows": total, "exit_counts": counts.tolist(),
+                "exit_fractions": (counts / total).tolist() if total else [0.0] * len(counts)}
+
+
+def load(path: str, engine: str = "auto", threads: int | None = None) -> ExitModel:
+    """Load a compiled model. engine: "auto" (C++ runtime when built, else Python), "cpp", "python"."""
+    if engine in ("auto", "cpp"):
+        try:
+            from .cpp_runtime import CppExitModel  # noqa: F401  (present when the C++ runtime is built)
+        except ImportError:
+            if engine == "cpp":
+                raise ExitcError("the C++ runtime is not built in this installation (engine='cpp')") from None
+        else:
+            return CppExitModel(path, threads=threads)
+    if engine not in ("auto", "cpp", "python"):
+        raise ExitcError(f"unknown engine {engine!r} (auto, cpp, python)")
+    return ExitModel(path, threads=threads)

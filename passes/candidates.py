@@ -1,0 +1,239 @@
+"""Find candidate exit points: cuts where one activation carries the whole state.
+
+A cut at position ``i`` splits the (topologically ordered) node list into ``nodes[:i]`` and
+``nodes[i:]``. The tensors crossing it are classified as
+
+* **recomputed**: produced by a small cone of cheap ops (shape arithmetic, casts, mask
+  construction) from graph inputs and initializers only; the next segment recomputes them from
+  the (compacted) graph inputs, so they need not be carried;
+* **carried**: everything else. The cut is a candidate if the carried set is one batch-major float
+  activation (the *main* tensor, rank 2/3/4) plus at most ``max_side`` batch-major side tensors
+  that are much smaller than it (e.g. a transformer's extended attention mask).
+
+Guarantee of :func:`find_candidates`: every returned candidate's carried set, together with the
+graph inputs and initializers, suffices to compute the rest of the model; candidates are returned
+in graph order with distinct main tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx
+
+from .graph import GraphIndex, TensorInfo
+from .normalize import FLOAT_TYPES
+
+# Ops cheap enough to recompute in a later segment instead of carrying their result.
+LIGHT_OPS = {
+    "Shape", "Size", "Gather", "Unsqueeze", "Squeeze", "Concat", "Cast", "CastLike", "Constant",
+    "ConstantOfShape", "Reshape", "Slice", "Expand", "Range", "Equal", "Less", "LessOrEqual", "Greater",
+    "GreaterOrEqual", "Not", "And", "Or", "Where", "Add", "Sub", "Mul", "Div", "Neg", "Identity",
+    "Transpose", "Tile", "Min", "Max", "Abs", "Floor", "Ceil", "Sqrt", "Trilu", "Flatten", "ReduceProd",
+    "Mod", "IsNaN", "Sign",
+}
+# Ops that do the model's real work; cuts separated only by other ops are equivalent.
+HEAVY_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm", "Einsum", "Attention", "MultiHeadAttention", "LSTM", "GRU",
+             "RNN", "ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul", "FusedMatMul"}
+MAX_RECOMPUTE_NODES = 64
+SIDE_FRACTION = 1 / 16  # a side tensor holds at most this many elements per row relative to the main one
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A possible exit point."""
+
+    cut: int                 # nodes[:cut] run before the exit
+    tensor: str              # the main activation the exit head reads
+    side: tuple[str, ...]    # batch-major side tensors carried along
+    layout: str              # "nchw" (B,C,H,W), "btc" (B,T,C) or "bf" (B,F)
+    features: int            # channel/feature size of the main tensor (C, C or F)
+    row_elements: int        # elements per row carried across the cut
+    flops_fraction: float    # estimated share of the model's arithmetic before the cut
+
+    @property
+    def carried(self) -> tuple[str, ...]:
+        return (self.tensor,) + self.side
+
+
+def _layout(info: TensorInfo) -> str | None:
+    if info.elem_type not in FLOAT_TYPES or not info.batch_major:
+        return None
+    if info.rank == 4 and isinstance(info.shape[1], int):
+        return "nchw"
+    if info.rank == 3 and isinstance(info.shape[2], int):
+        return "btc"
+    if info.rank == 2 and isinstance(info.shape[1], int):
+        return "bf"
+    return None
+
+
+def _features(info: TensorInfo, layout: str) -> int:
+    return int(info.shape[1] if layout in ("nchw", "bf") else info.shape[2])
+
+
+def _row_elems(info: TensorInfo | None) -> int:
+    if info is None:
+        return 1 << 40
+    n = info.row_elements()
+    if n is None:  # unknown dims (e.g. dynamic sequence length): count them as 128
+        n = 1
+        for d in info.shape[1:]:
+            n *= d if isinstance(d, int) else 128
+    return n
+
+
+def estimate_flops(idx: GraphIndex) -> list[float]:
+    """Rough per-row arithmetic of each node (multiply-adds for Conv/MatMul/Gemm, elements otherwise)."""
+    flops = []
+    for node in idx.nodes:
+        out = idx.infos.get(node.output[0]) if node.output else None
+        n_out = _row_elems(out) if out is not None and out.batch_major else 1
+        f = float(n_out if n_out < (1 << 40) else 1)
+        if node.op_type in ("Conv", "ConvTranspose") and len(node.input) >= 2:
+            w = idx.infos.get(node.input[1])
+            if w is not None and all(isinstance(d, int) for d in w.shape):
+                k = 1
+                for d in w.shape[1:]:
+                    k *= d
+                f *= k
+        elif node.op_type in ("MatMul", "Gemm") and len(node.input) >= 2:
+            a = idx.infos.get(node.input[0])
+            if a is not None and a.shape and isinstance(a.shape[-1], int):
+                trans_a = any(at.name == "transA" and at.i == 1 for at in node.attribute)
+                k = a.shape[0] if trans_a and isinstance(a.shape[0], int) else a.shape[-1]
+                f *= k
+        flops.append(f)
+    return flops
+
+
+class _Recompute:
+    """Memoised: can tensor t be recomputed from graph inputs/initializers by a small light cone?"""
+
+    def __init__(self, idx: GraphIndex):
+        self.idx = idx
+        self.memo: dict[str, frozenset[int] | None] = {}
+
+    def cone(self, name: str, depth: int = 0) -> frozenset[int] | None:
+        if name in self.memo:
+            return self.memo[name]
+        idx = self.idx
+        if name in idx.initializers or name not in idx.producer:
+            result: frozenset[int] | None = frozenset()
+        elif depth > MAX_RECOMPUTE_NODES:
+            result = None
+        else:
+            i = idx.producer[name]
+            node = idx.nodes[i]
+            if node.op_type not in LIGHT_OPS:
+                result = None
+            else:
+                acc = {i}
+                result = None
+                for inp in idx.inputs_of[i]:
+                    sub = self.cone(inp, depth + 1)
+                    if sub is None:
+                        break
+                    acc |= sub
+                    if len(acc) > MAX_RECOMPUTE_NODES:
+                        break
+                else:
+                    result = frozenset(acc)
+        self.memo[name] = result
+        return result
+
+    def ok(self, name: str) -> bool:
+        return self.cone(name) is not None
+
+
+def crossing_tensors(idx: GraphIndex) -> list[list[str]]:
+    """For each cut position i in 0..N, the non-constant tensors produced before i and used at/after i."""
+    n = len(idx.nodes)
+    last_use: dict[str, int] = {}
+    for name, users in idx.consumers.items():
+        last_use[name] = max(users)
+    for o in idx.graph_outputs:
+        last_use[o] = n
+    result: list[list[str]] = [[] for _ in range(n + 1)]
+    live: dict[str, int] = {gi: last_use.get(gi, -1) for gi in idx.graph_inputs}
+    for i in range(n + 1):
+        result[i] = [t for t, lu in live.items() if lu >= i and t not in idx.graph_inputs]
+        if i < n:
+            for o in idx.nodes[i].output:
+                if o and o in last_use:
+                    live[o] = last_use[o]
+            live = {t: lu for t, lu in live.items() if lu > i}
+    return result
+
+
+def find_candidates(model: onnx.ModelProto, max_side: int = 3, max_candidates: int = 24,
+                    min_fraction: float = 0.02, max_fraction: float = 0.97) -> list[Candidate]:
+    """Candidate exits of a normalised, shape-inferred model, in graph order (see module doc)."""
+    idx = GraphIndex.build(model)
+    flops = estimate_flops(idx)
+    total = sum(flops) or 1.0
+    prefix = [0.0]
+    for f in flops:
+        prefix.append(prefix[-1] + f)
+    recompute = _Recompute(idx)
+    found: dict[tuple[str, ...], Candidate] = {}
+    for cut, crossing in enumerate(crossing_tensors(idx)):
+        if cut == 0 or not crossing:
+            continue
+        frac = prefix[cut] / total
+        if frac < min_fraction or frac > max_fraction:
+            continue
+        carried = [t for t in crossing if not recompute.ok(t)]
+        if not carried or len(carried) > 1 + max_side:
+            continue
+        infos = [idx.infos.get(t) for t in carried]
+        if any(info is None or not info.batch_major for info in infos):
+            continue
+        sizes = [_row_elems(info) for info in infos]
+        main_i = max(range(len(carried)), key=lambda k: sizes[k])
+        main_info = infos[main_i]
+        layout = _layout(main_info)
+        if layout is None:
+            continue
+        if any(sizes[k] > sizes[main_i] * SIDE_FRACTION for k in range(len(carried)) if k != main_i):
+            continue
+        key = tuple(sorted(carried))
+        if key in found:
+            continue
+        found[key] = Candidate(cut=cut, tensor=carried[main_i], side=tuple(t for k, t in enumerate(carried) if k != main_i),
+                               layout=layout, features=_features(main_info, layout), row_elements=sum(sizes),
+                               flops_fraction=frac)
+    cands = sorted(found.values(), key=lambda c: c.cut)
+    # Keep the cheapest cut among neighbours (block outputs rather than expanded inner tensors).
+    keep = [c for k, c in enumerate(cands)
+            if (k == 0 or c.row_elements <= cands[k - 1].row_elements)
+            and (k == len(cands) - 1 or c.row_elements <= cands[k + 1].row_elements)]
+    # Successive cuts with no heavy op between them (e.g. before and after a ReLU) are the same
+    # exit point for cost purposes; keep the later one, whose head sees the finished activation.
+    collapsed: list[Candidate] = []
+    for c in keep:
+        if collapsed and not any(idx.nodes[i].op_type in HEAVY_OPS for i in range(collapsed[-1].cut, c.cut)):
+            collapsed[-1] = c
+        else:
+            collapsed.append(c)
+    keep = collapsed
+    # Distinct main tensors only (several side sets may share one).
+    by_tensor: dict[str, Candidate] = {}
+    for c in keep:
+        if c.tensor not in by_tensor or c.row_elements < by_tensor[c.tensor].row_elements:
+            by_tensor[c.tensor] = c
+    keep = sorted(by_tensor.values(), key=lambda c: c.cut)
+    if len(keep) > max_candidates:
+        chosen = []
+        for j in range(max_candidates):
+            target = min_fraction + (max_fraction - min_fraction) * (j + 0.5) / max_candidates
+            best = min(keep, key=lambda c: abs(c.flops_fraction - target))
+            if best not in chosen:
+                chosen.append(best)
+        keep = sorted(chosen, key=lambda c: c.cut)
+    return keep
+
+
+def recompute_ok(model: onnx.ModelProto, tensor: str) -> bool:
+    """Exposed for tests: is `tensor` recomputable in a later segment?"""
+    return _Recompute(GraphIndex.build(model)).ok(tensor)

@@ -1,0 +1,192 @@
+"""Exit heads as ONNX subgraphs.
+
+An exit head reads one activation (``Candidate.tensor``) and produces
+
+* ``exitc_exit{k}_logits``: [batch, classes], the head's prediction in the same form as the
+  model's prediction output (probabilities if the original outputs probabilities);
+* ``exitc_exit{k}_score``: [batch], the exit gate's estimate that the head agrees with the
+  original model; a row exits iff score >= threshold.
+
+Only ops whose semantics are identical from opset 11 to the newest opset are used (Flatten,
+Reshape, MatMul, Gather, TopK, GlobalAverage/MaxPool, Softmax on 2-D input with explicit axis),
+so heads can be attached to foreign/older graphs without converting them.
+
+:func:`pooling_nodes` is shared by the feature probes (distillation) and the heads (runtime), so
+the features the heads are trained on are computed by exactly the same graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from .graph import const_tensor
+
+EPS = 1e-9
+
+
+@dataclass
+class ExitHead:
+    """Parameters of one exit head (weights already include feature standardisation)."""
+
+    index: int                    # exit number in the compiled model
+    tensor: str                   # activation read
+    layout: str                   # "nchw" | "btc" | "bf"
+    elem_type: int                # ONNX dtype of the activation
+    mask_input: str | None        # for "btc": graph input holding the attention mask
+    layers: list[tuple[np.ndarray, np.ndarray]]  # [(W, b), ...]; ReLU between layers
+    gate_w: np.ndarray            # [3]: weights on (max prob, margin, entropy)
+    gate_b: float
+    emit_probabilities: bool = False
+    kind: str = "linear"
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def logits_name(self) -> str:
+        return f"exitc_exit{self.index}_logits"
+
+    @property
+    def score_name(self) -> str:
+        return f"exitc_exit{self.index}_score"
+
+
+def pooling_nodes(tensor: str, layout: str, elem_type: int, mask_input: str | None, prefix: str,
+                  mask_elem_type: int | None = None):
+    """Nodes turning an activation into pooled features [batch, D].
+
+    nchw: concat(global average, global max) -> 2C. btc: concat(masked mean over tokens,
+    first token) -> 2C. bf: the features themselves. Returns (nodes, initializers, output_name).
+    """
+    nodes, inits = [], []
+    x = tensor
+    if elem_type != TensorProto.FLOAT:
+        nodes.append(helper.make_node("Cast", [x], [f"{prefix}_xf"], to=TensorProto.FLOAT, name=f"{prefix}_cast"))
+        x = f"{prefix}_xf"
+    out = f"{prefix}_pooled"
+    if layout == "nchw":
+        nodes += [
+            helper.make_node("GlobalAveragePool", [x], [f"{prefix}_gap"], name=f"{prefix}_gap"),
+            helper.make_node("Flatten", [f"{prefix}_gap"], [f"{prefix}_avg"], axis=1, name=f"{prefix}_flat_avg"),
+            helper.make_node("GlobalMaxPool", [x], [f"{prefix}_gmp"], name=f"{prefix}_gmp"),
+            helper.make_node("Flatten", [f"{prefix}_gmp"], [f"{prefix}_max"], axis=1, name=f"{prefix}_flat_max"),
+            helper.make_node("Concat", [f"{prefix}_avg", f"{prefix}_max"], [out], axis=1, name=f"{prefix}_cat"),
+        ]
+    elif layout == "btc":
+        inits += [const_tensor(f"{prefix}_row_t", np.array([0, 1, -1], np.int64)),
+                  const_tensor(f"{prefix}_col_t", np.array([0, -1, 1], np.int64)),
+                  const_tensor(f"{prefix}_eps", np.array(EPS, np.float32)),
+                  const_tensor(f"{prefix}_zero", np.array(0, np.int64))]
+        if mask_input is not None:
+            m = mask_input
+            if mask_elem_type != TensorProto.FLOAT:
+                nodes.append(helper.make_node("Cast", [m], [f"{prefix}_mf"], to=TensorProto.FLOAT, name=f"{prefix}_mcast"))
+                m = f"{prefix}_mf"
+            nodes += [
+                helper.make_node("Reshape", [m, f"{prefix}_row_t"], [f"{prefix}_mrow"], name=f"{prefix}_mrow"),
+                helper.make_node("Reshape", [m, f"{prefix}_col_t"], [f"{prefix}_mcol"], name=f"{prefix}_mcol"),
+                helper.make_node("MatMul", [f"{prefix}_mrow", x], [f"{prefix}_msum"], name=f"{prefix}_msum"),
+                helper.make_node("MatMul", [f"{prefix}_mrow", f"{prefix}_mcol"], [f"{prefix}_mcnt"], name=f"{prefix}_mcnt"),
+                helper.make_node("Max", [f"{prefix}_mcnt", f"{prefix}_eps"], [f"{prefix}_mden"], name=f"{prefix}_mden"),
+                helper.make_node("Div", [f"{prefix}_msum", f"{prefix}_mden"], [f"{prefix}_mmean3"], name=f"{prefix}_mdiv"),
+                helper.make_node("Flatten", [f"{prefix}_mmean3"], [f"{prefix}_mean"], axis=1, name=f"{prefix}_mflat"),
+            ]
+        else:
+            # GlobalAveragePool pools the trailing axes; for (B,T,C) transpose to (B,C,T) first.
+            nodes += [
+                helper.make_node("Transpose", [x], [f"{prefix}_xt"], perm=[0, 2, 1], name=f"{prefix}_xt"),
+                helper.make_node("GlobalAveragePool", [f"{prefix}_xt"], [f"{prefix}_tmean"], name=f"{prefix}_tmean"),
+                helper.make_node("Flatten", [f"{prefix}_tmean"], [f"{prefix}_mean"], axis=1, name=f"{prefix}_mflat"),
+            ]
+        nodes += [
+            helper.make_node("Gather", [x, f"{prefix}_zero"], [f"{prefix}_first"], axis=1, name=f"{prefix}_first"),
+            helper.make_node("Concat", [f"{prefix}_mean", f"{prefix}_first"], [out], axis=1, name=f"{prefix}_cat"),
+        ]
+    elif layout == "bf":
+        nodes.append(helper.make_node("Identity", [x], [out], name=f"{prefix}_id"))
+    else:
+        raise ValueError(f"unknown layout {layout!r}")
+    return nodes, inits, out
+
+
+def head_nodes(head: ExitHead, mask_elem_type: int | None = None):
+    """Nodes for pooling + MLP/linear + gate. Returns (nodes, initializers, output value infos)."""
+    p = f"exitc_h{head.index}"
+    nodes, inits, h = pooling_nodes(head.tensor, head.layout, head.elem_type, head.mask_input, p, mask_elem_type)
+    for li, (w, b) in enumerate(head.layers):
+        inits += [const_tensor(f"{p}_w{li}", w.astype(np.float32)), const_tensor(f"{p}_b{li}", b.astype(np.float32))]
+        nodes += [helper.make_node("MatMul", [h, f"{p}_w{li}"], [f"{p}_mm{li}"], name=f"{p}_mm{li}"),
+                  helper.make_node("Add", [f"{p}_mm{li}", f"{p}_b{li}"], [f"{p}_z{li}"], name=f"{p}_add{li}")]
+        h = f"{p}_z{li}"
+        if li < len(head.layers) - 1:
+            nodes.append(helper.make_node("Relu", [h], [f"{p}_r{li}"], name=f"{p}_relu{li}"))
+            h = f"{p}_r{li}"
+    logits = h
+    num_classes = head.layers[-1][0].shape[1]
+    inits += [const_tensor(f"{p}_k2", np.array([2], np.int64)),
+              const_tensor(f"{p}_i0", np.array(0, np.int64)),
+              const_tensor(f"{p}_i1", np.array(1, np.int64)),
+              const_tensor(f"{p}_col", np.array([-1, 1], np.int64)),
+              const_tensor(f"{p}_flat", np.array([-1], np.int64)),
+              const_tensor(f"{p}_eps", np.array(EPS, np.float32)),
+              const_tensor(f"{p}_ones", np.ones((num_classes, 1), np.float32)),
+              const_tensor(f"{p}_gw", head.gate_w.reshape(3, 1).astype(np.float32)),
+              const_tensor(f"{p}_gb", np.array([head.gate_b], np.float32))]
+    nodes += [
+        helper.make_node("Softmax", [logits], [f"{p}_prob"], axis=1, name=f"{p}_softmax"),
+        helper.make_node("TopK", [f"{p}_prob", f"{p}_k2"], [f"{p}_top", f"{p}_topi"], axis=1, name=f"{p}_topk"),
+        helper.make_node("Gather", [f"{p}_top", f"{p}_i0"], [f"{p}_p1"], axis=1, name=f"{p}_p1"),
+        helper.make_node("Gather", [f"{p}_top", f"{p}_i1"], [f"{p}_p2"], axis=1, name=f"{p}_p2"),
+        helper.make_node("Sub", [f"{p}_p1", f"{p}_p2"], [f"{p}_margin"], name=f"{p}_margin"),
+        helper.make_node("Add", [f"{p}_prob", f"{p}_eps"], [f"{p}_probe"], name=f"{p}_probe"),
+        helper.make_node("Log", [f"{p}_probe"], [f"{p}_logp"], name=f"{p}_logp"),
+        helper.make_node("Mul", [f"{p}_prob", f"{p}_logp"], [f"{p}_plogp"], name=f"{p}_plogp"),
+        helper.make_node("MatMul", [f"{p}_plogp", f"{p}_ones"], [f"{p}_negent"], name=f"{p}_negent"),
+        helper.make_node("Neg", [f"{p}_negent"], [f"{p}_ent"], name=f"{p}_ent"),
+        helper.make_node("Reshape", [f"{p}_p1", f"{p}_col"], [f"{p}_f1"], name=f"{p}_f1"),
+        helper.make_node("Reshape", [f"{p}_margin", f"{p}_col"], [f"{p}_f2"], name=f"{p}_f2"),
+        helper.make_node("Concat", [f"{p}_f1", f"{p}_f2", f"{p}_ent"], [f"{p}_gfeat"], axis=1, name=f"{p}_gfeat"),
+        helper.make_node("MatMul", [f"{p}_gfeat", f"{p}_gw"], [f"{p}_gz"], name=f"{p}_gmm"),
+        helper.make_node("Add", [f"{p}_gz", f"{p}_gb"], [f"{p}_gzb"], name=f"{p}_gadd"),
+        helper.make_node("Sigmoid", [f"{p}_gzb"], [f"{p}_gs"], name=f"{p}_gsig"),
+        helper.make_node("Reshape", [f"{p}_gs", f"{p}_flat"], [head.score_name], name=f"{p}_score"),
+    ]
+    if head.emit_probabilities:
+        nodes.append(helper.make_node("Identity", [f"{p}_prob"], [head.logits_name], name=f"{p}_out"))
+    else:
+        nodes.append(helper.make_node("Identity", [logits], [head.logits_name], name=f"{p}_out"))
+    outputs = [helper.make_tensor_value_info(head.logits_name, TensorProto.FLOAT, ["batch", num_classes]),
+               helper.make_tensor_value_info(head.score_name, TensorProto.FLOAT, ["batch"])]
+    return nodes, inits, outputs
+
+
+def head_forward(head: ExitHead, pooled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Numpy reference of `head_nodes` from pooled features: (logits or probs, score)."""
+    h = pooled.astype(np.float32)
+    for li, (w, b) in enumerate(head.layers):
+        h = h @ w + b
+        if li < len(head.layers) - 1:
+            h = np.maximum(h, 0)
+    prob = softmax(h)
+    score = gate_score(prob, head.gate_w, head.gate_b)
+    return (prob if head.emit_probabilities else h), score
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def gate_features(prob: np.ndarray) -> np.ndarray:
+    """(max prob, top1-top2 margin, entropy) per row, as the ONNX gate computes them."""
+    top2 = -np.partition(-prob, 1, axis=1)[:, :2]
+    ent = -(prob * np.log(prob + EPS)).sum(axis=1)
+    return np.stack([top2[:, 0], top2[:, 0] - top2[:, 1], ent], axis=1).astype(np.float32)
+
+
+def gate_score(prob: np.ndarray, w: np.ndarray, b: float) -> np.ndarray:
+    z = gate_features(prob) @ w.reshape(3).astype(np.float32) + np.float32(b)
+    return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)

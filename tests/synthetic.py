@@ -1,0 +1,155 @@
+"""Small synthetic classifiers built with onnx.helper, for unit tests of the passes and runtime.
+
+Weights are seeded and chosen so that the models' predictions are spread over the classes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def _init(name, arr):
+    return numpy_helper.from_array(np.asarray(arr), name)
+
+
+def tiny_cnn(opset: int = 17, blocks: int = 3, channels: int = 8, classes: int = 5, batch: int | str = "N",
+             seed: int = 0) -> onnx.ModelProto:
+    """x[B,3,16,16] -> conv stem -> `blocks` residual blocks -> GAP -> Gemm -> logits[B,classes]."""
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+    c = channels
+    inits.append(_init("stem_w", (rng.standard_normal((c, 3, 3, 3)) * 0.4).astype(np.float32)))
+    inits.append(_init("stem_b", np.zeros(c, np.float32)))
+    nodes += [helper.make_node("Conv", ["x", "stem_w", "stem_b"], ["stem"], pads=[1, 1, 1, 1], name="stem_conv"),
+              helper.make_node("Relu", ["stem"], ["h0"], name="stem_relu")]
+    h = "h0"
+    for b in range(blocks):
+        for j in (1, 2):
+            inits.append(_init(f"b{b}_w{j}", (rng.standard_normal((c, c, 3, 3)) * (0.3 / np.sqrt(c))).astype(np.float32)))
+            inits.append(_init(f"b{b}_b{j}", (rng.standard_normal(c) * 0.05).astype(np.float32)))
+        nodes += [
+            helper.make_node("Conv", [h, f"b{b}_w1", f"b{b}_b1"], [f"b{b}_c1"], pads=[1, 1, 1, 1], name=f"b{b}_conv1"),
+            helper.make_node("Relu", [f"b{b}_c1"], [f"b{b}_r1"], name=f"b{b}_relu1"),
+            helper.make_node("Conv", [f"b{b}_r1", f"b{b}_w2", f"b{b}_b2"], [f"b{b}_c2"], pads=[1, 1, 1, 1], name=f"b{b}_conv2"),
+            helper.make_node("Add", [h, f"b{b}_c2"], [f"b{b}_sum"], name=f"b{b}_add"),
+            helper.make_node("Relu", [f"b{b}_sum"], [f"h{b + 1}"], name=f"b{b}_relu2"),
+        ]
+        h = f"h{b + 1}"
+    inits.append(_init("fc_w", (rng.standard_normal((classes, c)) * 1.5).astype(np.float32)))
+    inits.append(_init("fc_b", np.zeros(classes, np.float32)))
+    nodes += [helper.make_node("GlobalAveragePool", [h], ["gap"], name="gap"),
+              helper.make_node("Flatten", ["gap"], ["flat"], axis=1, name="flatten"),
+              helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], transB=1, name="fc")]
+    graph = helper.make_graph(nodes, "tiny_cnn",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 16, 16])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, classes])],
+                              initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="exitc-tests")
+    model.ir_version = 7 if opset <= 13 else 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def tiny_transformer(layers: int = 3, hidden: int = 16, seq: int = 8, vocab: int = 50, classes: int = 3,
+                     carry_mask: bool = False, seed: int = 0, opset: int = 17) -> onnx.ModelProto:
+    """input_ids/attention_mask[B,T] -> embeddings -> `layers` attention blocks -> masked mean -> logits.
+
+    The extended attention mask is built once from `attention_mask` and read by every layer, as in
+    exported BERT graphs. With ``carry_mask`` it passes through a non-recomputable op (Sigmoid),
+    so every cut must carry two tensors (hidden state + mask).
+    """
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+    H = hidden
+    inits += [_init("emb", (rng.standard_normal((vocab, H)) * 0.5).astype(np.float32)),
+              _init("pos", (rng.standard_normal((1, seq, H)) * 0.1).astype(np.float32)),
+              _init("one", np.array(1.0, np.float32)), _init("neg", np.array(-1e4, np.float32)),
+              _init("mshape", np.array([0, 1, -1], np.int64)),
+              _init("scale", np.array(1 / np.sqrt(H), np.float32))]
+    nodes += [helper.make_node("Gather", ["emb", "input_ids"], ["tok"], axis=0, name="embed"),
+              helper.make_node("Add", ["tok", "pos"], ["h0"], name="add_pos"),
+              helper.make_node("Cast", ["attention_mask"], ["mf"], to=TensorProto.FLOAT, name="mask_cast"),
+              helper.make_node("Reshape", ["mf", "mshape"], ["m3"], name="mask_reshape"),
+              helper.make_node("Sub", ["one", "m3"], ["inv"], name="mask_inv"),
+              helper.make_node("Mul", ["inv", "neg"], ["ext0"], name="mask_ext")]
+    ext = "ext0"
+    if carry_mask:
+        nodes += [helper.make_node("Sigmoid", [ext], ["ext_sig"], name="mask_sig"),
+                  helper.make_node("Mul", ["ext_sig", "neg"], ["ext"], name="mask_scale")]
+        ext = "ext"
+    h = "h0"
+    for l in range(layers):
+        for w in ("q", "k", "v", "o", "f1", "f2"):
+            inits.append(_init(f"l{l}_{w}", (rng.standard_normal((H, H)) / np.sqrt(H)).astype(np.float32)))
+        p = f"l{l}"
+        nodes += [
+            helper.make_node("MatMul", [h, f"{p}_q"], [f"{p}_Q"], name=f"{p}_mq"),
+            helper.make_node("MatMul", [h, f"{p}_k"], [f"{p}_K"], name=f"{p}_mk"),
+            helper.make_node("MatMul", [h, f"{p}_v"], [f"{p}_V"], name=f"{p}_mv"),
+            helper.make_node("Transpose", [f"{p}_K"], [f"{p}_KT"], perm=[0, 2, 1], name=f"{p}_kt"),
+            helper.make_node("MatMul", [f"{p}_Q", f"{p}_KT"], [f"{p}_S0"], name=f"{p}_qk"),
+            helper.make_node("Mul", [f"{p}_S0", "scale"], [f"{p}_S1"], name=f"{p}_scale"),
+            helper.make_node("Add", [f"{p}_S1", ext], [f"{p}_S"], name=f"{p}_mask"),
+            helper.make_node("Softmax", [f"{p}_S"], [f"{p}_A"], axis=-1, name=f"{p}_softmax"),
+            helper.make_node("MatMul", [f"{p}_A", f"{p}_V"], [f"{p}_C"], name=f"{p}_av"),
+            helper.make_node("MatMul", [f"{p}_C", f"{p}_o"], [f"{p}_O"], name=f"{p}_mo"),
+            helper.make_node("Add", [h, f"{p}_O"], [f"{p}_h1"], name=f"{p}_res1"),
+            helper.make_node("MatMul", [f"{p}_h1", f"{p}_f1"], [f"{p}_F1"], name=f"{p}_mf1"),
+            helper.make_node("Relu", [f"{p}_F1"], [f"{p}_R"], name=f"{p}_relu"),
+            helper.make_node("MatMul", [f"{p}_R", f"{p}_f2"], [f"{p}_F2"], name=f"{p}_mf2"),
+            helper.make_node("Add", [f"{p}_h1", f"{p}_F2"], [f"{p}_h2"], name=f"{p}_res2"),
+            helper.make_node("LayerNormalization", [f"{p}_h2", "ln_g", "ln_b"], [f"h{l + 1}"], axis=-1, name=f"{p}_ln"),
+        ]
+        h = f"h{l + 1}"
+    inits += [_init("ln_g", np.ones(H, np.float32)), _init("ln_b", np.zeros(H, np.float32)),
+              _init("col", np.array([0, -1, 1], np.int64)),
+              _init("cls_w", (rng.standard_normal((H, classes)) * 2).astype(np.float32)),
+              _init("cls_b", np.zeros(classes, np.float32)), _init("eps", np.array(1e-6, np.float32)),
+              _init("axes1", np.array([1], np.int64))]
+    nodes += [helper.make_node("Reshape", ["mf", "col"], ["mcol"], name="pool_mcol"),
+              helper.make_node("Mul", [h, "mcol"], ["hm"], name="pool_mul"),
+              helper.make_node("ReduceSum", ["hm", "axes1"], ["hs"], keepdims=0, name="pool_sum"),
+              helper.make_node("ReduceSum", ["mcol", "axes1"], ["cnt"], keepdims=0, name="pool_cnt"),
+              helper.make_node("Max", ["cnt", "eps"], ["cnt1"], name="pool_max"),
+              helper.make_node("Div", ["hs", "cnt1"], ["pooled"], name="pool_div"),
+              helper.make_node("MatMul", ["pooled", "cls_w"], ["lg0"], name="cls_mm"),
+              helper.make_node("Add", ["lg0", "cls_b"], ["logits"], name="cls_add")]
+    graph = helper.make_graph(nodes, "tiny_transformer",
+                              [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["B", seq]),
+                               helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["B", seq])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", classes])],
+                              initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="exitc-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def tiny_mlp(layers: int = 4, width: int = 32, features: int = 16, classes: int = 4, seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+    h, d = "x", features
+    for l in range(layers):
+        inits += [_init(f"w{l}", (rng.standard_normal((d, width)) * np.sqrt(2 / d)).astype(np.float32)),
+                  _init(f"b{l}", np.zeros(width, np.float32))]
+        nodes += [helper.make_node("Gemm", [h, f"w{l}", f"b{l}"], [f"z{l}"], name=f"fc{l}"),
+                  helper.make_node("Relu", [f"z{l}"], [f"a{l}"], name=f"relu{l}")]
+        h, d = f"a{l}", width
+    inits += [_init("wo", (rng.standard_normal((d, classes)) * 0.5).astype(np.float32)), _init("bo", np.zeros(classes, np.float32))]
+    nodes.append(helper.make_node("Gemm", [h, "wo", "bo"], ["logits"], name="out"))
+    graph = helper.make_graph(nodes, "tiny_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", features])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="exitc-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def transformer_feeds(n: int, seq: int = 8, vocab: int = 50, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, vocab, size=(n, seq)).astype(np.int64)
+    lengths = rng.integers(2, seq + 1, size=n)
+    mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int64)
+    return {"input_ids": ids * mask, "attention_mask": mask}
