@@ -44,7 +44,7 @@ def load_dataset(path: str, inputs, label: str = "data") -> Dataset:
     names = [i.name for i in inputs]
     if len(inputs) == 1 and names[0] not in arrays:
         if len(arrays) != 1:
-            raise ExitcError(f"{path}: expected an array named {names[0]!r} (found {', '.join(sorted(arrays)) or 'none'})")
+            raise ExitcError(f"{path}: missing input tensor {names[0]!r} (found {', '.join(sorted(arrays)) or 'none'})")
         arrays = {names[0]: next(iter(arrays.values()))}
     feeds = {}
     for info in inputs:

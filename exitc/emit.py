@@ -91,7 +91,7 @@ def build_manifest(model, sig, model_path, segments, cond_file, plan, profile, e
     }
 
 
-def validate_artifact(path: str, model: onnx.ModelProto, data: Dataset, batch_size: int, max_rows: int = 1024) -> dict:
+def validate_artifact(path: str, model: onnx.ModelProto, data: Dataset, batch_size: int, max_rows: int = 256) -> dict:
     """Run the compiled model (reference runtime) against the original on held-out calibration rows:
     rows that ran to the end must match the original exactly (up to float tolerance)."""
     from .backends import make_session

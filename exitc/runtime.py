@@ -42,7 +42,7 @@ class ExitModel:
         for s in reversed(self.segments):
             self._needed_after.insert(0, set(needed))
             needed |= set(s["inputs"])
-        self._out_dtype = np.dtype(m["outputs"][0]["dtype"])
+        self._batch_axes = {t["name"]: int(t.get("batch_axis", 0)) for t in list(m["inputs"]) + list(m["carried"])}
         self._lock = threading.Lock()
         self._exit_counts = np.zeros(self.num_exits + 1, np.int64)
 
@@ -57,13 +57,14 @@ class ExitModel:
             arr = np.asarray(feeds[name])
             if arr.dtype != np.dtype(spec["dtype"]):
                 raise ExitcError(f"input {name!r} has dtype {arr.dtype}, expected {spec['dtype']}")
-            shape = spec["shape"]
-            if arr.ndim != len(shape) or any(isinstance(d, int) and d != g for d, g in zip(shape[1:], arr.shape[1:])):
+            shape, axis = spec["shape"], int(spec.get("batch_axis", 0))
+            if arr.ndim != len(shape) or any(isinstance(d, int) and d != g and i != axis
+                                             for i, (d, g) in enumerate(zip(shape, arr.shape))):
                 raise ExitcError(f"input {name!r} has shape {list(arr.shape)}, expected {shape}")
             if batch is None:
-                batch = arr.shape[0]
-            elif arr.shape[0] != batch:
-                raise ExitcError(f"input {name!r} has {arr.shape[0]} rows, other inputs have {batch}")
+                batch = arr.shape[axis]
+            elif arr.shape[axis] != batch:
+                raise ExitcError(f"input {name!r} has {arr.shape[axis]} rows, other inputs have {batch}")
             out[name] = np.ascontiguousarray(arr)
         return out
 
@@ -71,12 +72,17 @@ class ExitModel:
     def run(self, feeds: Mapping[str, np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
         """Returns ([outputs in manifest order], exit_index int64 [batch])."""
         state = self._check(feeds)
-        batch = next(iter(state.values())).shape[0]
+        first = self.inputs[0]
+        batch = state[first["name"]].shape[int(first.get("batch_axis", 0))]
         if batch == 1 and self._conditional is not None:
-            out, exit_index = self._conditional.run(state)
+            outs = self._conditional.run(state)
+            exit_index = outs[-1].astype(np.int64)
             self._count(exit_index)
-            return [out.astype(self._out_dtype, copy=False)], exit_index.astype(np.int64)
-        result = np.zeros((batch, self.num_classes), self._out_dtype)
+            return list(outs[:-1]), exit_index
+        results: dict[str, np.ndarray] = {}
+        for spec in self.manifest["outputs"]:  # exited rows of non-prediction outputs stay zero
+            if spec["name"] == self.prediction_output:
+                results[spec["name"]] = np.zeros((batch, self.num_classes), np.dtype(spec["dtype"]))
         exit_index = np.full(batch, self.num_exits, np.int64)
         active = np.arange(batch)
         for i, (seg, sess) in enumerate(zip(self.segments, self._sessions)):
@@ -84,21 +90,28 @@ class ExitModel:
             wanted = list(seg["carry_out"]) + ([ex["logits"], ex["score"]] if ex else list(seg["outputs"]))
             outs = dict(zip(wanted, sess.run({k: state[k] for k in seg["inputs"]}, wanted)))
             if ex is None:
-                scatter_rows(result, active, outs[self.prediction_output])
+                for name in seg["outputs"]:
+                    if name not in results:
+                        results[name] = np.zeros((batch,) + outs[name].shape[1:], outs[name].dtype)
+                    scatter_rows(results[name], active, outs[name])
                 break
             leave = outs[ex["score"]] >= np.float32(ex["threshold"])
             if leave.any():
-                scatter_rows(result, active[leave], outs[ex["logits"]][leave])
+                scatter_rows(results[self.prediction_output], active[leave], outs[ex["logits"]][leave])
                 exit_index[active[leave]] = ex["index"]
             keep = ~leave
             if not keep.any():
                 break
             state.update({k: outs[k] for k in seg["carry_out"]})
             live = {k: v for k, v in state.items() if k in self._needed_after[i]}
-            state = compact_rows(live, keep) if leave.any() else live
+            state = compact_rows(live, keep, self._batch_axes) if leave.any() else live
             active = active[keep]
         self._count(exit_index)
-        return [result], exit_index
+        for spec in self.manifest["outputs"]:  # outputs no row reached: zeros of the declared shape
+            if spec["name"] not in results:
+                dims = [d if isinstance(d, int) else 0 for d in spec["shape"][1:]]
+                results[spec["name"]] = np.zeros([batch] + dims, np.dtype(spec["dtype"]))
+        return [results[n] for n in self.output_names], exit_index
 
     __call__ = run
 

@@ -30,7 +30,8 @@ LIGHT_OPS = {
     "ConstantOfShape", "Reshape", "Slice", "Expand", "Range", "Equal", "Less", "LessOrEqual", "Greater",
     "GreaterOrEqual", "Not", "And", "Or", "Where", "Add", "Sub", "Mul", "Div", "Neg", "Identity",
     "Transpose", "Tile", "Min", "Max", "Abs", "Floor", "Ceil", "Sqrt", "Trilu", "Flatten", "ReduceProd",
-    "Mod", "IsNaN", "Sign",
+    "Mod", "IsNaN", "IsInf", "Sign", "GatherND", "GatherElements", "OneHot", "Xor", "BitwiseAnd", "BitwiseOr",
+    "BitwiseNot", "Clip", "Reciprocal", "Pow", "Exp", "Log",
 }
 # Ops that do the model's real work; cuts separated only by other ops are equivalent.
 HEAVY_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm", "Einsum", "Attention", "MultiHeadAttention", "LSTM", "GRU",

@@ -137,6 +137,7 @@ def normalize(model: onnx.ModelProto, output: str | None = None, label: str = "m
         info = idx.infos.get(output)
         raise ExitcError(f"{label}: output {output!r} has shape {info.shape if info else 'unknown'}; "
                          "exitc needs a batch-major classification output [batch, classes]")
+    g = model.graph  # _infer returned a new model
     keep = [o for o in g.output if o.name == output]
     del g.output[:]
     g.output.extend(keep)
@@ -148,7 +149,51 @@ def normalize(model: onnx.ModelProto, output: str | None = None, label: str = "m
     model = _infer(model, label)
     idx = GraphIndex.build(model)
     sig = Signature(inputs=[idx.infos[n] for n in idx.graph_inputs], output=idx.infos[output])
+    model = observe_shapes(model, sig, label)
     return model, sig
+
+
+def observe_shapes(model: onnx.ModelProto, sig: Signature, label: str = "model") -> onnx.ModelProto:
+    """Record every intermediate tensor's shape as observed by running the model at batch 2 and 3.
+
+    Static shape inference loses the batch symbol through ops such as Resize or Reshape with
+    computed shapes (exporters then write ``unk__0``); observation does not. A dimension 0 equal to
+    the batch size in both runs becomes ``batch``; other dims are the observed values. Tensors the
+    runs did not produce keep their inferred info.
+    """
+    import onnxruntime as ort
+
+    probe = copy.deepcopy(model)
+    g = probe.graph
+    known = {o.name for o in g.output} | {i.name for i in g.input}
+    names = [o for n in g.node for o in n.output if o and o not in known]
+    for name in names:
+        g.output.append(onnx.ValueInfoProto(name=name))
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        runs = [dict(zip([o.name for o in sess.get_outputs()], sess.run(None, example_feeds(sig, b, seed=b))))
+                for b in (2, 3)]
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExitcError(f"{label}: ONNX Runtime cannot run the model: {first}") from None
+    by_name = {v.name: v for v in model.graph.value_info}
+    for name in names:
+        a, b = runs[0].get(name), runs[1].get(name)
+        if not isinstance(a, np.ndarray) or not isinstance(b, np.ndarray) or a.ndim != b.ndim:
+            continue
+        batch_major = a.ndim >= 1 and a.shape[0] == 2 and b.shape[0] == 3
+        dims = [BATCH if (i == 0 and batch_major) else (int(x) if x == y else None)
+                for i, (x, y) in enumerate(zip(a.shape, b.shape))]
+        elem = onnx.helper.np_dtype_to_tensor_dtype(a.dtype)
+        vi = onnx.helper.make_tensor_value_info(name, elem, dims)
+        if name in by_name:
+            by_name[name].CopyFrom(vi)
+        else:
+            model.graph.value_info.append(vi)
+    return model
 
 
 def example_feeds(sig: Signature, batch: int, seed: int = 0) -> dict[str, np.ndarray]:

@@ -1,0 +1,147 @@
+"""CLI end to end on synthetic models, and every bad input the issue lists: one line, exit != 0,
+no traceback, no output directory."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from synthetic import tiny_cnn, tiny_transformer, transformer_feeds
+
+
+def exitc(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "exitc", *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def cnn(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cnn")
+    onnx.save(tiny_cnn(blocks=4), d / "model.onnx")
+    rng = np.random.default_rng(0)
+    np.savez(d / "calib.npz", x=rng.standard_normal((1400, 3, 16, 16)).astype(np.float32))
+    np.savez(d / "test.npz", x=rng.standard_normal((200, 3, 16, 16)).astype(np.float32),
+             labels=rng.integers(0, 5, 200))
+    return d
+
+
+def assert_clean_error(res, *needles, out=None):
+    assert res.returncode != 0
+    assert "Traceback" not in res.stderr, res.stderr
+    lines = [l for l in res.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("exitc: error: ")
+    for n in needles:
+        assert n in lines[0], lines[0]
+    if out is not None:
+        assert not os.path.exists(out)
+        assert not [p for p in os.listdir(os.path.dirname(out)) if p.startswith("." + os.path.basename(out))]
+
+
+def test_compile_bench_run_inspect(cnn, tmp_path):
+    out = tmp_path / "m.exitc"
+    res = exitc("compile", str(cnn / "model.onnx"), "--calib", str(cnn / "calib.npz"), "--target-acc", "0.95",
+                "-o", str(out), "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert "agreement bound" in res.stdout and "report:" in res.stdout
+    for f in ("manifest.json", "report.json", "report.html", "plots/exits.png", "segments/seg_0.onnx"):
+        assert (out / f).exists(), f
+    manifest = json.load(open(out / "manifest.json"))
+    assert manifest["schema_version"] == 1 and manifest["calibration"]["agreement_bound"] >= 0.95
+    bj = tmp_path / "bench.json"
+    res = exitc("bench", str(out), "--data", str(cnn / "test.npz"), "--rounds", "1", "--latency-rows", "20",
+                "--json", str(bj), "--quiet", "--engine", "python")
+    assert res.returncode == 0, res.stderr
+    b = json.load(open(bj))
+    for key in ("agreement", "agreement_bound", "accuracy_original", "accuracy_exitc", "exit_fractions",
+                "throughput_original", "throughput_exitc", "speedup_throughput", "latency_p50_ms_original",
+                "latency_p99_ms_original", "latency_p50_ms_exitc", "latency_p99_ms_exitc", "speedup_latency_p50"):
+        assert key in b, key
+    assert abs(sum(b["exit_fractions"]) - 1) < 1e-9
+    y = tmp_path / "y.npz"
+    res = exitc("run", str(out), "--input", str(cnn / "test.npz"), "-o", str(y), "--engine", "python")
+    assert res.returncode == 0, res.stderr
+    with np.load(y) as z:
+        assert z["logits"].shape == (200, 5) and z["exitc_exit_index"].shape == (200,)
+    res = exitc("inspect", str(cnn / "model.onnx"))
+    assert res.returncode == 0 and "measured share" in res.stdout
+    # existing output without --force
+    assert_clean_error(exitc("compile", str(cnn / "model.onnx"), "--calib", str(cnn / "calib.npz"), "-o", str(out)),
+                       "already exists", "--force")
+
+
+def test_transformer_two_tensor_carry_compiles(tmp_path):
+    onnx.save(tiny_transformer(carry_mask=True), tmp_path / "t.onnx")
+    np.savez(tmp_path / "calib.npz", **transformer_feeds(1400, seed=1))
+    out = tmp_path / "t.exitc"
+    res = exitc("compile", str(tmp_path / "t.onnx"), "--calib", str(tmp_path / "calib.npz"), "--target-acc", "0.9",
+                "-o", str(out), "--quiet")
+    assert res.returncode == 0, res.stderr
+    m = json.load(open(out / "manifest.json"))
+    if len(m["segments"]) > 1:
+        assert "ext" in [c["name"] for c in m["carried"]]
+
+
+def test_not_onnx(tmp_path, cnn):
+    bad = tmp_path / "bad.onnx"
+    bad.write_text("hello")
+    assert_clean_error(exitc("compile", str(bad), "--calib", str(cnn / "calib.npz"), "-o", str(tmp_path / "o")),
+                       str(bad), "not an ONNX model", out=str(tmp_path / "o"))
+
+
+def test_no_classification_output(tmp_path, cnn):
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 4, 4])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    assert_clean_error(exitc("compile", str(tmp_path / "m.onnx"), "--calib", str(cnn / "calib.npz"), "-o",
+                             str(tmp_path / "o")), "classification output", out=str(tmp_path / "o"))
+
+
+@pytest.mark.parametrize("case,needles", [
+    ("missing", ["missing input tensor 'x'"]),
+    ("dtype", ["'x'", "dtype float64", "float32"]),
+    ("shape", ["'x'", "shape"]),
+    ("nan", ["'x'", "NaN or Inf"]),
+    ("few", ["needs at least", "certification"]),
+])
+def test_bad_calibration_data(tmp_path, cnn, case, needles):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1400, 3, 16, 16)).astype(np.float32)
+    arrays = {"missing": {"a": x, "b": x}, "dtype": {"x": x.astype(np.float64)},
+              "shape": {"x": x[:, :, :8, :8]}, "nan": {"x": np.where(rng.random(x.shape) < 1e-4, np.nan, x)},
+              "few": {"x": x[:300]}}[case]
+    np.savez(tmp_path / "c.npz", **arrays)
+    assert_clean_error(exitc("compile", str(cnn / "model.onnx"), "--calib", str(tmp_path / "c.npz"), "-o",
+                             str(tmp_path / "o")), *needles, out=str(tmp_path / "o"))
+
+
+@pytest.mark.parametrize("value", ["0", "1.5", "-0.1"])
+def test_target_out_of_range(tmp_path, cnn, value):
+    assert_clean_error(exitc("compile", str(cnn / "model.onnx"), "--calib", str(cnn / "calib.npz"),
+                             f"--target-acc={value}", "-o", str(tmp_path / "o")), "--target-acc", "(0, 1]",
+                       out=str(tmp_path / "o"))
+
+
+def test_op_onnxruntime_cannot_run(tmp_path, cnn):
+    g = helper.make_graph([helper.make_node("FancyOp", ["x"], ["h"], domain="com.example"),
+                           helper.make_node("Flatten", ["h"], ["logits"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 768])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    onnx.save(m, tmp_path / "m.onnx")
+    assert_clean_error(exitc("compile", str(tmp_path / "m.onnx"), "--calib", str(cnn / "calib.npz"), "-o",
+                             str(tmp_path / "o")), "FancyOp", out=str(tmp_path / "o"))
+
+
+def test_target_one_emits_the_original(tmp_path, cnn):
+    out = tmp_path / "one.exitc"
+    res = exitc("compile", str(cnn / "model.onnx"), "--calib", str(cnn / "calib.npz"), "--target-acc", "1",
+                "-o", str(out), "--quiet")
+    assert res.returncode == 0, res.stderr
+    m = json.load(open(out / "manifest.json"))
+    assert len(m["segments"]) == 1 and m["conditional"] is None

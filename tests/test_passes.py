@@ -1,0 +1,190 @@
+"""Unit tests of the graph passes on small synthetic graphs."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from exitc.errors import ExitcError
+from exitc.passes import ExitHead, build_segments, conditional_model, find_candidates, normalize, probe_model
+from exitc.passes.candidates import recompute_ok
+from exitc.passes.heads import head_forward
+from exitc.passes.split import EXIT_INDEX, find_mask_input, head_model, probe_name
+
+from synthetic import tiny_cnn, tiny_mlp, tiny_transformer, transformer_feeds
+
+
+def run(model, feeds, outputs=None):
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = outputs or [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, feeds)))
+
+
+def feeds_for(kind, n, seed=0):
+    rng = np.random.default_rng(seed)
+    if kind == "transformer":
+        return transformer_feeds(n, seed=seed)
+    if kind == "mlp":
+        return {"x": rng.standard_normal((n, 16)).astype(np.float32)}
+    return {"x": rng.standard_normal((n, 3, 16, 16)).astype(np.float32)}
+
+
+MODELS = {
+    "cnn": (lambda: tiny_cnn(), "cnn"),
+    "cnn_opset11_batch1": (lambda: tiny_cnn(opset=11, batch=1), "cnn"),
+    "transformer": (lambda: tiny_transformer(), "transformer"),
+    "transformer_two_tensor_carry": (lambda: tiny_transformer(carry_mask=True), "transformer"),
+    "mlp": (lambda: tiny_mlp(), "mlp"),
+}
+
+
+def test_normalize_makes_fixed_batch_symbolic():
+    model, sig = normalize(tiny_cnn(opset=11, batch=1))
+    assert sig.inputs[0].shape[0] == "batch" and sig.output.shape == ["batch", 5]
+    out = run(model, feeds_for("cnn", 7))["logits"]
+    assert out.shape == (7, 5)
+
+
+def test_normalize_rejects_model_without_classification_output():
+    m = tiny_cnn()
+    m.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 5
+    g = m.graph
+    g.node.append(onnx.helper.make_node("ReduceSum", ["logits"], ["total"], keepdims=0))
+    del g.output[:]
+    g.output.append(onnx.helper.make_tensor_value_info("total", onnx.TensorProto.FLOAT, []))
+    with pytest.raises(ExitcError, match="classification output"):
+        normalize(m)
+
+
+def test_normalize_requires_choice_between_two_outputs():
+    m = tiny_cnn()
+    m.graph.node.append(onnx.helper.make_node("Identity", ["logits"], ["logits2"]))
+    m.graph.output.append(onnx.helper.make_tensor_value_info("logits2", onnx.TensorProto.FLOAT, ["N", 5]))
+    with pytest.raises(ExitcError, match="--output"):
+        normalize(m)
+    model, sig = normalize(m, output="logits2")
+    assert sig.output.name == "logits2" and [o.name for o in model.graph.output] == ["logits2"]
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_candidates_and_segments_reproduce_the_model(name):
+    build, kind = MODELS[name]
+    model, sig = normalize(build())
+    cands = find_candidates(model)
+    assert len(cands) >= 2, "every synthetic model has several single-activation cuts"
+    assert [c.cut for c in cands] == sorted(c.cut for c in cands)
+    assert len({c.tensor for c in cands}) == len(cands)
+    feeds = feeds_for(kind, 6)
+    ref = run(model, feeds)[sig.output.name]
+    state = dict(feeds)
+    segs = build_segments(model, cands, [None] * len(cands), find_mask_input(model))
+    assert len(segs) == len(cands) + 1
+    for seg in segs:
+        onnx.checker.check_model(seg.model)
+        state.update(run(seg.model, {k: state[k] for k in seg.inputs}))
+    np.testing.assert_allclose(state[sig.output.name], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_two_tensor_carry_is_found():
+    model, _ = normalize(tiny_transformer(carry_mask=True))
+    cands = find_candidates(model)
+    assert any(c.side == ("ext",) for c in cands), [(c.tensor, c.side) for c in cands]
+    # Without the non-recomputable op the mask is rebuilt from the graph input instead.
+    model2, _ = normalize(tiny_transformer())
+    assert all(c.side == () for c in find_candidates(model2))
+    assert recompute_ok(model2, "ext0") and not recompute_ok(model, "ext")
+
+
+def test_layouts_are_detected():
+    for name, want in (("cnn", "nchw"), ("transformer", "btc"), ("mlp", "bf")):
+        model, _ = normalize(MODELS[name][0]())
+        assert {c.layout for c in find_candidates(model)} == {want}
+
+
+@pytest.mark.parametrize("name", ["cnn", "transformer", "mlp", "cnn_opset11_batch1"])
+def test_probe_features_and_heads_match_numpy(name):
+    build, kind = MODELS[name]
+    model, sig = normalize(build())
+    cands = find_candidates(model)
+    mask = find_mask_input(model)
+    feeds = feeds_for(kind, 5)
+    probed = run(probe_model(model, cands, mask), feeds)
+    np.testing.assert_allclose(probed[sig.output.name], run(model, feeds)[sig.output.name], rtol=1e-5, atol=1e-6)
+    rng = np.random.default_rng(1)
+    for k, c in enumerate(cands):
+        feats = probed[probe_name(k)]
+        d = feats.shape[1]
+        assert d == (c.features if c.layout == "bf" else 2 * c.features)
+        head = ExitHead(index=k, tensor=c.tensor, layout=c.layout, elem_type=onnx.TensorProto.FLOAT,
+                        mask_input=mask if c.layout == "btc" else None,
+                        layers=[(rng.standard_normal((d, 8)).astype(np.float32), np.zeros(8, np.float32)),
+                                (rng.standard_normal((8, sig.num_classes)).astype(np.float32),
+                                 np.zeros(sig.num_classes, np.float32))],
+                        gate_w=np.array([2.0, 1.0, -0.5], np.float32), gate_b=-1.0)
+        # the head model reads the activation; reproduce it from a segment run
+        seg_state = dict(feeds)
+        for seg in build_segments(model, cands[: k + 1], [None] * (k + 1), mask)[: k + 1]:
+            seg_state.update(run(seg.model, {n: seg_state[n] for n in seg.inputs}))
+        hm = head_model(model, head, mask)
+        got = run(hm, {i.name: seg_state[i.name] for i in hm.graph.input})
+        want_logits, want_score = head_forward(head, feats)
+        np.testing.assert_allclose(got[head.logits_name], want_logits, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(got[head.score_name], want_score, rtol=1e-4, atol=1e-5)
+
+
+def _heads_for(model, cands, sig, mask, thresholds, seed=0):
+    rng = np.random.default_rng(seed)
+    probed = run(probe_model(model, cands, mask), feeds_for("cnn" if cands[0].layout == "nchw" else "transformer", 2))
+    heads = []
+    for k, (c, t) in enumerate(zip(cands, thresholds)):
+        d = probed[probe_name(k)].shape[1]
+        heads.append(ExitHead(index=k, tensor=c.tensor, layout=c.layout, elem_type=onnx.TensorProto.FLOAT,
+                              mask_input=mask if c.layout == "btc" else None,
+                              layers=[((0.02 * rng.standard_normal((d, sig.num_classes))).astype(np.float32),
+                                       rng.standard_normal(sig.num_classes).astype(np.float32))],
+                              gate_w=np.array([3.0, 2.0, -1.0], np.float32), gate_b=-1.5,
+                              meta={"threshold": float(t)}))
+    return heads
+
+
+@pytest.mark.parametrize("name,opset", [("cnn", 17), ("cnn_opset11_batch1", 11), ("transformer_two_tensor_carry", 17)])
+def test_conditional_form_matches_segmented_semantics(name, opset):
+    build, kind = MODELS[name]
+    model, sig = normalize(build())
+    cands = find_candidates(model)[:3]
+    mask = find_mask_input(model)
+    feeds = feeds_for(kind, 40, seed=3)
+    seg_scores = {}
+    heads = _heads_for(model, cands, sig, mask, [0.0] * len(cands))
+    segs = build_segments(model, cands, heads, mask)
+    state = dict(feeds)
+    for seg in segs:
+        state.update(run(seg.model, {k: state[k] for k in seg.inputs}))
+    for h in heads:
+        seg_scores[h.index] = state[h.score_name]
+    # thresholds at high score quantiles so that rows split between the exits and the end
+    quantiles = [0.7, 0.9, 0.97]
+    thresholds = [float(np.quantile(seg_scores[k], quantiles[k])) for k in range(len(heads))]
+    heads = _heads_for(model, cands, sig, mask, thresholds)
+    segs = build_segments(model, cands, heads, mask)
+    cond = conditional_model(segs, model)
+    onnx.checker.check_model(cond)
+    out = run(cond, feeds)
+    # reference semantics without compaction (equivalent: per-row decisions are independent)
+    state = dict(feeds)
+    for seg in segs:
+        state.update(run(seg.model, {k: state[k] for k in seg.inputs}))
+    want = state[sig.output.name].copy()
+    want_idx = np.full(len(want), len(heads))
+    for h, t in reversed(list(zip(heads, thresholds))):
+        hit = state[h.score_name] >= np.float32(t)
+        want[hit] = state[h.logits_name][hit]
+        want_idx[hit] = h.index
+    assert 0 < (want_idx < len(heads)).sum() < len(want), "thresholds must split the batch"
+    np.testing.assert_allclose(out[sig.output.name], want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(out[EXIT_INDEX], want_idx)
+    # batch 1: the If actually skips the rest
+    for i in range(5):
+        one = run(cond, {k: v[i:i + 1] for k, v in feeds.items()})
+        np.testing.assert_allclose(one[sig.output.name], want[i:i + 1], rtol=1e-5, atol=1e-5)
+        assert one[EXIT_INDEX][0] == want_idx[i]

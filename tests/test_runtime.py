@@ -1,0 +1,159 @@
+"""Reference runtime: compaction/scatter properties and exactness for any exit pattern."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from exitc.compaction import compact_rows, scatter_rows
+from exitc.emit import build_manifest
+from exitc.errors import ExitcError
+from exitc.passes import ExitHead, build_segments, conditional_model, find_candidates, normalize, probe_model
+from exitc.passes.split import find_mask_input, probe_name
+from exitc.policy import Plan
+from exitc.runtime import ExitModel
+
+from synthetic import tiny_cnn, tiny_transformer, transformer_feeds
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@given(st.integers(1, 40), st.integers(0, 2**32 - 1))
+def test_compact_then_scatter_roundtrip(n, seed):
+    rng = np.random.default_rng(seed)
+    keep = rng.random(n) < rng.random()
+    a = rng.standard_normal((n, 3)).astype(np.float32)
+    b = rng.standard_normal((2, n)).astype(np.float32)  # batch on axis 1
+    out = compact_rows({"a": a, "b": b}, keep, {"b": 1})
+    assert out["a"].shape == (keep.sum(), 3) and out["b"].shape == (2, keep.sum())
+    np.testing.assert_array_equal(out["a"], a[keep])
+    np.testing.assert_array_equal(out["b"], b[:, keep])
+    dest = np.zeros_like(a)
+    scatter_rows(dest, np.flatnonzero(keep), out["a"])
+    np.testing.assert_array_equal(dest[keep], a[keep])
+    assert not dest[~keep].any()
+
+
+def make_artifact(tmp, model, sig, thresholds, seed=0, feeds=None):
+    """Write an artifact with random linear heads at the first len(thresholds) candidates."""
+    cands = find_candidates(model)[: len(thresholds)]
+    mask = find_mask_input(model)
+    probed = onnx.load_from_string(probe_model(model, cands, mask).SerializeToString())
+    sess = ort.InferenceSession(probed.SerializeToString(), providers=["CPUExecutionProvider"])
+    outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+    rng = np.random.default_rng(seed)
+    heads = []
+    for k, (c, t) in enumerate(zip(cands, thresholds)):
+        d = outs[probe_name(k)].shape[1]
+        heads.append(ExitHead(k, c.tensor, c.layout, onnx.TensorProto.FLOAT, mask if c.layout == "btc" else None,
+                              [((0.05 * rng.standard_normal((d, sig.num_classes))).astype(np.float32),
+                                np.zeros(sig.num_classes, np.float32))],
+                              np.array([4.0, 2.0, -1.0], np.float32), -2.0, meta={"threshold": float(t)}))
+    segs = build_segments(model, cands, heads, mask)
+    path = str(tmp / "m.exitc")
+    os.makedirs(os.path.join(path, "segments"), exist_ok=True)
+    src = str(tmp / "model.onnx")
+    onnx.save(model, src)
+    for s in segs:
+        onnx.save(s.model, os.path.join(path, "segments", f"seg_{s.index}.onnx"))
+    onnx.save(conditional_model(segs, model), os.path.join(path, "conditional.onnx"))
+    plan = Plan(list(range(len(heads))), list(thresholds), 0.0, 0.99, 0.95, 0, 0, 1, 1, 1, [], 1, 1, 1, 1)
+    manifest = build_manifest(model, sig, src, segs, "conditional.onnx", plan, None, False)
+    with open(os.path.join(path, "manifest.json"), "w") as f:
+        json.dump(manifest, f)
+    return path, segs
+
+
+def reference_no_compaction(segs, feeds, output):
+    state = dict(feeds)
+    for s in segs:
+        sess = ort.InferenceSession(s.model.SerializeToString(), providers=["CPUExecutionProvider"])
+        state.update(zip([o.name for o in sess.get_outputs()], sess.run(None, {k: state[k] for k in s.inputs})))
+    heads = [s.head for s in segs if s.head is not None]
+    want = state[output].copy()
+    idx = np.full(len(want), len(heads))
+    for h in reversed(heads):
+        hit = state[h.score_name] >= np.float32(h.meta["threshold"])
+        want[hit] = state[h.logits_name][hit]
+        idx[hit] = h.index
+    return want, idx, state
+
+
+@pytest.mark.parametrize("kind", ["cnn", "transformer"])
+@settings(max_examples=12, deadline=None)
+@given(data=st.data())
+def test_any_exit_pattern_matches_original_on_full_depth_rows(tmp_path_factory, kind, data):
+    tmp = tmp_path_factory.mktemp("art")
+    if kind == "cnn":
+        model, sig = normalize(tiny_cnn(blocks=4))
+        n = data.draw(st.integers(1, 33))
+        feeds = {"x": np.random.default_rng(data.draw(st.integers(0, 999))).standard_normal((n, 3, 16, 16)).astype(np.float32)}
+    else:
+        model, sig = normalize(tiny_transformer(carry_mask=True))
+        n = data.draw(st.integers(1, 33))
+        feeds = transformer_feeds(n, seed=data.draw(st.integers(0, 999)))
+    # thresholds drawn anywhere in the score range: from "everyone exits" to "nobody exits"
+    thresholds = [data.draw(st.floats(0.0, 1.0)) for _ in range(3)]
+    path, segs = make_artifact(tmp, model, sig, thresholds, feeds=feeds)
+    rt = ExitModel(path, use_conditional=data.draw(st.booleans()))
+    (got,), idx = rt.run(feeds)
+    want, want_idx, state = reference_no_compaction(segs, feeds, sig.output.name)
+    np.testing.assert_array_equal(idx, want_idx)
+    full = idx == len(thresholds)
+    original = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(got[full], original[full], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_runtime_rejects_bad_inputs(tmp_path):
+    model, sig = normalize(tiny_cnn())
+    feeds = {"x": np.zeros((4, 3, 16, 16), np.float32)}
+    path, _ = make_artifact(tmp_path, model, sig, [0.5], feeds=feeds)
+    rt = ExitModel(path)
+    with pytest.raises(ExitcError, match="missing input 'x'"):
+        rt.run({"y": feeds["x"]})
+    with pytest.raises(ExitcError, match="dtype float64"):
+        rt.run({"x": feeds["x"].astype(np.float64)})
+    with pytest.raises(ExitcError, match="shape"):
+        rt.run({"x": np.zeros((4, 3, 8, 8), np.float32)})
+
+
+def test_manifest_errors(tmp_path):
+    model, sig = normalize(tiny_cnn())
+    path, _ = make_artifact(tmp_path, model, sig, [0.5], feeds={"x": np.zeros((2, 3, 16, 16), np.float32)})
+    m = json.load(open(os.path.join(path, "manifest.json")))
+    m["schema_version"] = 99
+    json.dump(m, open(os.path.join(path, "manifest.json"), "w"))
+    with pytest.raises(ExitcError, match="schema_version 99 is not supported"):
+        ExitModel(path)
+    m["schema_version"] = 1
+    json.dump(m, open(os.path.join(path, "manifest.json"), "w"))
+    os.remove(os.path.join(path, "segments", "seg_1.onnx"))
+    with pytest.raises(ExitcError, match="seg_1.onnx: segment file missing"):
+        ExitModel(path)
+
+
+def test_reference_runtime_on_runtime_test_vectors(tmp_path):
+    """The C++ runtime's synthetic artifacts (batch axes 1, side inputs, two outputs) and their
+    numpy-computed expectations also hold for the Python reference runtime."""
+    script = os.path.join(ROOT, "runtime", "tests", "make_tiny_artifact.py")
+    subprocess.run([sys.executable, script, "--out", str(tmp_path)], check=True, capture_output=True)
+    for name in ("tiny", "side"):
+        cases = json.load(open(tmp_path / f"{name}.cases" / "cases.json"))
+        rt = ExitModel(str(tmp_path / cases["artifact"]))
+
+        def read(spec):
+            return np.fromfile(tmp_path / f"{name}.cases" / spec["file"], dtype=spec["dtype"]).reshape(spec["shape"])
+
+        for case in cases["cases"]:
+            outs, idx = rt.run({s["name"]: read(s) for s in case["inputs"]})
+            np.testing.assert_array_equal(idx, read(case["exit_index"]), err_msg=case["name"])
+            for got, spec in zip(outs, case["outputs"]):
+                np.testing.assert_allclose(got, read(spec), rtol=1e-5, atol=1e-6, err_msg=case["name"])
