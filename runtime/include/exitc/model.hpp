@@ -1,0 +1,69 @@
+#pragma once
+// exitc::Model: a loaded compiled artifact. One Model serves concurrent run() calls from any
+// number of threads; per-call scratch memory comes from a pool, so steady-state calls do not
+// allocate compaction buffers.
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "exitc/executor.hpp"
+#include "exitc/manifest.hpp"
+#include "exitc/tensor.hpp"
+
+namespace exitc {
+
+struct ModelOptions {
+    ExecutorOptions executor;        // engine session settings (threads, spinning)
+    bool use_conditional = true;     // batch-1 calls use conditional.onnx when the artifact has it
+    // Overrides the engine chosen from the manifest's "backend" (tests, other engines).
+    ExecutorFactory executor_factory;
+};
+
+struct RunResult {
+    std::vector<std::string> output_names;  // the model's outputs, in manifest order
+    std::vector<Tensor> outputs;            // outputs[i] is output_names[i]
+    std::vector<int64_t> exit_index;        // per row; num_exits() means "ran the whole model"
+
+    // The output with this name; throws Error(kInvalidArgument) if there is none.
+    const Tensor& output(const std::string& name) const;
+};
+
+struct ExitStats {
+    // rows_per_exit[k] rows left at exit k; rows_per_exit[num_exits] ran the whole model.
+    std::vector<uint64_t> rows_per_exit;
+    uint64_t rows = 0;   // sum of rows_per_exit
+    uint64_t calls = 0;  // successful run() calls
+};
+
+class Model {
+public:
+    // Loads <artifact_dir>: parses and validates manifest.json, opens every segment (and
+    // conditional.onnx), and checks the graphs' input/output names against the manifest.
+    static Model load(const std::string& artifact_dir, const ModelOptions& options = {});
+
+    Model(Model&&) noexcept;
+    Model& operator=(Model&&) noexcept;
+    ~Model();
+
+    // Runs the early-exit model on one batch. Feeds are matched by name; every manifest input
+    // must be present exactly once. Thread-safe.
+    RunResult run(const std::vector<NamedTensorView>& inputs) const;
+
+    const Manifest& manifest() const noexcept;
+    const std::string& artifact_dir() const noexcept;
+    std::size_t num_exits() const noexcept;
+    bool has_conditional() const noexcept;
+
+    // Snapshot of the exit statistics since load (or the last reset). Thread-safe.
+    ExitStats stats() const;
+    void reset_stats();
+
+private:
+    struct Impl;
+    explicit Model(std::unique_ptr<Impl> impl);
+    std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace exitc

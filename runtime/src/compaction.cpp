@@ -1,0 +1,82 @@
+#include "exitc/compaction.hpp"
+
+#include <cstring>
+
+namespace exitc {
+namespace {
+
+// A tensor seen as [outer, rows, inner] around its batch axis; inner in bytes.
+struct RowLayout {
+    int64_t outer = 1;
+    int64_t rows = 0;
+    std::size_t row_bytes = 0;
+};
+
+RowLayout row_layout(const Shape& shape, int batch_axis, DType dtype) {
+    RowLayout layout;
+    int64_t inner = 1;
+    for (std::size_t a = 0; a < shape.rank(); ++a) {
+        if (static_cast<int>(a) < batch_axis) layout.outer *= shape[a];
+        else if (static_cast<int>(a) == batch_axis) layout.rows = shape[a];
+        else inner *= shape[a];
+    }
+    layout.row_bytes = static_cast<std::size_t>(inner) * dtype_size(dtype);
+    return layout;
+}
+
+}  // namespace
+
+std::size_t exit_mask(const float* score, std::size_t rows, double threshold, std::vector<uint8_t>& exits) {
+    const float threshold32 = static_cast<float>(threshold);
+    exits.resize(rows);
+    std::size_t count = 0;
+    for (std::size_t i = 0; i < rows; ++i) {
+        const bool leaves = score[i] >= threshold32;  // NaN never exits
+        exits[i] = leaves ? 1 : 0;
+        count += leaves;
+    }
+    return count;
+}
+
+Shape compacted_shape(const Shape& shape, int batch_axis, int64_t keep_count) {
+    Shape out = shape;
+    out[static_cast<std::size_t>(batch_axis)] = keep_count;
+    return out;
+}
+
+TensorView compact_rows(const TensorView& src, int batch_axis, const int64_t* keep, std::size_t keep_count,
+                        void* dst) {
+    const RowLayout layout = row_layout(src.shape, batch_axis, src.dtype);
+    if (layout.row_bytes == 0 || keep_count == 0)
+        return TensorView{src.dtype, compacted_shape(src.shape, batch_axis, static_cast<int64_t>(keep_count)), dst};
+    const auto* from = static_cast<const unsigned char*>(src.data);
+    auto* to = static_cast<unsigned char*>(dst);
+    // Rows go to increasing destinations that never pass their sources (keep[j] >= j), so a
+    // forward walk with memmove is correct even when dst == src.data.
+    for (int64_t o = 0; o < layout.outer; ++o) {
+        const unsigned char* block = from + static_cast<std::size_t>(o * layout.rows) * layout.row_bytes;
+        for (std::size_t j = 0; j < keep_count; ++j) {
+            const unsigned char* row = block + static_cast<std::size_t>(keep[j]) * layout.row_bytes;
+            if (row != to) std::memmove(to, row, layout.row_bytes);
+            to += layout.row_bytes;
+        }
+    }
+    return TensorView{src.dtype, compacted_shape(src.shape, batch_axis, static_cast<int64_t>(keep_count)), dst};
+}
+
+void scatter_rows(const TensorView& src, int batch_axis, const int64_t* rows, void* dst, const Shape& dst_shape) {
+    const RowLayout from_layout = row_layout(src.shape, batch_axis, src.dtype);
+    if (from_layout.row_bytes == 0 || from_layout.rows == 0) return;  // nothing to write
+    const RowLayout to_layout = row_layout(dst_shape, batch_axis, src.dtype);
+    const auto* from = static_cast<const unsigned char*>(src.data);
+    auto* to = static_cast<unsigned char*>(dst);
+    for (int64_t o = 0; o < from_layout.outer; ++o) {
+        const unsigned char* src_block = from + static_cast<std::size_t>(o * from_layout.rows) * from_layout.row_bytes;
+        unsigned char* dst_block = to + static_cast<std::size_t>(o * to_layout.rows) * to_layout.row_bytes;
+        for (int64_t i = 0; i < from_layout.rows; ++i)
+            std::memcpy(dst_block + static_cast<std::size_t>(rows[i]) * to_layout.row_bytes,
+                        src_block + static_cast<std::size_t>(i) * from_layout.row_bytes, from_layout.row_bytes);
+    }
+}
+
+}  // namespace exitc
