@@ -1,0 +1,265 @@
+"""Shared helpers for the sample builders (``build_cv.py``, ``build_nlp.py``).
+
+Everything here is deliberately small and dependency-light: ONNX Runtime
+session setup, batched inference with progress bars, a softmax-regression
+head fitter (scipy L-BFGS), cache bookkeeping via ``meta.json`` and a few
+utilities for clean one-line error reporting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+import numpy as np
+
+SAMPLES_DIR = Path(__file__).resolve().parent
+CACHE_DIR = SAMPLES_DIR / ".cache"
+DEBS_ROOT = CACHE_DIR / "debs" / "root"
+
+ORT_THREADS = 2
+
+
+class BuildError(RuntimeError):
+    """An expected failure that is reported as a single line (no traceback)."""
+
+
+def run_main(main: Callable[[], None]) -> None:
+    """Run ``main`` and turn :class:`BuildError` into a one-line message + exit 1."""
+    try:
+        main()
+    except BuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def quiet_exporter() -> None:
+    """Silence the torch.onnx exporter's harmless warnings (torchvision ops, deprecations)."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*torch.export.*")
+    warnings.filterwarnings("ignore", message=".*axis name.*will not be used.*")
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+
+
+def require_file(path: Path, hint: str) -> Path:
+    """Return ``path`` if it exists, else raise a BuildError mentioning ``hint``."""
+    if not path.exists():
+        raise BuildError(f"{path} not found; {hint}")
+    return path
+
+
+def package_versions(names: Iterable[str]) -> dict[str, str]:
+    """Installed versions of the given distributions (missing ones are skipped)."""
+    out = {"python": platform.python_version()}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+# --------------------------------------------------------------------------
+# Cache bookkeeping
+# --------------------------------------------------------------------------
+
+def cache_is_fresh(out_dir: Path, files: Iterable[str], args: Mapping) -> bool:
+    """True if all ``files`` exist in ``out_dir`` and meta.json records ``args``."""
+    meta_path = out_dir / "meta.json"
+    if not meta_path.exists() or not all((out_dir / f).exists() for f in files):
+        return False
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return meta.get("args") == dict(args)
+
+
+def write_json(path: Path, obj) -> None:
+    """Write ``obj`` as pretty JSON atomically (write temp file, then rename)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Save arrays uncompressed to ``path`` atomically."""
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------
+# ONNX Runtime
+# --------------------------------------------------------------------------
+
+def ort_session(model_path: Path, threads: int = ORT_THREADS):
+    """CPU ORT session with ``threads`` intra-op threads and spinning disabled."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+
+
+def run_batched(sess, feeds: Mapping[str, np.ndarray], batch: int = 64,
+                desc: str = "ort") -> np.ndarray:
+    """Run the (single-output) session over ``feeds`` in batches; concatenate results."""
+    from tqdm import tqdm
+
+    n = len(next(iter(feeds.values())))
+    outs = []
+    with tqdm(total=n, desc=desc, unit="row", dynamic_ncols=True) as bar:
+        for i in range(0, n, batch):
+            chunk = {k: v[i:i + batch] for k, v in feeds.items()}
+            outs.append(sess.run(None, chunk)[0])
+            bar.update(len(outs[-1]))
+    return np.concatenate(outs, axis=0)
+
+
+def throughput(sess, feeds: Mapping[str, np.ndarray], batch: int = 32,
+               min_seconds: float = 3.0) -> float:
+    """Rows/s of ``sess`` at a fixed ``batch`` (first ``batch`` rows, after warm-up)."""
+    chunk = {k: np.ascontiguousarray(v[:batch]) for k, v in feeds.items()}
+    sess.run(None, chunk)  # warm-up
+    runs, start = 0, time.perf_counter()
+    while True:
+        sess.run(None, chunk)
+        runs += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds and runs >= 3:
+            return runs * batch / elapsed
+
+
+def check_onnx(model_path: Path) -> None:
+    """Run onnx.checker (full check) and strict shape inference on ``model_path``."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(model_path), full_check=True)
+        model = onnx.load(str(model_path))
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except Exception as exc:  # onnx raises several exception types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BuildError(f"ONNX validation failed for {model_path.name}: {first}") from exc
+
+
+def inline_functions(model_path: Path) -> int:
+    """Inline ONNX local functions in place; return how many there were."""
+    import onnx
+    import onnx.inliner
+
+    model = onnx.load(str(model_path))
+    count = len(model.functions)
+    if count:
+        model = onnx.inliner.inline_local_functions(model)
+        onnx.save(model, str(model_path))
+    return count
+
+
+# --------------------------------------------------------------------------
+# Linear head fitting
+# --------------------------------------------------------------------------
+
+def _softmax_regression(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float,
+                        max_iter: int, init: np.ndarray | None = None) -> np.ndarray:
+    """Multinomial logistic regression with L2 on the weights (not the bias).
+
+    Minimises mean cross-entropy + l2/2 * ||W||^2 with L-BFGS. Matrix products
+    run in float32 (features are standardised), the optimiser in float64.
+    Returns the flat parameter vector ``[W.ravel(), b]`` (``W`` is (C, d));
+    ``init`` warm-starts from such a vector.
+    """
+    from scipy.optimize import minimize
+    from scipy.special import logsumexp
+
+    n, d = x.shape
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    onehot = np.zeros((n, n_classes), dtype=np.float32)
+    onehot[np.arange(n), y] = 1.0
+
+    def loss_grad(theta):
+        w = theta[: n_classes * d].reshape(n_classes, d)
+        b = theta[n_classes * d:]
+        z = (x @ w.T.astype(np.float32)).astype(np.float64) + b
+        lse = logsumexp(z, axis=1, keepdims=True)
+        loss = float(np.mean(lse[:, 0] - np.sum(z * onehot, axis=1))) + 0.5 * l2 * float(np.sum(w * w))
+        g = ((np.exp(z - lse) - onehot) / n).astype(np.float32)
+        gw = (g.T @ x).astype(np.float64) + l2 * w
+        return loss, np.concatenate([gw.ravel(), g.sum(axis=0, dtype=np.float64)])
+
+    theta0 = np.zeros(n_classes * d + n_classes) if init is None else init
+    res = minimize(loss_grad, theta0, jac=True, method="L-BFGS-B",
+                   options={"maxiter": max_iter})
+    return res.x
+
+
+def _split_params(theta: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flat parameter vector -> (W (C, d), b (C,))."""
+    return theta[:-n_classes].reshape(n_classes, -1), theta[-n_classes:]
+
+
+def fit_linear_head(x: np.ndarray, y: np.ndarray, n_classes: int, seed: int,
+                    l2_grid: Iterable[float] = (3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0),
+                    holdout: float = 0.2, max_iter: int = 200) -> dict:
+    """Fit a softmax-regression head on features ``x`` with labels ``y``.
+
+    Features are standardised for the fit; the standardisation is folded back
+    into the returned weights, so ``logits = x @ W.T + b`` on raw features.
+    The L2 strength is picked on a random ``holdout`` fraction, then the head
+    is refitted on all rows.
+
+    Returns a dict with ``weight`` (C, d) float32, ``bias`` (C,) float32,
+    ``l2``, ``holdout_accuracy`` (of the chosen l2) and ``train_accuracy``.
+    """
+    mean = x.mean(axis=0)
+    std = x.std(axis=0) + 1e-6
+    xs = (x - mean) / std
+
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(x))
+    n_val = max(1, int(round(holdout * len(x))))
+    val, tr = perm[:n_val], perm[n_val:]
+
+    from tqdm import tqdm
+
+    best = None  # (holdout accuracy, l2, params)
+    theta = None
+    # Strongest regularisation first; each fit warm-starts from the previous one.
+    grid = sorted(l2_grid, reverse=True)
+    for l2 in tqdm(grid, desc="head l2 grid", unit="fit", dynamic_ncols=True):
+        theta = _softmax_regression(xs[tr], y[tr], n_classes, l2, max_iter, init=theta)
+        w, b = _split_params(theta, n_classes)
+        acc = float(np.mean(np.argmax(xs[val] @ w.T + b, axis=1) == y[val]))
+        if best is None or acc > best[0]:
+            best = (acc, l2, theta)
+
+    val_acc, l2, theta = best
+    theta = _softmax_regression(xs, y, n_classes, l2, max_iter, init=theta)
+    w, b = _split_params(theta, n_classes)
+    train_acc = float(np.mean(np.argmax(xs @ w.T + b, axis=1) == y))
+    weight = w / std  # fold standardisation into the linear layer
+    bias = b - weight @ mean
+    return {
+        "weight": weight.astype(np.float32),
+        "bias": bias.astype(np.float32),
+        "l2": float(l2),
+        "holdout_accuracy": val_acc,
+        "train_accuracy": train_acc,
+    }

