@@ -71,7 +71,7 @@ def cmd_inspect(a) -> int:
     feeds = (load_dataset(a.data, sig.inputs).feeds if a.data else example_feeds(sig, a.batch_size))
     feeds = {k: v[: a.batch_size] for k, v in feeds.items()}
     b = len(next(iter(feeds.values())))
-    _, original, slices, _, _ = profile_backbone(model, cands, find_mask_input(model), feeds, reps_b1=10, reps_bn=3)
+    original, slices, _ = profile_backbone(model, cands, find_mask_input(model), feeds, reps_b1=10, reps_bn=3)
     total = sum(s.at(b) for s in slices)
     acc = np.cumsum([s.at(b) for s in slices])
     rows = [[k, c.tensor[-48:], c.layout, "+".join(c.side) or "-", f"{c.flops_fraction:.2f}", f"{acc[k] / total:.2f}"]

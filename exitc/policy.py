@@ -65,13 +65,12 @@ class CostModel:
         out = []
         for i in range(len(bounds) - 1):
             js = range(bounds[i] + 1, bounds[i + 1] + 1)
-            fixed = sum(self.p.slices[j].fixed for j in js) - (len(js) - 1) * self.p.call_overhead
+            fixed = self.p.call_overhead + sum(self.p.slices[j].fixed for j in js)
             per_row = sum(self.p.slices[j].per_row for j in js)
-            if i < len(exits):
-                h = self.p.heads[exits[i]]
-                fixed += h.fixed - self.p.call_overhead
-                per_row += h.per_row
-            out.append(Cost(max(fixed, 0.0), per_row))
+            if i < len(exits):  # the head is fused into the segment: its work, no extra call
+                fixed += self.p.heads[exits[i]].fixed
+                per_row += self.p.heads[exits[i]].per_row
+            out.append(Cost(fixed, per_row))
         return out
 
     def expected(self, exits: list[int], reach: np.ndarray, batch: int) -> np.ndarray:

@@ -42,9 +42,9 @@ class Cost:
 class Profile:
     batch_size: int
     original: Cost
-    slices: list[Cost]          # backbone between candidate k-1 and k (len = candidates + 1)
-    heads: list[Cost]           # head k alone (len = candidates)
-    call_overhead: float        # seconds per runtime call of a trivial model
+    slices: list[Cost]          # work of the backbone between candidates k-1 and k (len = candidates + 1)
+    heads: list[Cost]           # work of head k (len = candidates)
+    call_overhead: float        # seconds per runtime call (the smallest measured fixed cost)
     timings: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -53,27 +53,8 @@ class Profile:
                 "call_overhead": self.call_overhead, "timings": self.timings}
 
 
-def time_session(sess: OrtSession, feeds: dict, reps: int, warmup: int = 2) -> float:
-    """Median wall time of `reps` runs (seconds)."""
-    for _ in range(warmup):
-        sess.run(feeds)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        sess.run(feeds)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
 def _rows(feeds: dict, n: int) -> dict:
     return {k: v[:n] for k, v in feeds.items()}
-
-
-def _identity_model() -> onnx.ModelProto:
-    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "overhead",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
 
 
 def exit_head(fitted: FittedHead, index: int, elem_type: int, mask_input: str | None,
@@ -82,56 +63,85 @@ def exit_head(fitted: FittedHead, index: int, elem_type: int, mask_input: str | 
     return ExitHead(index=index, tensor=c.tensor, layout=c.layout, elem_type=elem_type,
                     mask_input=mask_input if c.layout == "btc" else None, layers=fitted.layers,
                     gate_w=fitted.gate_w, gate_b=fitted.gate_b, emit_probabilities=emit_probabilities,
-                    kind=fitted.kind, meta={} if threshold is None else {"threshold": threshold})
+                    kind=fitted.kind, meta={} if threshold is None else {"threshold": threshold}, grid=c.spatial)
 
 
-def profile_backbone(model: onnx.ModelProto, cands: list[Candidate], mask_input: str | None, feeds: dict,
-                     reps_b1: int = 30, reps_bn: int = 8, bar=None):
-    """Time the call overhead, the original model and every slice between consecutive candidates.
-    Returns (overhead, original Cost, slice Costs, timings, state) where state holds every carried
-    tensor at the profiling batch (inputs for head profiling)."""
-    b = len(next(iter(feeds.values())))
-    timings: dict[str, dict] = {}
-    overhead = time_session(make_session(_identity_model(), "overhead probe"), {"x": np.zeros(1, np.float32)}, 200)
-    orig = make_session(model, "original model")
-    t1, tb = time_session(orig, _rows(feeds, 1), reps_b1), time_session(orig, feeds, reps_bn)
-    timings["original"] = {"batch1": t1, f"batch{b}": tb}
-    original = Cost.from_two(t1, tb, b)
-    if bar:
-        bar.update(1)
-    slices = []
+def measure_interleaved(jobs: list[tuple[str, OrtSession, dict]], reps: int, bar=None) -> dict[str, float]:
+    """Median time of each (name, session, feeds) job, measured round-robin: every round runs every
+    job once, so drift of a noisy machine (another process taking a core) hits all jobs alike
+    instead of biasing whichever was measured during the disturbance."""
+    for _, sess, feeds in jobs:
+        sess.run(feeds)
+    times: dict[str, list[float]] = {name: [] for name, _, _ in jobs}
+    for _ in range(reps):
+        for name, sess, feeds in jobs:
+            t0 = time.perf_counter()
+            sess.run(feeds)
+            times[name].append(time.perf_counter() - t0)
+        if bar:
+            bar.update(1)
+    return {name: float(np.median(v)) for name, v in times.items()}
+
+
+def _backbone_jobs(model: onnx.ModelProto, cands: list[Candidate], mask_input: str | None, feeds: dict):
+    """(name, session, feeds) for the original model and every slice, plus the carried state."""
+    jobs = [("original", make_session(model, "original model"), feeds)]
     state = dict(feeds)
     for seg in build_segments(model, cands, [None] * len(cands), mask_input):
         sess = make_session(seg.model, f"segment {seg.index}")
         seg_feeds = {k: state[k] for k in seg.inputs}
-        t1, tb = time_session(sess, _rows(seg_feeds, 1), reps_b1), time_session(sess, seg_feeds, reps_bn)
-        timings[f"slice{seg.index}"] = {"batch1": t1, f"batch{b}": tb}
-        slices.append(Cost.from_two(t1, tb, b))
-        names = sess.output_names
-        state.update(zip(names, sess.run(seg_feeds, names)))
-        if bar:
-            bar.update(1)
-    return overhead, original, slices, timings, state
+        jobs.append((f"slice{seg.index}", sess, seg_feeds))
+        state.update(zip(sess.output_names, sess.run(seg_feeds, sess.output_names)))
+    return jobs, state
+
+
+def _measure(jobs, b: int, reps_b1: int, reps_bn: int, bar=None) -> dict[str, Cost]:
+    t1 = measure_interleaved([(n, s, _rows(f, 1)) for n, s, f in jobs], reps_b1, bar)
+    tb = measure_interleaved(jobs, reps_bn, bar)
+    return {n: Cost.from_two(t1[n], tb[n], b) for n, _, _ in jobs}, {n: {"batch1": t1[n], f"batch{b}": tb[n]} for n, _, _ in jobs}
+
+
+def profile_backbone(model: onnx.ModelProto, cands: list[Candidate], mask_input: str | None, feeds: dict,
+                     reps_b1: int = 30, reps_bn: int = 8):
+    """Original model and every slice between consecutive candidates: (original, slices, timings)."""
+    b = len(next(iter(feeds.values())))
+    jobs, _ = _backbone_jobs(model, cands, mask_input, feeds)
+    costs, timings = _measure(jobs, b, reps_b1, reps_bn)
+    return costs["original"], [costs[f"slice{k}"] for k in range(len(cands) + 1)], timings
 
 
 def profile_costs(model: onnx.ModelProto, heads: list[FittedHead], mask_input: str | None, data: Dataset,
                   batch_size: int, elem_types: dict[str, int], reps_b1: int = 30, reps_bn: int = 8,
                   progress: bool = True) -> Profile:
+    """Costs of the original, every slice and every head at batch 1 and the deployment batch."""
     cands = [h.candidate for h in heads]
     b = min(batch_size, data.rows)
     feeds = _rows(data.feeds, b)
-    bar = tqdm(total=1 + 2 * len(cands) + 1, desc="profile", unit="model", disable=not progress, leave=False)
-    overhead, original, slices, timings, state = profile_backbone(model, cands, mask_input, feeds, reps_b1, reps_bn, bar)
-    head_costs = []
+    jobs, state = _backbone_jobs(model, cands, mask_input, feeds)
     for k, fitted in enumerate(heads):
         c = fitted.candidate
         hm = head_model(model, exit_head(fitted, k, elem_types.get(c.tensor, TensorProto.FLOAT), mask_input, False),
                         mask_input)
         sess = make_session(hm, f"head {k}")
-        hf = {name: state[name] for name in sess.input_names}
-        t1, tb = time_session(sess, _rows(hf, 1), reps_b1), time_session(sess, hf, reps_bn)
-        timings[f"head{k}"] = {"batch1": t1, f"batch{b}": tb}
-        head_costs.append(Cost.from_two(t1, tb, b))
-        bar.update(1)
-    bar.close()
-    return Profile(b, original, slices, head_costs, overhead, timings)
+        jobs.append((f"head{k}", sess, {name: state[name] for name in sess.input_names}))
+    with tqdm(total=2 * (reps_b1 + reps_bn), desc="profile", unit="round", disable=not progress, leave=False) as bar:
+        costs, timings = _measure(jobs, b, reps_b1, reps_bn, bar)
+    original = costs["original"]
+    slices = [costs[f"slice{k}"] for k in range(len(cands) + 1)]
+    head_costs = [costs[f"head{k}"] for k in range(len(heads))]
+    overhead = min(c.fixed for c in head_costs + slices)
+    return Profile(b, original, calibrate_slices(slices, original, overhead),
+                   [Cost(max(h.fixed - overhead, 0.0), h.per_row) for h in head_costs], overhead, timings)
+
+
+def calibrate_slices(slices: list[Cost], original: Cost, overhead: float) -> list[Cost]:
+    """Work cost of each slice (without the per-call overhead), scaled so that the slices add up to
+    the monolithic model. Timed one by one, thin slices cost more in total than the whole model
+    (each call wakes the thread pool, loses fusions and cache reuse), which would make every exit
+    look unprofitable; their *relative* costs are what locates an exit along the model."""
+    row_total = sum(s.per_row for s in slices)
+    fixed_work = [max(s.fixed - overhead, 0.0) for s in slices]
+    fixed_total = sum(fixed_work)
+    row_scale = original.per_row / row_total if row_total > 0 else 0.0
+    fixed_scale = max(original.fixed - overhead, 0.0) / fixed_total if fixed_total > 0 else 0.0
+    return [Cost(f * fixed_scale, s.per_row * row_scale) for f, s in zip(fixed_work, slices)]

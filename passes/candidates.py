@@ -51,6 +51,7 @@ class Candidate:
     features: int            # channel/feature size of the main tensor (C, C or F)
     row_elements: int        # elements per row carried across the cut
     flops_fraction: float    # estimated share of the model's arithmetic before the cut
+    spatial: tuple[int, int] | None = None  # (H, W) for nchw activations with static size
 
     @property
     def carried(self) -> tuple[str, ...]:
@@ -203,7 +204,9 @@ def find_candidates(model: onnx.ModelProto, max_side: int = 3, max_candidates: i
             continue
         found[key] = Candidate(cut=cut, tensor=carried[main_i], side=tuple(t for k, t in enumerate(carried) if k != main_i),
                                layout=layout, features=_features(main_info, layout), row_elements=sum(sizes),
-                               flops_fraction=frac)
+                               flops_fraction=frac,
+                               spatial=(tuple(main_info.shape[2:4]) if layout == "nchw"
+                                        and all(isinstance(d, int) for d in main_info.shape[2:4]) else None))
     cands = sorted(found.values(), key=lambda c: c.cut)
     # Keep the cheapest cut among neighbours (block outputs rather than expanded inner tensors).
     keep = [c for k, c in enumerate(cands)

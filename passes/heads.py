@@ -42,6 +42,7 @@ class ExitHead:
     gate_b: float
     emit_probabilities: bool = False
     kind: str = "linear"
+    grid: tuple[int, int] | None = None  # nchw: (H, W) of the activation, for 2x2 grid pooling
     meta: dict = field(default_factory=dict)
 
     @property
@@ -53,12 +54,21 @@ class ExitHead:
         return f"exitc_exit{self.index}_score"
 
 
+def grid_kernel(grid: tuple[int, int] | None) -> tuple[int, int] | None:
+    """AveragePool kernel (= stride) giving a 2x2 grid over an (H, W) map, or None if too small."""
+    if grid is None or not all(isinstance(d, int) and d >= 2 for d in grid):
+        return None
+    return grid[0] // 2, grid[1] // 2
+
+
 def pooling_nodes(tensor: str, layout: str, elem_type: int, mask_input: str | None, prefix: str,
-                  mask_elem_type: int | None = None):
+                  mask_elem_type: int | None = None, grid: tuple[int, int] | None = None):
     """Nodes turning an activation into pooled features [batch, D].
 
-    nchw: concat(global average, global max) -> 2C. btc: concat(masked mean over tokens,
-    first token) -> 2C. bf: the features themselves. Returns (nodes, initializers, output_name).
+    nchw: concat(global average, global max, 2x2 grid of averages when the map is at least 2x2)
+    -> 2C or 6C; the grid keeps coarse layout (sleeve vs no sleeve), which global pooling of early
+    feature maps throws away. btc: concat(masked mean over tokens, first token) -> 2C. bf: the
+    features themselves. Returns (nodes, initializers, output_name).
     """
     nodes, inits = [], []
     x = tensor
@@ -72,8 +82,15 @@ def pooling_nodes(tensor: str, layout: str, elem_type: int, mask_input: str | No
             helper.make_node("Flatten", [f"{prefix}_gap"], [f"{prefix}_avg"], axis=1, name=f"{prefix}_flat_avg"),
             helper.make_node("GlobalMaxPool", [x], [f"{prefix}_gmp"], name=f"{prefix}_gmp"),
             helper.make_node("Flatten", [f"{prefix}_gmp"], [f"{prefix}_max"], axis=1, name=f"{prefix}_flat_max"),
-            helper.make_node("Concat", [f"{prefix}_avg", f"{prefix}_max"], [out], axis=1, name=f"{prefix}_cat"),
         ]
+        parts = [f"{prefix}_avg", f"{prefix}_max"]
+        k = grid_kernel(grid)
+        if k is not None:
+            nodes += [helper.make_node("AveragePool", [x], [f"{prefix}_grid4"], kernel_shape=list(k), strides=list(k),
+                                       name=f"{prefix}_grid"),
+                      helper.make_node("Flatten", [f"{prefix}_grid4"], [f"{prefix}_gridf"], axis=1, name=f"{prefix}_flat_grid")]
+            parts.append(f"{prefix}_gridf")
+        nodes.append(helper.make_node("Concat", parts, [out], axis=1, name=f"{prefix}_cat"))
     elif layout == "btc":
         inits += [const_tensor(f"{prefix}_row_t", np.array([0, 1, -1], np.int64)),
                   const_tensor(f"{prefix}_col_t", np.array([0, -1, 1], np.int64)),
@@ -114,7 +131,8 @@ def pooling_nodes(tensor: str, layout: str, elem_type: int, mask_input: str | No
 def head_nodes(head: ExitHead, mask_elem_type: int | None = None):
     """Nodes for pooling + MLP/linear + gate. Returns (nodes, initializers, output value infos)."""
     p = f"exitc_h{head.index}"
-    nodes, inits, h = pooling_nodes(head.tensor, head.layout, head.elem_type, head.mask_input, p, mask_elem_type)
+    nodes, inits, h = pooling_nodes(head.tensor, head.layout, head.elem_type, head.mask_input, p, mask_elem_type,
+                                    head.grid)
     for li, (w, b) in enumerate(head.layers):
         inits += [const_tensor(f"{p}_w{li}", w.astype(np.float32)), const_tensor(f"{p}_b{li}", b.astype(np.float32))]
         nodes += [helper.make_node("MatMul", [h, f"{p}_w{li}"], [f"{p}_mm{li}"], name=f"{p}_mm{li}"),

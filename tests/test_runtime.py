@@ -55,7 +55,8 @@ def make_artifact(tmp, model, sig, thresholds, seed=0, feeds=None):
         heads.append(ExitHead(k, c.tensor, c.layout, onnx.TensorProto.FLOAT, mask if c.layout == "btc" else None,
                               [((0.05 * rng.standard_normal((d, sig.num_classes))).astype(np.float32),
                                 np.zeros(sig.num_classes, np.float32))],
-                              np.array([4.0, 2.0, -1.0], np.float32), -2.0, meta={"threshold": float(t)}))
+                              np.array([4.0, 2.0, -1.0], np.float32), -2.0, meta={"threshold": float(t)},
+                              grid=c.spatial))
     segs = build_segments(model, cands, heads, mask)
     path = str(tmp / "m.exitc")
     os.makedirs(os.path.join(path, "segments"), exist_ok=True)
