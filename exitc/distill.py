@@ -88,7 +88,7 @@ def fit_linear(x: np.ndarray, p: np.ndarray, l2: float = 1e-3, max_iter: int = 2
     return _fold_standardization([(w, b)], mu, sd)
 
 
-def fit_mlp(x: np.ndarray, p: np.ndarray, hidden: int = 64, l2: float = 1e-3, max_iter: int = 150, seed: int = 0) -> Layers:
+def fit_mlp(x: np.ndarray, p: np.ndarray, hidden: int = 64, l2: float = 1e-3, max_iter: int = 120, seed: int = 0) -> Layers:
     mu, sd = _standardize(x)
     xs = (x - mu) / sd
     d, c = x.shape[1], p.shape[1]
@@ -150,7 +150,7 @@ FITTERS = {"linear": fit_linear, "mlp": fit_mlp}
 
 
 def distill_heads(candidates: list[Candidate], features: list[np.ndarray], targets: np.ndarray,
-                  kinds: tuple[str, ...] = ("linear", "mlp"), folds: int = 3, mlp_max_features: int = 1024,
+                  kinds: tuple[str, ...] = ("linear", "mlp"), folds: int = 3, mlp_max_features: int = 768,
                   seed: int = 0, progress: bool = True) -> list[FittedHead]:
     """Fit one head per candidate on (features, original soft predictions)."""
     # The optimiser makes many small matrix products; OpenBLAS's thread hand-offs cost more than

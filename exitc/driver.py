@@ -36,7 +36,7 @@ class CompileOptions:
     batch_size: int = 32
     output: str | None = None
     certify_fraction: float = 0.5
-    max_candidates: int = 24
+    max_candidates: int = 16
     head_kinds: tuple[str, ...] = ("linear", "mlp")
     seed: int = 0
     progress: bool = True

@@ -58,6 +58,7 @@ def make_artifact(tmp, model, sig, thresholds, seed=0, feeds=None):
                               np.array([4.0, 2.0, -1.0], np.float32), -2.0, meta={"threshold": float(t)},
                               grid=c.spatial))
     segs = build_segments(model, cands, heads, mask)
+    os.makedirs(tmp, exist_ok=True)
     path = str(tmp / "m.exitc")
     os.makedirs(os.path.join(path, "segments"), exist_ok=True)
     src = str(tmp / "model.onnx")

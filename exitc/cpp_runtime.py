@@ -1,0 +1,43 @@
+"""`exitc.load` backed by the C++ runtime (libexitc through the `_exitc_runtime` module).
+
+Same interface as :class:`exitc.runtime.ExitModel`, which stays the reference the C++ runtime is
+tested against (tests/test_cpp_runtime.py).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from . import _exitc_runtime
+from .errors import ExitcError
+from .manifest import read_manifest
+
+
+class CppExitModel:
+    def __init__(self, path: str, threads: int | None = None, use_conditional: bool = True):
+        self.path = path
+        self.manifest = read_manifest(path)  # same validation and messages as the reference
+        m = self.manifest
+        self.inputs = m["inputs"]
+        self.output_names = [o["name"] for o in m["outputs"]]
+        self.prediction_output = m["prediction_output"]
+        self.num_classes = m["num_classes"]
+        self.num_exits = len(m["segments"]) - 1
+        try:
+            self._model = _exitc_runtime.load(path, int(threads or 0), bool(use_conditional))
+        except (ValueError, RuntimeError) as exc:
+            raise ExitcError(str(exc)) from None
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
+        try:
+            outs, exit_index = self._model.run(dict(feeds))
+        except ValueError as exc:  # bad inputs: names, dtypes, shapes
+            raise ExitcError(str(exc)) from None
+        return [outs[n] for n in self.output_names], exit_index
+
+    __call__ = run
+
+    def stats(self) -> dict:
+        return dict(self._model.stats())
