@@ -218,9 +218,9 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=CACHE_DIR / "nlp", help="output directory")
     p.add_argument("--calib-rows", type=int, default=None,
-                   help="calibration rows (>= 2000; default: all rows left after "
-                        "head-fit and test rows)")
-    p.add_argument("--test-rows", type=int, default=1000, help="test rows (>= 1000)")
+                   help="calibration rows (>= 200; default: all rows left after head-fit and test "
+                        "rows, >= 2000; smaller values are for quick integration tests)")
+    p.add_argument("--test-rows", type=int, default=1000, help="test rows (>= 100)")
     p.add_argument("--head-rows", type=int, default=1200,
                    help="reviews used to fit the linear head")
     p.add_argument("--force", action="store_true", help="rebuild even if outputs are fresh")
@@ -229,12 +229,12 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    if args.test_rows < 1000:
-        raise BuildError("--test-rows must be >= 1000")
+    if args.test_rows < 100:
+        raise BuildError("--test-rows must be >= 100")
     if args.head_rows < 200:
         raise BuildError("--head-rows must be >= 200")
-    if args.calib_rows is not None and args.calib_rows < 2000:
-        raise BuildError("--calib-rows must be >= 2000")
+    if args.calib_rows is not None and args.calib_rows < 200:
+        raise BuildError("--calib-rows must be >= 200")
 
     out: Path = args.out
     key = {"builder_version": BUILDER_VERSION, "seed": SEED, "max_len": MAX_LEN,
@@ -256,9 +256,9 @@ def main() -> None:
     labels_all = df["score"].map(LABELS).to_numpy(np.int64)
     left = len(df) - args.head_rows - args.test_rows
     calib_rows = left if args.calib_rows is None else args.calib_rows
-    if calib_rows < 2000 or calib_rows > left:
+    if calib_rows < 200 or calib_rows > left:
         raise BuildError(f"only {left} reviews left for calibration after head-fit and "
-                         f"test rows; need >= 2000 (and >= --calib-rows)")
+                         f"test rows; need >= 200 (and >= --calib-rows)")
     perm = np.random.default_rng(SEED).permutation(len(df))
     head_idx = perm[:args.head_rows]
     test_idx = perm[args.head_rows:args.head_rows + args.test_rows]

@@ -1,0 +1,88 @@
+"""Integration: compile reduced versions of the two real samples and check the compiled models.
+
+The samples are built from registry packages by samples/build_*.py (scripts/setup_samples.sh
+installs what they need); reduced sizes keep this under a few minutes on 2 cores. Built samples
+are cached under samples/.cache/*-small.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from exitc.backends import make_session
+from exitc.bench import _infos
+from exitc.data import load_dataset
+from exitc.driver import CompileOptions, compile_model
+from exitc.passes import load_model, normalize
+from exitc.runtime import ExitModel
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SAMPLES = {
+    "cv": (["--head-rows", "2000", "--calib-rows", "3000", "--test-rows", "500"], 0.97),
+    "nlp": (["--head-rows", "600", "--calib-rows", "900", "--test-rows", "200"], 0.95),
+}
+
+
+def build(name):
+    pytest.importorskip("torch")
+    out = os.path.join(ROOT, "samples", ".cache", f"{name}-small")
+    args, _ = SAMPLES[name]
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "samples", f"build_{name}.py"), "--out", out, *args],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        if "setup_samples" in res.stderr:
+            pytest.skip(f"sample data not installed: {res.stderr.strip()}")
+        raise AssertionError(res.stderr)
+    return out
+
+
+@pytest.fixture(scope="module", params=list(SAMPLES))
+def compiled(request, tmp_path_factory):
+    name = request.param
+    d = build(name)
+    out = str(tmp_path_factory.mktemp(name) / "model.exitc")
+    target = SAMPLES[name][1]
+    result = compile_model(os.path.join(d, "model.onnx"), os.path.join(d, "calib.npz"), out,
+                           CompileOptions(target_acc=target, progress=False), log=lambda *a: None)
+    return name, d, out, target, result
+
+
+def test_compile_meets_guarantee_on_test_split(compiled):
+    name, d, out, target, result = compiled
+    manifest = json.load(open(os.path.join(out, "manifest.json")))
+    assert manifest["calibration"]["agreement_bound"] >= target
+    assert result.seconds < 300, "compile must stay well under 5 minutes on the reduced sample"
+    model = ExitModel(out)
+    test = load_dataset(os.path.join(d, "test.npz"), _infos(manifest))
+    original = make_session(normalize(load_model(os.path.join(d, "model.onnx")))[0], "original")
+    agree = total = 0
+    for start in range(0, test.rows, 32):
+        feeds = {k: v[start:start + 32] for k, v in test.feeds.items()}
+        ref = original.run(feeds)[0]
+        (got,), idx = model.run(feeds)
+        full = idx == model.num_exits
+        np.testing.assert_allclose(got[full], ref[full], rtol=1e-4, atol=1e-4)
+        agree += int((got.argmax(1) == ref.argmax(1)).sum())
+        total += len(ref)
+    # The bound holds on the calibration distribution with 95% confidence; the test split is a
+    # small independent sample of it, so allow its sampling noise.
+    assert agree / total >= target - 0.03, (name, agree / total)
+
+
+def test_cpp_runtime_matches_reference_on_sample(compiled):
+    cpp = pytest.importorskip("exitc.cpp_runtime", reason="C++ runtime not built")
+    name, d, out, _, _ = compiled
+    ref, fast = ExitModel(out), cpp.CppExitModel(out)
+    test = load_dataset(os.path.join(d, "test.npz"), _infos(ref.manifest))
+    for b in (1, 7, 32):
+        for start in (0, 40, 100):
+            feeds = {k: v[start:start + b] for k, v in test.feeds.items()}
+            (want,), want_idx = ref.run(feeds)
+            (got,), got_idx = fast.run(feeds)
+            np.testing.assert_array_equal(got_idx, want_idx, err_msg=f"{name} batch {b}")
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"{name} batch {b}")
