@@ -19,4 +19,11 @@ def compile_onnx(model_path: str, calib_path: str, out_dir: str, **options):
     return compile_model(model_path, calib_path, out_dir, CompileOptions(**options))
 
 
-__all__ = ["ExitcError", "__version__", "compile_onnx", "load"]
+def compile(module, example_inputs=None, calib=None, **options):
+    """Compile a PyTorch nn.Module (needs the torch extra); see :func:`exitc.torch_frontend.compile`."""
+    from .torch_frontend import compile as _compile
+
+    return _compile(module, example_inputs, calib=calib, **options)
+
+
+__all__ = ["ExitcError", "__version__", "compile", "compile_onnx", "load"]

@@ -22,7 +22,8 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--batch-size", type=int, default=32)
 
     c = sub.add_parser("compile", help="compile a model into an early-exit model directory")
-    c.add_argument("model")
+    c.add_argument("model", help="model.onnx, or FILE.py:NAME for a PyTorch nn.Module/factory (needs torch)")
+    c.add_argument("--example-shape", help="FILE.py:NAME only: per-row input shape, e.g. 3,32,32 (checked against --calib)")
     c.add_argument("--calib", required=True, help=".npz calibration data (arrays named after model inputs)")
     c.add_argument("--target-acc", type=float, default=0.99,
                    help="minimum agreement with the original's top-1 prediction (default 0.99)")
@@ -86,6 +87,16 @@ def cmd_inspect(a) -> int:
 def cmd_compile(a) -> int:
     from .driver import CompileOptions, compile_model
 
+    if ":" in a.model and a.model.split(":", 1)[0].endswith(".py"):
+        from .torch_frontend import compile_module_cli
+
+        out = a.out or os.path.splitext(a.model.split(":", 1)[0])[0] + ".exitc"
+        compile_module_cli(a.model, a.calib, out, example_shape=a.example_shape, force=a.force,
+                           target_acc=a.target_acc, confidence=a.confidence, batch_size=a.batch_size,
+                           certify_fraction=a.certify_fraction, progress=not a.quiet,
+                           head_kinds=tuple(k for k in a.heads.split(",") if k))
+        print(f"wrote {out}")
+        return 0
     out = a.out or os.path.splitext(a.model)[0] + ".exitc"
     opts = CompileOptions(target_acc=a.target_acc, confidence=a.confidence, batch_size=a.batch_size, output=a.output,
                           certify_fraction=a.certify_fraction, head_kinds=tuple(k for k in a.heads.split(",") if k),

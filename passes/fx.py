@@ -12,7 +12,7 @@ batch-major side tensors cross the cut; cheap computations from the graph inputs
 * :func:`find_fx_candidates`: candidates (``Candidate.tensor`` is an fx node name).
 * :func:`extract_segment` / :func:`build_fx_segments`: standalone GraphModules per segment.
 * :func:`pool_features` / :class:`ExitHeadModule`: exit heads with the pooling of
-  :mod:`.heads` (nchw: concat(global avg, global max); btc: concat(masked mean, first token);
+  :mod:`.heads` (nchw: concat(global avg, global max, 2x2 grid of averages); btc: concat(masked mean, first token);
   bf: identity), the fitted layers and the exit gate.
 
 torch is imported here and only here (and in :mod:`exitc.torch_frontend`); the ONNX path never
@@ -34,7 +34,7 @@ from exitc.errors import ExitcError
 
 from .candidates import Candidate, find_candidates
 from .graph import BATCH
-from .heads import EPS
+from .heads import EPS, grid_kernel
 
 
 class TraceFailure(ExitcError):
@@ -127,7 +127,7 @@ def observe(gm: fx.GraphModule, feeds2: dict[str, torch.Tensor], feeds3: dict[st
     runs = []
     for feeds in (feeds2, feeds3):
         rec = _Recorder(gm)
-        with torch.inference_mode():
+        with torch.no_grad():
             rec.run(*[feeds[p.target] for p in gm.graph.nodes if p.op == "placeholder"])
         runs.append(rec.values)
     out = {}
@@ -336,11 +336,18 @@ def build_fx_segments(gm: fx.GraphModule, cuts: Sequence[Candidate]) -> list[FxS
 # heads
 
 
-def pool_features(x: torch.Tensor, layout: str, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Pooled features [batch, D], the definition of :func:`.heads.pooling_nodes` in torch."""
+def pool_features(x: torch.Tensor, layout: str, mask: torch.Tensor | None = None,
+                  grid: tuple[int, int] | None = None) -> torch.Tensor:
+    """Pooled features [batch, D], the definition of :func:`.heads.pooling_nodes` in torch
+    (nchw: global average, global max and, given the map's static (H, W) as `grid`, the 2x2 grid
+    of averages with the same kernel as the ONNX AveragePool)."""
     x = x.float()
     if layout == "nchw":
-        return torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
+        parts = [x.mean(dim=(2, 3)), x.amax(dim=(2, 3))]
+        k = grid_kernel(grid)
+        if k is not None:
+            parts.append(torch.nn.functional.avg_pool2d(x, kernel_size=k, stride=k).flatten(1))
+        return torch.cat(parts, dim=1)
     if layout == "btc":
         if mask is not None:
             m = mask.float().reshape(mask.shape[0], 1, -1)
@@ -359,9 +366,10 @@ class ExitHeadModule(torch.nn.Module):
     """Pooling + fitted layers (ReLU between) + exit gate; returns (logits or probs, score [batch])."""
 
     def __init__(self, layout: str, layers, gate_w, gate_b: float, threshold: float = 2.0,
-                 emit_probabilities: bool = False):
+                 emit_probabilities: bool = False, grid: tuple[int, int] | None = None):
         super().__init__()
         self.layout = layout
+        self.grid = grid
         self.n_layers = len(layers)
         for i, (w, b) in enumerate(layers):
             self.register_buffer(f"w{i}", torch.from_numpy(np.ascontiguousarray(w, np.float32)))
@@ -372,7 +380,7 @@ class ExitHeadModule(torch.nn.Module):
         self.emit_probabilities = emit_probabilities
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None):
-        h = pool_features(x, self.layout, mask)
+        h = pool_features(x, self.layout, mask, self.grid)
         for i in range(self.n_layers):
             h = torch.matmul(h, getattr(self, f"w{i}")) + getattr(self, f"b{i}")
             if i < self.n_layers - 1:

@@ -1,0 +1,275 @@
+"""PyTorch front end: torch.fx exit insertion, `exitc.compile(module)`, the ONNX fallback.
+
+Small torchvision-free modules built so that early layers already carry most of the signal (weak
+residual branches, a classifier centred on calibration features), so exits are really taken and
+some rows still run to the end.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+import exitc  # noqa: E402
+from exitc.errors import ExitcError  # noqa: E402
+from exitc import torch_frontend as tf  # noqa: E402
+from exitc.passes.fx import TraceFailure, trace  # noqa: E402
+
+FAST = dict(target_acc=0.9, max_candidates=4, batch_size=16, log=lambda s: None)
+
+class Block(nn.Module):
+    def __init__(s, c, k=0.3):
+        super().__init__()
+        s.c1 = nn.Conv2d(c, c, 3, padding=1); s.c2 = nn.Conv2d(c, c, 3, padding=1)
+        for m in (s.c1, s.c2):
+            nn.init.normal_(m.weight, std=k / (3 * c ** 0.5)); nn.init.normal_(m.bias, std=0.02)
+    def forward(s, x):
+        return torch.relu(x + s.c2(torch.relu(s.c1(x))))
+
+class ResCNN(nn.Module):
+    def __init__(s, c=8, blocks=4, classes=5, k=1.0):
+        super().__init__()
+        s.stem = nn.Conv2d(3, c, 3, padding=1)
+        s.blocks = nn.Sequential(*[Block(c, k) for _ in range(blocks)])
+        s.fc = nn.Linear(c, classes)
+        nn.init.normal_(s.fc.weight, std=1.5)
+    def features(s, x):
+        return s.blocks(torch.relu(s.stem(x))).mean(dim=(2, 3))
+    def forward(s, x):
+        h = s.blocks(torch.relu(s.stem(x)))
+        return s.fc(h.mean(dim=(2, 3)))
+    def center(s, x):
+        """Set the classifier's bias so that predictions spread over the classes."""
+        with torch.no_grad():
+            f = s.features(torch.as_tensor(x))
+            s.fc.weight.copy_(s.fc.weight / (s.fc.weight.std() * (f.std(0) + 1e-6)))
+            s.fc.bias.copy_(-(f @ s.fc.weight.T).mean(0))
+        return s
+
+def cnn_data(n, seed=0, classes=5):
+    centers = np.random.default_rng(123).standard_normal((classes, 3, 12, 12))
+    g = np.random.default_rng(seed)
+    y = g.integers(0, classes, n)
+    return (1.5 * centers[y] + g.standard_normal((n, 3, 12, 12))).astype(np.float32)
+
+
+class Attn(nn.Module):
+    def __init__(s, d, k):
+        super().__init__()
+        s.q, s.k, s.v, s.o = (nn.Linear(d, d) for _ in range(4))
+        s.ff1, s.ff2 = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+        s.n1, s.n2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        s.scale = k
+    def forward(s, h, ext):
+        a = torch.softmax(s.q(h) @ s.k(h).transpose(1, 2) / h.shape[-1] ** 0.5 + ext, dim=-1) @ s.v(h)
+        h = s.n1(h + s.scale * s.o(a))
+        return s.n2(h + s.scale * s.ff2(torch.relu(s.ff1(h))))
+
+
+class TinyEncoder(nn.Module):
+    def __init__(s, vocab=50, d=16, seq=8, layers=4, classes=3, k=0.5):
+        super().__init__()
+        s.emb = nn.Embedding(vocab, d)
+        s.pos = nn.Parameter(torch.randn(1, seq, d) * 0.1)
+        s.layers = nn.ModuleList([Attn(d, k) for _ in range(layers)])
+        s.fc = nn.Linear(d, classes)
+    def encode(s, input_ids, attention_mask):
+        h = s.emb(input_ids) + s.pos[:, : input_ids.shape[1]]
+        ext = (1.0 - attention_mask[:, None, :].float()) * -1e4
+        for layer in s.layers:
+            h = layer(h, ext)
+        m = attention_mask[:, :, None].float()
+        return (h * m).sum(1) / m.sum(1)
+    def forward(s, input_ids, attention_mask):
+        return s.fc(s.encode(input_ids, attention_mask))
+    def center(s, ids, mask):
+        with torch.no_grad():
+            f = s.encode(torch.as_tensor(ids), torch.as_tensor(mask))
+            s.fc.weight.copy_(torch.randn_like(s.fc.weight) / (f.std(0) + 1e-6))
+            s.fc.bias.copy_(-(f @ s.fc.weight.T).mean(0))
+        return s
+
+
+def make_encoder(k=0.5):
+    torch.manual_seed(0)
+    m = TinyEncoder(k=k).eval()
+    return m.center(*text_data(300, seed=7))
+
+
+def text_data(n, seed=0, seq=8, vocab=50):
+    g = np.random.default_rng(seed)
+    ids = g.integers(0, vocab, (n, seq)).astype(np.int64)
+    lengths = g.integers(2, seq + 1, n)
+    mask = (np.arange(seq)[None] < lengths[:, None]).astype(np.int64)
+    return ids * mask, mask
+
+
+class Down(nn.Module):
+    def __init__(s):
+        super().__init__()
+        s.pool = nn.AvgPool2d(2)
+    def forward(s, x):
+        if x.shape[-1] > 8:  # Python control flow on a shape: torch.fx cannot trace this
+            x = s.pool(x)
+        return x
+
+
+class Branchy(nn.Module):
+    def __init__(s):
+        super().__init__()
+        s.stem = nn.Conv2d(3, 8, 3, padding=1)
+        s.down = Down()
+        s.body = nn.Sequential(*[Block(8, 0.6) for _ in range(3)])
+        s.fc = nn.Linear(8, 5)
+    def forward(s, x):
+        return s.fc(s.body(s.down(torch.relu(s.stem(x)))).mean(dim=(2, 3)))
+
+
+def make_cnn(k=0.6):
+    torch.manual_seed(0)
+    return ResCNN(k=k).eval().center(cnn_data(300, seed=7))
+
+
+def full_depth_rows(compiled):
+    return compiled.last_exit_index == compiled.num_exits
+
+
+@pytest.fixture(scope="module")
+def cnn_compiled():
+    m = make_cnn()
+    x = cnn_data(600)
+    return m, tf.compile(m, torch.from_numpy(x[:2]), calib=x, **FAST)
+
+
+def test_cnn_exits_and_full_depth_rows_are_exact(cnn_compiled):
+    m, c = cnn_compiled
+    assert type(c).__name__ == "TorchCompiled" and c.plan.exits, c.plan.reason
+    assert all(cand.layout == "nchw" for cand in c.candidates)
+    x = torch.from_numpy(cnn_data(200, seed=1))
+    y = c(x)
+    ref = m(x).detach()
+    e = c.last_exit_index
+    assert e.dtype == torch.int64 and e.shape == (200,)
+    end = full_depth_rows(c)
+    assert 0 < int(end.sum()) < 200, "want both exited and full-depth rows"
+    assert torch.allclose(y[end], ref[end], rtol=0, atol=1e-6)
+    assert (y.argmax(1) == ref.argmax(1)).float().mean() >= 0.85
+
+
+def test_cnn_artifact_agrees_with_compiled(cnn_compiled, tmp_path):
+    m, c = cnn_compiled
+    x = torch.from_numpy(cnn_data(100, seed=2))
+    y = c(x)
+    path = c.save(str(tmp_path / "cnn.exitc"), exporter="legacy")
+    rt = exitc.load(path, engine="python")
+    assert rt.num_exits == c.num_exits
+    outs, idx = rt.run({"x": x.numpy()})
+    np.testing.assert_array_equal(idx, c.last_exit_index.numpy())
+    np.testing.assert_allclose(outs[0], y.numpy(), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ExitcError, match="already exists"):
+        c.save(path)
+
+
+def test_segments_export_with_the_dynamo_exporter(cnn_compiled, tmp_path):
+    m, c = cnn_compiled
+    x = torch.from_numpy(cnn_data(40, seed=3))
+    y = c(x)
+    rt = exitc.load(c.save(str(tmp_path / "dyn.exitc"), exporter="dynamo"), engine="python")
+    outs, idx = rt.run({"x": x.numpy()})
+    np.testing.assert_array_equal(idx, c.last_exit_index.numpy())
+    np.testing.assert_allclose(outs[0], y.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_transformer_with_attention_mask_list_of_dicts(tmp_path):
+    m = make_encoder(k=1.5)
+    ids, mask = text_data(600)
+    calib = [{"input_ids": a, "attention_mask": b} for a, b in zip(ids, mask)]  # single rows
+    ex = {"input_ids": torch.from_numpy(ids[:2]), "attention_mask": torch.from_numpy(mask[:2])}
+    c = tf.compile(m, ex, calib=calib, **FAST)
+    assert c.plan.exits and c.mask_input == "attention_mask"
+    assert all(cand.layout == "btc" for cand in c.candidates)
+    ti, tm = (torch.from_numpy(a) for a in text_data(200, seed=1))
+    y = c(ti, attention_mask=tm)
+    ref = m(ti, tm).detach()
+    end = full_depth_rows(c)
+    assert end.any() and (~end).any()
+    # batch compaction runs the same ops on fewer rows; BLAS may round matmuls differently by batch size
+    assert torch.allclose(y[end], ref[end], rtol=0, atol=1e-5)
+    assert (y.argmax(1) == ref.argmax(1)).float().mean() >= 0.85
+    rt = exitc.load(c.save(str(tmp_path / "enc.exitc"), exporter="legacy"), engine="python")
+    assert "attention_mask" in rt.segments[0]["inputs"]
+    outs, idx = rt.run({"input_ids": ti.numpy(), "attention_mask": tm.numpy()})
+    np.testing.assert_array_equal(idx, c.last_exit_index.numpy())
+    np.testing.assert_allclose(outs[0], y.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_calibration_from_dataloader_numpy_and_dicts_is_the_same_data():
+    x = cnn_data(64)
+    labels = np.arange(64) % 5
+    ex = {"x": x[:2]}
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(labels)), batch_size=10)
+    a = tf.to_dataset(loader, ex)
+    b = tf.to_dataset(x, ex)
+    d = tf.to_dataset([{"x": torch.from_numpy(r)} for r in x], ex)
+    t = tf.to_dataset((x.astype(np.float64), labels), ex)
+    for other in (b, d, t):
+        np.testing.assert_array_equal(a.feeds["x"], other.feeds["x"])
+    np.testing.assert_array_equal(a.labels, labels)
+    with pytest.raises(ExitcError, match="shape"):
+        tf.to_dataset(np.zeros((4, 3, 5, 5), np.float32), ex)
+
+
+def test_compile_from_dataloader():
+    m = make_cnn()
+    x = cnn_data(600)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.from_numpy(x)), batch_size=64)
+    c = tf.compile(m, None, calib=loader, **FAST)
+    assert type(c).__name__ == "TorchCompiled" and c.plan.n_fit + c.plan.n_certify == 600
+    x = torch.from_numpy(cnn_data(32, seed=4))
+    assert torch.equal(c(x).argmax(1)[full_depth_rows(c)], m(x).argmax(1)[full_depth_rows(c)])
+
+
+def test_trace_failure_names_the_module():
+    with pytest.raises(TraceFailure, match="'down' \\(Down\\)") as info:
+        trace(Branchy().eval())
+    assert info.value.module_path == "down"
+
+
+def test_untraceable_module_falls_back_to_onnx(tmp_path):
+    torch.manual_seed(0)
+    m = Branchy().eval()
+    x = cnn_data(400)
+    msgs = []
+    c = tf.compile(m, torch.from_numpy(x[:2]), calib=x, target_acc=0.9, batch_size=16, log=msgs.append)
+    assert type(c).__name__ == "OnnxCompiled"
+    assert "down" in c.fallback_reason and "Down" in msgs[0]
+    xt = torch.from_numpy(cnn_data(50, seed=1))
+    y = c(xt)
+    ref = m(xt).detach()
+    end = full_depth_rows(c)
+    assert torch.allclose(y[end], ref[end], atol=1e-4)
+    rt = exitc.load(c.save(str(tmp_path / "fb.exitc")), engine="python")
+    outs, idx = rt.run({"x": xt.numpy()})
+    np.testing.assert_array_equal(idx, c.last_exit_index.numpy())
+
+
+def test_load_factory(tmp_path):
+    f = tmp_path / "mymodel.py"
+    f.write_text("import torch\n\ndef build():\n    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))\n")
+    assert isinstance(tf.load_factory(f"{f}:build"), torch.nn.Module)
+    with pytest.raises(ExitcError, match="no attribute"):
+        tf.load_factory(f"{f}:missing")
+    with pytest.raises(ExitcError, match="FILE.py:NAME"):
+        tf.load_factory(str(f))
+
+
+def test_onnx_path_never_imports_torch():
+    code = ("import sys, exitc, exitc.driver, exitc.cli, exitc.runtime, exitc.emit, exitc.profile; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
