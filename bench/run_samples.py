@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Benchmark exitc on both real samples and print one side-by-side table.
+
+For each sample (built by samples/build_*.py): compile it (unless a compiled artifact exists and
+--recompile is not given), then run `exitc bench` on the held-out test split, once per runtime
+engine (C++ libexitc and the Python reference). Every ratio is measured within one run, original
+and compiled interleaved. The Python reference also reports the time it spends outside the
+segment engines (exit decisions, compaction, scatter) relative to the original model's time.
+
+    .venv/bin/python bench/run_samples.py [--samples cv,nlp] [--engines cpp,python] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from exitc.bench import BenchOptions, _infos, bench  # noqa: E402
+from exitc.data import batches, load_dataset  # noqa: E402
+from exitc.report import format_table  # noqa: E402
+from exitc.runtime import ExitModel  # noqa: E402
+
+
+def sample_dir(name: str) -> str:
+    return os.path.join(ROOT, "samples", ".cache", name)
+
+
+def ensure_built(name: str) -> None:
+    subprocess.run([sys.executable, os.path.join(ROOT, "samples", f"build_{name}.py")], check=True)
+
+
+def ensure_compiled(name: str, recompile: bool, target: float) -> tuple[str, float | None]:
+    d = sample_dir(name)
+    out = os.path.join(d, "model.exitc")
+    if os.path.isdir(out) and not recompile:
+        return out, None
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "exitc", "compile", os.path.join(d, "model.onnx"), "--calib",
+                    os.path.join(d, "calib.npz"), "--target-acc", str(target), "-o", out, "--force"], check=True)
+    return out, time.perf_counter() - t
+
+
+def reference_overhead(artifact: str, test_path: str, batch: int, original_seconds_per_row: float) -> float:
+    """Share of the original model's time the reference runtime spends on decisions+compaction."""
+    model = ExitModel(artifact)
+    data = load_dataset(test_path, _infos(model.manifest))
+    for sl in batches(data.rows, batch):
+        model.run({k: v[sl] for k, v in data.feeds.items()})
+    return model.overhead_seconds / (original_seconds_per_row * data.rows)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", default="cv,nlp")
+    ap.add_argument("--engines", default="cpp,python")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--latency-rows", type=int, default=300)
+    ap.add_argument("--target-acc", type=float, default=0.99)
+    ap.add_argument("--recompile", action="store_true")
+    ap.add_argument("--json", default=os.path.join(ROOT, "samples", ".cache", "bench_samples.json"))
+    a = ap.parse_args()
+    rows, results = [], []
+    for name in a.samples.split(","):
+        ensure_built(name)
+        artifact, compile_s = ensure_compiled(name, a.recompile, a.target_acc)
+        test = os.path.join(sample_dir(name), "test.npz")
+        for engine in a.engines.split(","):
+            r = bench(artifact, test, BenchOptions(a.batch_size, a.rounds, a.latency_rows, engine, progress=False),
+                      log=lambda *x: None)
+            r.update(sample=name, engine=engine, compile_seconds=compile_s)
+            if engine == "python":
+                r["reference_overhead_share"] = reference_overhead(artifact, test, a.batch_size,
+                                                                   1.0 / r["throughput_original"])
+            results.append(r)
+            rows.append([name, engine, f"{r['agreement']:.4f}", f"{r['agreement_bound']:.4f}",
+                         f"{r.get('accuracy_original', float('nan')):.4f}/{r.get('accuracy_exitc', float('nan')):.4f}",
+                         f"{r['throughput_original']:.1f}", f"{r['throughput_exitc']:.1f}", f"{r['speedup_throughput']:.2f}x",
+                         f"{r['latency_p50_ms_original']:.2f}", f"{r['latency_p50_ms_exitc']:.2f}",
+                         f"{r['speedup_latency_p50']:.2f}x",
+                         " ".join(f"{f:.2f}" for f in r["exit_fractions"]),
+                         f"{r['reference_overhead_share'] * 100:.2f}%" if "reference_overhead_share" in r else "-",
+                         f"{compile_s:.0f}s" if compile_s else "cached"])
+    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs; batch {a.batch_size}; "
+          f"{a.rounds} interleaved rounds")
+    print(format_table(["sample", "engine", "agreement", "bound", "acc orig/exitc", "rows/s orig", "rows/s exitc",
+                        "speedup b32", "p50 ms orig", "p50 ms exitc", "speedup p50", "exit fractions",
+                        "decide+compact", "compile"], rows))
+    os.makedirs(os.path.dirname(a.json), exist_ok=True)
+    with open(a.json, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"results: {a.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
