@@ -291,7 +291,7 @@ class TorchCompiled(torch.nn.Module):
                               mask_input=self.mask_input if h.layout == "btc" else None,
                               layers=fitted.layers, gate_w=fitted.gate_w, gate_b=fitted.gate_b,
                               emit_probabilities=self.emit_probabilities, kind=fitted.kind,
-                              grid=fitted.candidate.spatial, meta={"threshold": h.threshold})
+                              grid=fitted.candidate.pool_grid, meta={"threshold": h.threshold})
                 model = _fuse_head(model, eh, self.input_specs, state)
                 onnx.save(model, file)
                 entry["exit"] = {"index": seg.index, "logits": eh.logits_name, "score": eh.score_name,
@@ -424,7 +424,7 @@ def collect_features_torch(gm, candidates, mask_input: str | None, data: Dataset
             parts[0].append(outs[0].float().numpy())
             for k, c in enumerate(candidates):
                 mask = feeds.get(mask_input) if c.layout == "btc" and mask_input else None
-                parts[k + 1].append(pool_features(outs[k + 1], c.layout, mask, c.spatial).numpy())
+                parts[k + 1].append(pool_features(outs[k + 1], c.layout, mask, c.pool_grid).numpy())
     out = np.concatenate(parts[0]).astype(np.float32)
     return out, [np.concatenate(p).astype(np.float32) for p in parts[1:]]
 
@@ -564,7 +564,7 @@ def compile_traced(gm, module_name: str, names: list[str], data: Dataset, opts: 
         probs = (outputs if emit_probabilities else softmax(outputs)).astype(np.float32)
         fitted = distill_heads(candidates, [f[fit_idx] for f in features], probs[fit_idx], kinds=opts.head_kinds,
                                seed=opts.seed, progress=opts.progress)
-        heads = [ExitHeadModule(h.candidate.layout, h.layers, h.gate_w, h.gate_b, grid=h.candidate.spatial)
+        heads = [ExitHeadModule(h.candidate.layout, h.layers, h.gate_w, h.gate_b, grid=h.candidate.pool_grid)
                  for h in fitted]
         b = min(opts.batch_size, len(fit_idx))
         profile = profile_torch(gm, candidates, heads, mask_input, _torch_feeds(data.take(fit_idx).feeds, slice(0, b)))
@@ -579,7 +579,7 @@ def compile_traced(gm, module_name: str, names: list[str], data: Dataset, opts: 
     cuts = [fitted[c].candidate for c in plan.exits]
     heads = [ExitHeadModule(fitted[c].candidate.layout, fitted[c].layers, fitted[c].gate_w, fitted[c].gate_b,
                             threshold=plan.thresholds[i], emit_probabilities=emit_probabilities,
-                            grid=fitted[c].candidate.spatial)
+                            grid=fitted[c].candidate.pool_grid)
              for i, c in enumerate(plan.exits)]
     segments = build_fx_segments(gm, cuts)
     if plan.reason:

@@ -57,6 +57,13 @@ class Candidate:
     def carried(self) -> tuple[str, ...]:
         return (self.tensor,) + self.side
 
+    @property
+    def pool_grid(self) -> tuple[int, int] | None:
+        """AveragePool kernel of the head's grid pooling (nchw only)."""
+        from .heads import grid_kernel
+
+        return grid_kernel(self.spatial, self.features) if self.layout == "nchw" else None
+
 
 def _layout(info: TensorInfo) -> str | None:
     if info.elem_type not in FLOAT_TYPES or not info.batch_major:

@@ -34,7 +34,7 @@ from exitc.errors import ExitcError
 
 from .candidates import Candidate, find_candidates
 from .graph import BATCH
-from .heads import EPS, grid_kernel
+from .heads import EPS
 
 
 class TraceFailure(ExitcError):
@@ -339,14 +339,13 @@ def build_fx_segments(gm: fx.GraphModule, cuts: Sequence[Candidate]) -> list[FxS
 def pool_features(x: torch.Tensor, layout: str, mask: torch.Tensor | None = None,
                   grid: tuple[int, int] | None = None) -> torch.Tensor:
     """Pooled features [batch, D], the definition of :func:`.heads.pooling_nodes` in torch
-    (nchw: global average, global max and, given the map's static (H, W) as `grid`, the 2x2 grid
-    of averages with the same kernel as the ONNX AveragePool)."""
+    (nchw: global average, global max and, with `grid` the AveragePool kernel chosen by
+    :func:`.heads.grid_kernel`, the grid of averages exactly as the ONNX AveragePool computes it)."""
     x = x.float()
     if layout == "nchw":
         parts = [x.mean(dim=(2, 3)), x.amax(dim=(2, 3))]
-        k = grid_kernel(grid)
-        if k is not None:
-            parts.append(torch.nn.functional.avg_pool2d(x, kernel_size=k, stride=k).flatten(1))
+        if grid is not None:
+            parts.append(torch.nn.functional.avg_pool2d(x, kernel_size=grid, stride=grid).flatten(1))
         return torch.cat(parts, dim=1)
     if layout == "btc":
         if mask is not None:

@@ -46,14 +46,6 @@ def find_mask_input(model: onnx.ModelProto) -> str | None:
     return None
 
 
-def spatial_dims(idx: GraphIndex, name: str) -> tuple[int, int] | None:
-    """(H, W) of an NCHW activation, when static."""
-    info = idx.infos.get(name)
-    if info is None or info.rank != 4 or not all(isinstance(d, int) for d in info.shape[2:]):
-        return None
-    return int(info.shape[2]), int(info.shape[3])
-
-
 def _elem_type(idx: GraphIndex, name: str) -> int:
     info = idx.infos.get(name)
     return info.elem_type if info is not None else TensorProto.FLOAT
@@ -71,7 +63,7 @@ def probe_model(model: onnx.ModelProto, candidates: list[Candidate], mask_input:
     mask_type = _elem_type(idx, mask_input) if mask_input else None
     for k, c in enumerate(candidates):
         nodes, inits, out = pooling_nodes(c.tensor, c.layout, _elem_type(idx, c.tensor), mask_input,
-                                          f"exitc_p{k}", mask_type, spatial_dims(idx, c.tensor))
+                                          f"exitc_p{k}", mask_type, c.pool_grid)
         g.node.extend(nodes)
         g.initializer.extend(inits)
         g.node.append(helper.make_node("Identity", [out], [probe_name(k)], name=f"exitc_p{k}_out"))

@@ -114,13 +114,14 @@ def test_probe_features_and_heads_match_numpy(name):
     for k, c in enumerate(cands):
         feats = probed[probe_name(k)]
         d = feats.shape[1]
-        assert d == {"bf": c.features, "btc": 2 * c.features, "nchw": 6 * c.features}[c.layout]
+        cells = 0 if c.pool_grid is None else (c.spatial[0] // c.pool_grid[0]) * (c.spatial[1] // c.pool_grid[1])
+        assert d == {"bf": c.features, "btc": 2 * c.features, "nchw": (2 + cells) * c.features}[c.layout]
         head = ExitHead(index=k, tensor=c.tensor, layout=c.layout, elem_type=onnx.TensorProto.FLOAT,
                         mask_input=mask if c.layout == "btc" else None,
                         layers=[(rng.standard_normal((d, 8)).astype(np.float32), np.zeros(8, np.float32)),
                                 (rng.standard_normal((8, sig.num_classes)).astype(np.float32),
                                  np.zeros(sig.num_classes, np.float32))],
-                        gate_w=np.array([2.0, 1.0, -0.5], np.float32), gate_b=-1.0, grid=c.spatial)
+                        gate_w=np.array([2.0, 1.0, -0.5], np.float32), gate_b=-1.0, grid=c.pool_grid)
         # the head model reads the activation; reproduce it from a segment run
         seg_state = dict(feeds)
         for seg in build_segments(model, cands[: k + 1], [None] * (k + 1), mask)[: k + 1]:
@@ -143,7 +144,7 @@ def _heads_for(model, cands, sig, mask, thresholds, seed=0):
                               layers=[((0.02 * rng.standard_normal((d, sig.num_classes))).astype(np.float32),
                                        rng.standard_normal(sig.num_classes).astype(np.float32))],
                               gate_w=np.array([3.0, 2.0, -1.0], np.float32), gate_b=-1.5,
-                              meta={"threshold": float(t)}, grid=c.spatial))
+                              meta={"threshold": float(t)}, grid=c.pool_grid))
     return heads
 
 

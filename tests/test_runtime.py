@@ -56,7 +56,7 @@ def make_artifact(tmp, model, sig, thresholds, seed=0, feeds=None):
                               [((0.05 * rng.standard_normal((d, sig.num_classes))).astype(np.float32),
                                 np.zeros(sig.num_classes, np.float32))],
                               np.array([4.0, 2.0, -1.0], np.float32), -2.0, meta={"threshold": float(t)},
-                              grid=c.spatial))
+                              grid=c.pool_grid))
     segs = build_segments(model, cands, heads, mask)
     os.makedirs(tmp, exist_ok=True)
     path = str(tmp / "m.exitc")
