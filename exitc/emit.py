@@ -77,6 +77,13 @@ def build_manifest(model, sig, model_path, segments, cond_file, plan, profile, e
         "carried": carried,
         "segments": seg_entries,
         "conditional": {"file": cond_file, "outputs": [sig.output.name, EXIT_INDEX]} if cond_file else None,
+        **plan_sections(plan, profile),
+    }
+
+
+def plan_sections(plan, profile) -> dict:
+    """The manifest's "calibration" and "profile" sections (shared by every front end)."""
+    return {
         "calibration": {
             "target_acc": plan.target, "confidence": plan.confidence, "agreement_bound": plan.agreement_bound,
             "agreement_certify": plan.agreement_certify, "agreement_fit": plan.agreement_fit,

@@ -33,6 +33,7 @@ from . import __version__
 from .data import Dataset, batches
 from .distill import FittedHead, distill_heads
 from .driver import CompileOptions, certify_stage, check_rows, split_rows
+from .emit import plan_sections
 from .errors import ExitcError
 from .features import looks_like_probabilities
 from .manifest import FORMAT, MANIFEST, SCHEMA_VERSION
@@ -315,6 +316,8 @@ class TorchCompiled(torch.nn.Module):
             return {"name": name, "dtype": str(torch.empty((), dtype=o.dtype).numpy().dtype),
                     "shape": list(o.shape), "batch_axis": 0}
 
+        sections = plan_sections(plan, profile)
+        sections["profile"]["measured_in"] = "torch"
         return {
             "format": FORMAT, "schema_version": SCHEMA_VERSION, "exitc_version": __version__,
             "source": {"file": self.module_name, "framework": "pytorch", "path": None, "sha256": None,
@@ -328,17 +331,7 @@ class TorchCompiled(torch.nn.Module):
             "carried": carried,
             "segments": segments,
             "conditional": None,
-            "calibration": {
-                "target_acc": plan.target, "confidence": plan.confidence, "agreement_bound": plan.agreement_bound,
-                "agreement_certify": plan.agreement_certify, "agreement_fit": plan.agreement_fit,
-                "n_fit": plan.n_fit, "n_certify": plan.n_certify, "mu": plan.mu, "reason": plan.reason,
-                "method": "self-distilled exit heads; Learn-then-Test fixed-sequence testing with an exact binomial "
-                          "(Clopper-Pearson) bound on a certification split disjoint from head training",
-            },
-            "profile": {"batch_size": profile.batch_size if profile else None,
-                        "predicted_speedup": plan.predicted_speedup,
-                        "predicted_cost_batch_s": plan.predicted_cost_batch,
-                        "original_cost_batch_s": plan.original_cost_batch, "measured_in": "torch"},
+            **sections,
         }
 
     def report(self) -> dict:
