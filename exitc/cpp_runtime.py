@@ -41,3 +41,18 @@ class CppExitModel:
 
     def stats(self) -> dict:
         return dict(self._model.stats())
+
+    @property
+    def overhead_seconds(self) -> float:
+        """Seconds spent outside the segment engines (exit decisions, compaction, scatter and the
+        core's per-call bookkeeping; not feed validation), summed over calls since load or
+        :meth:`reset_stats`. Same meaning as :attr:`exitc.runtime.ExitModel.overhead_seconds`."""
+        return float(self._model.stats()["overhead_seconds"])
+
+    @property
+    def engine_seconds(self) -> float:
+        """Seconds spent inside the segment engines (and conditional.onnx), summed over calls."""
+        return float(self._model.stats()["engine_seconds"])
+
+    def reset_stats(self) -> None:
+        self._model.reset_stats()

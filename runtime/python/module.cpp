@@ -1,7 +1,8 @@
 // _exitc_runtime: Python binding of the C++ runtime.
 //   m = _exitc_runtime.load(path, intra_op_threads=0, use_conditional=True)
 //   outputs, exit_index = m.run({"x": np.ndarray, ...})   # dict of arrays, int64 [batch]
-//   m.stats() -> {"rows": n, "exit_counts": [...], "exit_fractions": [...], "calls": n}
+//   m.stats() -> {"rows": n, "exit_counts": [...], "exit_fractions": [...], "calls": n,
+//                 "engine_seconds": s, "overhead_seconds": s}   (see exitc::ExitStats)
 // exitc::Error becomes ValueError (bad feeds), RuntimeError otherwise, with the same message.
 
 #include <memory>
@@ -73,7 +74,8 @@ public:
 
     py::dict stats() const {
         const ExitStats s = model_.stats();
-        // Same keys as exitc.runtime.ExitModel.stats(), plus "calls".
+        // Same keys as exitc.runtime.ExitModel.stats(), plus "calls" and the timing totals
+        // (engine_seconds: inside the engine; overhead_seconds: the core's own work outside it).
         py::dict d;
         d["rows"] = s.rows;
         d["exit_counts"] = s.rows_per_exit;
@@ -81,6 +83,8 @@ public:
         for (uint64_t n : s.rows_per_exit) fractions.push_back(s.rows ? static_cast<double>(n) / static_cast<double>(s.rows) : 0.0);
         d["exit_fractions"] = fractions;
         d["calls"] = s.calls;
+        d["engine_seconds"] = s.engine_seconds;
+        d["overhead_seconds"] = s.overhead_seconds;
         return d;
     }
 
@@ -126,7 +130,9 @@ PYBIND11_MODULE(_exitc_runtime, m) {
     py::class_<PyModel>(m, "Model")
         .def("run", &PyModel::run, py::arg("feeds"),
              "Run one batch: dict name -> array. Returns (dict of outputs, exit_index int64 [batch]).")
-        .def("stats", &PyModel::stats, "Exit statistics since load: rows, exit_counts, exit_fractions, calls.")
+        .def("stats", &PyModel::stats, "Statistics since load (or reset_stats): rows, exit_counts, exit_fractions, calls, "
+             "engine_seconds (inside the engine), overhead_seconds (exit decisions, compaction, scatter, "
+             "bookkeeping; excludes feed validation).")
         .def("reset_stats", &PyModel::reset_stats)
         .def_property_readonly("num_exits", &PyModel::num_exits)
         .def_property_readonly("has_conditional", &PyModel::has_conditional)

@@ -136,6 +136,23 @@ exitc_status exitc_model_stats(const exitc_model* model, uint64_t* counts, size_
     });
 }
 
+exitc_status exitc_model_get_totals(const exitc_model* model, exitc_model_totals* out_totals) {
+    if (!model || !out_totals) return fail(EXITC_ERR_INVALID_ARGUMENT, "exitc_model_get_totals: NULL argument");
+    if (out_totals->struct_size < EXITC_MODEL_TOTALS_V1_SIZE)
+        return fail(EXITC_ERR_INVALID_ARGUMENT, "exitc_model_get_totals: struct_size " +
+                                                    std::to_string(out_totals->struct_size) + " is below the version 1 size " +
+                                                    std::to_string(EXITC_MODEL_TOTALS_V1_SIZE));
+    return guarded([&] {
+        const exitc::ExitStats stats = model->model.stats();
+        // Version 1 is every field this library knows; a larger (newer) caller struct keeps its tail.
+        out_totals->struct_size = EXITC_MODEL_TOTALS_V1_SIZE;
+        out_totals->calls = stats.calls;
+        out_totals->rows = stats.rows;
+        out_totals->engine_seconds = stats.engine_seconds;
+        out_totals->overhead_seconds = stats.overhead_seconds;
+    });
+}
+
 void exitc_model_reset_stats(exitc_model* model) {
     if (model) model->model.reset_stats();
 }

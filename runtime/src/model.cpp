@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <map>
 #include <set>
 #include <sstream>
@@ -24,6 +25,13 @@ std::string join_names(const std::vector<std::string>& names) {
     std::string out;
     for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
     return out;
+}
+
+using Clock = std::chrono::steady_clock;
+
+uint64_t nanoseconds_between(Clock::time_point from, Clock::time_point to) {
+    const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(to - from).count();
+    return ns > 0 ? static_cast<uint64_t>(ns) : 0;
 }
 
 bool contains(const std::vector<std::string>& names, const std::string& name) {
@@ -74,6 +82,8 @@ struct Model::Impl {
     mutable WorkspacePool workspaces;
     std::unique_ptr<std::atomic<uint64_t>[]> exit_counts;  // num_exits + 1 entries
     mutable std::atomic<uint64_t> calls{0};
+    mutable std::atomic<uint64_t> engine_ns{0};    // see ExitStats::engine_seconds
+    mutable std::atomic<uint64_t> overhead_ns{0};  // see ExitStats::overhead_seconds
 
     void validate_graph(const SegmentExecutor& exec, const std::string& label,
                         const std::vector<std::string>& feeds, const std::vector<std::string>& outputs) const {
@@ -96,8 +106,10 @@ struct Model::Impl {
 
     RunResult run(const std::vector<NamedTensorView>& feeds) const;
     int64_t validate_feeds(const std::vector<NamedTensorView>& feeds, std::vector<TensorView>& by_input) const;
-    void run_conditional(const std::vector<TensorView>& inputs, RunResult& result) const;
-    void run_segments(const std::vector<TensorView>& inputs, int64_t batch, Workspace& ws, RunResult& result) const;
+    // Both add the time spent inside SegmentExecutor::run to `engine_ns`.
+    void run_conditional(const std::vector<TensorView>& inputs, RunResult& result, uint64_t& engine_ns) const;
+    void run_segments(const std::vector<TensorView>& inputs, int64_t batch, Workspace& ws, RunResult& result,
+                      uint64_t& engine_ns) const;
     void write_rows(RunResult& result, std::vector<uint8_t>& allocated, int output, const TensorView& src,
                     const int64_t* rows, int64_t batch, const std::string& label) const;
     void finish_unwritten_outputs(RunResult& result, const std::vector<uint8_t>& allocated, int64_t batch) const;
@@ -273,9 +285,12 @@ void Model::Impl::finish_unwritten_outputs(RunResult& result, const std::vector<
     }
 }
 
-void Model::Impl::run_conditional(const std::vector<TensorView>& inputs, RunResult& result) const {
+void Model::Impl::run_conditional(const std::vector<TensorView>& inputs, RunResult& result,
+                                  uint64_t& engine_ns) const {
     const std::string label = join_path(artifact_dir, *manifest.conditional_file);
+    const Clock::time_point engine_start = Clock::now();
     ExecutorOutputs out = conditional->run(conditional_feed_names, inputs, conditional_output_names);
+    engine_ns += nanoseconds_between(engine_start, Clock::now());
     std::vector<uint8_t> allocated(manifest.outputs.size(), 0);
     const int64_t row0 = 0;
     for (std::size_t k = 0; k < manifest.outputs.size(); ++k) {
@@ -298,7 +313,7 @@ void Model::Impl::run_conditional(const std::vector<TensorView>& inputs, RunResu
 }
 
 void Model::Impl::run_segments(const std::vector<TensorView>& inputs, int64_t batch, Workspace& ws,
-                               RunResult& result) const {
+                               RunResult& result, uint64_t& engine_ns) const {
     ws.reset(slots.size());
     for (std::size_t i = 0; i < inputs.size(); ++i) {
         ws.state[i] = inputs[i];
@@ -335,7 +350,9 @@ void Model::Impl::run_segments(const std::vector<TensorView>& inputs, int64_t ba
                                                       "' has not been produced");
             ws.feeds.push_back(ws.state[static_cast<std::size_t>(slot)]);
         }
+        const Clock::time_point engine_start = Clock::now();
         ExecutorOutputs out = plan.executor->run(plan.feed_names, ws.feeds, plan.output_names);
+        engine_ns += nanoseconds_between(engine_start, Clock::now());
         if (out.tensors.size() != plan.output_names.size())
             throw Error(ErrorCode::kBackend, plan.label + ": engine returned " + std::to_string(out.tensors.size()) +
                                                  " outputs, expected " + std::to_string(plan.output_names.size()));
@@ -428,21 +445,28 @@ void Model::Impl::run_segments(const std::vector<TensorView>& inputs, int64_t ba
 RunResult Model::Impl::run(const std::vector<NamedTensorView>& feeds) const {
     std::vector<TensorView> inputs;
     const int64_t batch = validate_feeds(feeds, inputs);
+    // Timing (ExitStats): everything from here to the end of the call is overhead, except the
+    // engine runs, which run_segments / run_conditional time themselves (two clock reads each).
+    const Clock::time_point call_start = Clock::now();
+    uint64_t call_engine_ns = 0;
     RunResult result;
     for (const auto& spec : manifest.outputs) result.output_names.push_back(spec.name);
     result.outputs.resize(manifest.outputs.size());
     if (batch == 0) {
         finish_unwritten_outputs(result, std::vector<uint8_t>(manifest.outputs.size(), 0), 0);
     } else if (batch == 1 && conditional) {
-        run_conditional(inputs, result);
+        run_conditional(inputs, result, call_engine_ns);
     } else {
         auto ws = workspaces.acquire();
-        run_segments(inputs, batch, *ws, result);
+        run_segments(inputs, batch, *ws, result, call_engine_ns);
     }
     for (int64_t e : result.exit_index) {
         if (e < 0) throw Error(ErrorCode::kInternal, "a row received no result (bug in exitc)");
         exit_counts[static_cast<std::size_t>(e)].fetch_add(1, std::memory_order_relaxed);
     }
+    const uint64_t call_ns = nanoseconds_between(call_start, Clock::now());
+    engine_ns.fetch_add(call_engine_ns, std::memory_order_relaxed);
+    overhead_ns.fetch_add(call_ns > call_engine_ns ? call_ns - call_engine_ns : 0, std::memory_order_relaxed);
     calls.fetch_add(1, std::memory_order_relaxed);
     return result;
 }
@@ -460,12 +484,16 @@ ExitStats Model::stats() const {
         stats.rows += stats.rows_per_exit.back();
     }
     stats.calls = impl_->calls.load(std::memory_order_relaxed);
+    stats.engine_seconds = static_cast<double>(impl_->engine_ns.load(std::memory_order_relaxed)) * 1e-9;
+    stats.overhead_seconds = static_cast<double>(impl_->overhead_ns.load(std::memory_order_relaxed)) * 1e-9;
     return stats;
 }
 
 void Model::reset_stats() {
     for (std::size_t i = 0; i <= num_exits(); ++i) impl_->exit_counts[i].store(0, std::memory_order_relaxed);
     impl_->calls.store(0, std::memory_order_relaxed);
+    impl_->engine_ns.store(0, std::memory_order_relaxed);
+    impl_->overhead_ns.store(0, std::memory_order_relaxed);
 }
 
 }  // namespace exitc

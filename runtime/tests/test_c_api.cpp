@@ -52,9 +52,27 @@ EXITC_TEST(c_api_round_trip) {
     CHECK_EQ(exitc_model_stats(model, counts, 3, &n), EXITC_OK);
     CHECK_EQ(n, 3u);
     CHECK_EQ(counts[0] + counts[1] + counts[2], expected_rows);
+    exitc_model_totals totals{};
+    totals.struct_size = sizeof(totals);
+    CHECK_EQ(exitc_model_get_totals(model, &totals), EXITC_OK);
+    CHECK_EQ(totals.struct_size, sizeof(exitc_model_totals));
+    CHECK_EQ(totals.calls, static_cast<uint64_t>(cases.size()));
+    CHECK_EQ(totals.rows, expected_rows);
+    CHECK(totals.engine_seconds > 0.0);
+    CHECK(totals.overhead_seconds > 0.0);
+    exitc_model_totals small{};
+    small.struct_size = EXITC_MODEL_TOTALS_V1_SIZE - 1;
+    CHECK_EQ(exitc_model_get_totals(model, &small), EXITC_ERR_INVALID_ARGUMENT);
+    CHECK(std::string(exitc_last_error_message()).find("struct_size") != std::string::npos);
+    CHECK_EQ(exitc_model_get_totals(model, nullptr), EXITC_ERR_INVALID_ARGUMENT);
     exitc_model_reset_stats(model);
     CHECK_EQ(exitc_model_stats(model, counts, 3, &n), EXITC_OK);
     CHECK_EQ(counts[0] + counts[1] + counts[2], 0u);
+    totals.struct_size = sizeof(totals);
+    CHECK_EQ(exitc_model_get_totals(model, &totals), EXITC_OK);
+    CHECK_EQ(totals.calls, 0u);
+    CHECK_EQ(totals.engine_seconds, 0.0);
+    CHECK_EQ(totals.overhead_seconds, 0.0);
     exitc_model_free(model);
 }
 

@@ -1,7 +1,8 @@
 // End-to-end runs of the synthetic artifacts against the numpy reference (make_tiny_artifact.py):
-// segmented path, conditional (batch 1) path, exit statistics.
+// segmented path, conditional (batch 1) path, exit statistics, timing counters.
 // argv[1]: directory with tiny.exitc/.cases and side.exitc/.cases.
 
+#include <chrono>
 #include <vector>
 
 #include "exitc/model.hpp"
@@ -60,6 +61,60 @@ EXITC_TEST(stats_reset) {
     model.reset_stats();
     CHECK_EQ(model.stats().rows, 0u);
     CHECK_EQ(model.stats().calls, 0u);
+}
+
+EXITC_TEST(timing_counters) {
+    // engine_seconds / overhead_seconds: zero at load and after reset, non-negative, never
+    // decreasing, and growing with calls on both the segmented and the conditional path.
+    ModelOptions options;
+    options.executor.intra_op_threads = 1;
+    Model model = Model::load(dir() + "/side.exitc", options);
+    CHECK(model.has_conditional());
+    const auto cases = load_cases(dir() + "/side.cases");
+    CHECK_EQ(model.stats().engine_seconds, 0.0);
+    CHECK_EQ(model.stats().overhead_seconds, 0.0);
+
+    ExitStats before = model.stats();
+    for (int pass = 0; pass < 2; ++pass) {
+        for (const auto& c : cases) {
+            if ((c.batch == 1) != (pass == 1)) continue;  // pass 0: segmented, pass 1: conditional
+            model.run(c.feeds());
+            const ExitStats now = model.stats();
+            CHECK(now.engine_seconds >= 0.0 && now.overhead_seconds >= 0.0);
+            CHECK(now.engine_seconds >= before.engine_seconds);
+            CHECK(now.overhead_seconds >= before.overhead_seconds);
+            CHECK_EQ(now.calls, before.calls + 1);
+            before = now;
+        }
+        CHECK(before.engine_seconds > 0.0);
+    }
+    // Over many calls both grow strictly (the clock resolution is far below one engine run, and
+    // every segmented call does a little work outside the engine).
+    const ExitStats start = model.stats();
+    for (int round = 0; round < 3; ++round)
+        for (const auto& c : cases) model.run(c.feeds());
+    const ExitStats end = model.stats();
+    CHECK(end.engine_seconds > start.engine_seconds);
+    CHECK(end.overhead_seconds > start.overhead_seconds);
+    // Sanity: the split covers at most the wall time of the calls (single thread).
+    const auto wall_start = std::chrono::steady_clock::now();
+    const ExitStats w0 = model.stats();
+    for (const auto& c : cases) model.run(c.feeds());
+    const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall_start).count();
+    const ExitStats w1 = model.stats();
+    CHECK((w1.engine_seconds - w0.engine_seconds) + (w1.overhead_seconds - w0.overhead_seconds) <= wall);
+
+    model.reset_stats();
+    CHECK_EQ(model.stats().engine_seconds, 0.0);
+    CHECK_EQ(model.stats().overhead_seconds, 0.0);
+    // A failing call (bad feeds) adds nothing.
+    try {
+        model.run({});
+        CHECK(false);
+    } catch (const Error&) {
+    }
+    CHECK_EQ(model.stats().engine_seconds, 0.0);
+    CHECK_EQ(model.stats().overhead_seconds, 0.0);
 }
 
 EXITC_TEST_MAIN

@@ -37,6 +37,16 @@ def main(root):
         stats = model.stats()
         assert stats["rows"] == sum(len(e) for _, _, e in cases) and stats["calls"] == len(cases)
         assert sum(stats["exit_counts"]) == stats["rows"] and len(stats["exit_fractions"]) == 3
+        # Timing totals: inside the engine vs the runtime's own work (decisions, compaction, scatter).
+        assert isinstance(stats["engine_seconds"], float) and isinstance(stats["overhead_seconds"], float)
+        assert stats["engine_seconds"] > 0 and stats["overhead_seconds"] > 0
+        model.run(cases[-1][0])
+        later = model.stats()
+        assert later["engine_seconds"] > stats["engine_seconds"]
+        assert later["overhead_seconds"] >= stats["overhead_seconds"]
+        model.reset_stats()
+        reset = model.stats()
+        assert reset["calls"] == 0 and reset["engine_seconds"] == 0.0 and reset["overhead_seconds"] == 0.0
         # Non-contiguous input is accepted (made contiguous); wrong dtype is a ValueError.
         feeds = dict(cases[-1][0])
         feeds["x"] = np.asfortranarray(feeds["x"])

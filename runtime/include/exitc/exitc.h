@@ -83,7 +83,30 @@ EXITC_API const int64_t* exitc_result_exit_index(const exitc_result* result, siz
  * Writes min(capacity, num_exits + 1) counts; *out_num_counts (optional) gets num_exits + 1. */
 EXITC_API exitc_status exitc_model_stats(const exitc_model* model, uint64_t* counts, size_t capacity,
                                          size_t* out_num_counts);
+/* Resets the exit counts and the totals below. */
 EXITC_API void exitc_model_reset_stats(exitc_model* model);
+
+/* Call totals since load (or the last reset), versioned by struct_size: the caller sets
+ * struct_size = sizeof(exitc_model_totals); the library fills the fields that fit in both its own
+ * and the caller's version of the struct (later versions only append fields) and sets struct_size
+ * to the number of bytes it wrote. struct_size below EXITC_MODEL_TOTALS_V1_SIZE is an error.
+ *
+ * Times are summed over successful exitc_model_run calls (and so over threads), steady clock:
+ *   engine_seconds:   inside the graph engine (segment graphs, conditional.onnx at batch 1);
+ *   overhead_seconds: the rest of the run inside the core after feed validation: exit decisions
+ *                     (score >= threshold), compaction of carried tensors / inputs, scatter of
+ *                     results, result and workspace setup, releasing engine outputs, statistics.
+ * Not counted: feed validation, and argument / result conversion in this C layer. */
+typedef struct exitc_model_totals {
+    size_t struct_size;
+    uint64_t calls; /* successful runs */
+    uint64_t rows;  /* rows over those runs (sum of the exit counts) */
+    double engine_seconds;
+    double overhead_seconds;
+} exitc_model_totals;
+#define EXITC_MODEL_TOTALS_V1_SIZE (offsetof(exitc_model_totals, overhead_seconds) + sizeof(double))
+
+EXITC_API exitc_status exitc_model_get_totals(const exitc_model* model, exitc_model_totals* out_totals);
 
 /* Message of the last failing call on this thread ("" if none). Valid until the next call. */
 EXITC_API const char* exitc_last_error_message(void);

@@ -35,6 +35,18 @@ struct ExitStats {
     std::vector<uint64_t> rows_per_exit;
     uint64_t rows = 0;   // sum of rows_per_exit
     uint64_t calls = 0;  // successful run() calls
+    // Time of successful run() calls, summed over calls (and so over threads: with concurrent
+    // callers these can exceed wall-clock time), measured with std::chrono::steady_clock.
+    //   engine_seconds: inside SegmentExecutor::run (segments, and conditional.onnx at batch 1).
+    //   overhead_seconds: the rest of the call inside Model::run, after feed validation: result
+    //     setup, workspace lease, feed gathering and checks of engine outputs, exit decisions
+    //     (score >= threshold), compaction of carried tensors / inputs / exiting logits, scatter
+    //     into the results, zero-filling outputs no row reached, releasing the engine's output
+    //     buffers, and the exit statistics update.
+    // Not counted in either: feed validation (names, dtypes, shapes) and anything in the C ABI /
+    // Python wrappers (argument conversion, result conversion).
+    double engine_seconds = 0.0;
+    double overhead_seconds = 0.0;
 };
 
 class Model {
@@ -56,7 +68,8 @@ public:
     std::size_t num_exits() const noexcept;
     bool has_conditional() const noexcept;
 
-    // Snapshot of the exit statistics since load (or the last reset). Thread-safe.
+    // Snapshot of the exit and timing statistics since load (or the last reset). Thread-safe;
+    // fields are read one by one, so a snapshot taken during concurrent runs may mix calls.
     ExitStats stats() const;
     void reset_stats();
 
