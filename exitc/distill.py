@@ -34,6 +34,7 @@ class FittedHead:
     oof_agree: np.ndarray      # bool [rows]: OOF head prediction == original prediction
     oof_score: np.ndarray      # float [rows]: OOF gate score
     agreement: float           # mean of oof_agree
+    oof_probs: np.ndarray | None = None  # [rows, classes]: OOF head probabilities
 
     @property
     def params(self) -> int:
@@ -122,28 +123,39 @@ def fit_mlp(x: np.ndarray, p: np.ndarray, hidden: int = 64, l2: float = 1e-3, ma
     return _fold_standardization([(w1, b1), (w2, b2)], mu, sd)
 
 
-def fit_gate(probs: np.ndarray, agree: np.ndarray, l2: float = 1e-3) -> tuple[np.ndarray, float]:
-    """Logistic regression predicting P(head agrees with the original) from gate features."""
-    f = gate_features(probs).astype(np.float64)
+def fit_gate(probs: np.ndarray, agree: np.ndarray, prev: np.ndarray | None = None,
+             l2: float = 1e-3) -> tuple[np.ndarray, float]:
+    """Logistic regression predicting P(head agrees with the original) from gate features (with
+    `prev`, the previous exit's probabilities: the chained gate)."""
+    f = gate_features(probs, prev).astype(np.float64)
+    d = f.shape[1]
     y = agree.astype(np.float64)
     if y.min() == y.max():  # degenerate: always or never agrees
-        return np.array([0.0, 0.0, 0.0], np.float32), (20.0 if y[0] > 0 else -20.0)
+        return np.zeros(d, np.float32), (20.0 if y[0] > 0 else -20.0)
     n = len(y)
 
     def obj(theta):
-        z = f @ theta[:3] + theta[3]
+        z = f @ theta[:d] + theta[d]
         s = 1 / (1 + np.exp(-z))
-        loss = -(y * np.log(s + 1e-12) + (1 - y) * np.log(1 - s + 1e-12)).mean() + 0.5 * l2 * (theta[:3] ** 2).sum()
+        loss = -(y * np.log(s + 1e-12) + (1 - y) * np.log(1 - s + 1e-12)).mean() + 0.5 * l2 * (theta[:d] ** 2).sum()
         g = (s - y) / n
-        return loss, np.concatenate([f.T @ g + l2 * theta[:3], [g.sum()]])
+        return loss, np.concatenate([f.T @ g + l2 * theta[:d], [g.sum()]])
 
-    res = minimize(obj, np.zeros(4), jac=True, method="L-BFGS-B", options={"maxiter": 200})
-    return res.x[:3].astype(np.float32), float(res.x[3])
+    res = minimize(obj, np.zeros(d + 1), jac=True, method="L-BFGS-B", options={"maxiter": 300})
+    return res.x[:d].astype(np.float32), float(res.x[d])
 
 
-def gate_scores(probs: np.ndarray, w: np.ndarray, b: float) -> np.ndarray:
-    z = gate_features(probs) @ w + np.float32(b)
+def gate_scores(probs: np.ndarray, w: np.ndarray, b: float, prev: np.ndarray | None = None) -> np.ndarray:
+    z = gate_features(probs, prev) @ w + np.float32(b)
     return (1 / (1 + np.exp(-z))).astype(np.float32)
+
+
+def fit_chained_gates(heads: list[FittedHead], exits: list[int]) -> dict[int, tuple[np.ndarray, float]]:
+    """Gates for exits[1:] that also read the previous kept exit's (out-of-fold) probabilities.
+    The gate has 7 parameters, so fitting it in-sample on the OOF predictions adds no real optimism
+    (and the certification split, untouched here, has the last word anyway)."""
+    return {k: fit_gate(heads[k].oof_probs, heads[k].oof_agree, heads[prev].oof_probs)
+            for prev, k in zip(exits, exits[1:])}
 
 
 FITTERS = {"linear": fit_linear, "mlp": fit_mlp}
@@ -186,5 +198,6 @@ def _distill_heads(candidates, features, targets, kinds, folds, mlp_max_features
         agree = best_probs.argmax(1) == pred
         gw, gb = fit_gate(best_probs, agree)
         layers = FITTERS[best_kind](features[k], targets)
-        heads.append(FittedHead(cand, best_kind, layers, gw, gb, agree, gate_scores(best_probs, gw, gb), best_acc))
+        heads.append(FittedHead(cand, best_kind, layers, gw, gb, agree, gate_scores(best_probs, gw, gb), best_acc,
+                                best_probs))
     return heads

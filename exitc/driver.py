@@ -16,7 +16,7 @@ import onnx
 
 from . import emit, report
 from .data import Dataset, load_dataset
-from .distill import FittedHead, distill_heads, forward, gate_scores
+from .distill import FittedHead, distill_heads, fit_chained_gates, forward, gate_scores
 from .errors import ExitcError
 from .features import collect_features
 from .passes import find_candidates, load_model, normalize
@@ -24,7 +24,7 @@ from .passes.candidates import Candidate
 from .passes.graph import GraphIndex
 from .passes.heads import softmax
 from .passes.split import find_mask_input
-from .policy import Plan, choose_plan
+from .policy import Plan, certify_plan, fit_cost, required_rate, select_exits
 from .profile import Profile, profile_costs
 from .stats import min_rows_for
 
@@ -86,14 +86,44 @@ def check_rows(data: Dataset, opts: CompileOptions) -> None:
                          f"{opts.confidence} needs at least {need} ({need_cert} for certification)")
 
 
-def certify_stage(heads: list[FittedHead], features: list[np.ndarray], pred: np.ndarray):
-    """Final heads on the certification rows: (gate scores, agreement), each [rows, K]."""
-    scores, agree = [], []
+def certify_stage(heads: list[FittedHead], features: list[np.ndarray], pred: np.ndarray, with_probs: bool = False):
+    """Final heads on the certification rows: (gate scores, agreement), each [rows, K]
+    (and the heads' probabilities per candidate with `with_probs`)."""
+    scores, agree, all_probs = [], [], []
     for h, x in zip(heads, features):
         probs = softmax(forward(h.layers, x))
         scores.append(gate_scores(probs, h.gate_w, h.gate_b))
         agree.append(probs.argmax(1) == pred)
-    return np.stack(scores, axis=1), np.stack(agree, axis=1)
+        all_probs.append(probs)
+    result = (np.stack(scores, axis=1), np.stack(agree, axis=1))
+    return result + (all_probs,) if with_probs else result
+
+
+def policy_stage(heads: list[FittedHead], cert_features: list[np.ndarray], cert_pred: np.ndarray,
+                 profile: Profile, opts: "CompileOptions") -> Plan:
+    """Choose exits on the fit split, try chained gates for them (kept only if they lower the
+    fit-split cost: the choice never looks at the certification split), then certify."""
+    cert_scores, cert_agree, cert_probs = certify_stage(heads, cert_features, cert_pred, with_probs=True)
+    fit_scores = np.stack([h.oof_score for h in heads], axis=1)
+    fit_agree = np.stack([h.oof_agree for h in heads], axis=1)
+    req = required_rate(len(cert_scores), opts.target_acc, opts.confidence)
+    exits = select_exits(fit_scores, fit_agree, profile, req)
+    gates: list = []
+    if len(exits) >= 2:
+        chained = fit_chained_gates(heads, exits)
+        fit2, cert2 = fit_scores.copy(), cert_scores.copy()
+        for prev, k in zip(exits, exits[1:]):
+            w, b = chained[k]
+            fit2[:, k] = gate_scores(heads[k].oof_probs, w, b, heads[prev].oof_probs)
+            cert2[:, k] = gate_scores(cert_probs[k], w, b, cert_probs[prev])
+        if fit_cost(exits, fit2, fit_agree, profile, req) < fit_cost(exits, fit_scores, fit_agree, profile, req):
+            fit_scores, cert_scores = fit2, cert2
+            gates = [(heads[exits[0]].gate_w, heads[exits[0]].gate_b)] + [chained[k] for k in exits[1:]]
+    plan = certify_plan(exits, fit_scores, fit_agree, cert_scores, cert_agree, profile, opts.target_acc,
+                        opts.confidence)
+    if plan.exits:
+        plan.gates = gates
+    return plan
 
 
 def compile_model(model_path: str, calib_path: str, out_dir: str, opts: CompileOptions | None = None,
@@ -132,11 +162,7 @@ def compile_model(model_path: str, calib_path: str, out_dir: str, opts: CompileO
         profile = profile_costs(model, heads, mask_input, data.take(fit_idx), opts.batch_size, elem_types,
                                 progress=opts.progress)
         t = mark("profile", t)
-        pred = cache.predictions
-        cert_scores, cert_agree = certify_stage(heads, [f[cert_idx] for f in cache.features], pred[cert_idx])
-        fit_scores = np.stack([h.oof_score for h in heads], axis=1)
-        fit_agree = np.stack([h.oof_agree for h in heads], axis=1)
-        plan = choose_plan(fit_scores, fit_agree, cert_scores, cert_agree, profile, opts.target_acc, opts.confidence)
+        plan = policy_stage(heads, [f[cert_idx] for f in cache.features], cache.predictions[cert_idx], profile, opts)
         emit_probabilities = cache.outputs_are_probabilities
         t = mark("policy", t)
     else:

@@ -51,7 +51,10 @@ def build_manifest(model, sig, model_path, segments, cond_file, plan, profile, e
     carried = []
     for seg in segments:
         for name in seg.carry_out:
-            carried.append(tensor_entry(idx.infos[name]))
+            if name in idx.infos:
+                carried.append(tensor_entry(idx.infos[name]))
+            else:  # a head's probabilities, carried to the next exit's chained gate
+                carried.append({"name": name, "dtype": "float32", "shape": ["batch", sig.num_classes], "batch_axis": 0})
     seg_entries = []
     for seg in segments:
         entry = {"index": seg.index, "file": f"segments/seg_{seg.index}.onnx", "inputs": seg.inputs,
@@ -144,6 +147,11 @@ def write_artifact(out_dir, model, sig, model_path, candidates, heads, plan, pro
         exit_heads = [exit_head(heads[c], i, elem_types.get(heads[c].candidate.tensor, onnx.TensorProto.FLOAT),
                                 mask_input, emit_probabilities, threshold=plan.thresholds[i])
                       for i, c in enumerate(plan.exits)]
+        for i, (w, b) in enumerate(plan.gates):  # chained gates: exit i reads exit i-1's probabilities
+            exit_heads[i].gate_w, exit_heads[i].gate_b = w, b
+            if i > 0 and w.size > 3:
+                exit_heads[i].prev_probs = exit_heads[i - 1].probs_name
+                exit_heads[i - 1].export_probs = True
         cuts = [heads[c].candidate for c in plan.exits]
         segments = build_segments(model, cuts, exit_heads, mask_input)
         for seg in segments:

@@ -46,6 +46,9 @@ class Plan:
     original_cost_b1: float
     reason: str = ""
     curve: list[dict] = field(default_factory=list)   # the mu sequence (Pareto curve data)
+    # Per kept exit: its gate (weights, bias) when it differs from the fitted head's own gate
+    # (chained gates reading the previous kept exit); empty: every exit uses its head's gate.
+    gates: list[tuple[np.ndarray, float]] = field(default_factory=list)
 
     @property
     def predicted_speedup(self) -> float:
@@ -127,45 +130,57 @@ def required_rate(n_cert: int, target: float, confidence: float) -> float:
     return lo / n_cert if n_cert else 1.0
 
 
-def choose_plan(fit_scores: np.ndarray, fit_agree: np.ndarray, cert_scores: np.ndarray, cert_agree: np.ndarray,
-                profile: Profile, target: float, confidence: float, max_exits: int | None = None) -> Plan:
-    """fit_*: [n_fit, K] out-of-fold gate scores / agreement per candidate; cert_*: [n_cert, K]."""
+def fit_cost(exits: list[int], fit_scores: np.ndarray, fit_agree: np.ndarray, profile: Profile, req: float) -> float:
+    """Lowest expected cost (seconds per batch) of an exit set on the fit split at agreement >= req."""
     cm = CostModel(profile)
     b = profile.batch_size
-    k_all = fit_scores.shape[1]
-    n_cert = len(cert_scores)
-    req = required_rate(n_cert, target, confidence) if target < 1.0 else 2.0
-    orig_b, orig_1 = profile.original.at(b), profile.original.at(1)
+    if not exits:
+        return float(cm.expected([], np.ones((1, 1)), b)[0])
+    th = thresholds_for(cm.saved_share(exits, b), MU_GRID)
+    agreement, reach, _ = simulate(fit_scores[:, exits], fit_agree[:, exits], th)
+    cost = cm.expected(exits, reach, b)
+    feasible = agreement >= req
+    return float(cost[feasible].min()) if feasible.any() else float("inf")
 
-    def best_cost(exits: list[int]) -> tuple[float, float]:
-        if not exits:
-            return cm.expected([], np.ones((1, 1)), b)[0], 0.0
-        saved = cm.saved_share(exits, b)
-        th = thresholds_for(saved, MU_GRID)
-        agreement, reach, _ = simulate(fit_scores[:, exits], fit_agree[:, exits], th)
-        cost = cm.expected(exits, reach, b)
-        feasible = agreement >= req
-        if not feasible.any():
-            return float("inf"), 0.0
-        i = int(np.argmin(np.where(feasible, cost, np.inf)))
-        return float(cost[i]), float(MU_GRID[i])
 
-    exits = list(range(k_all))
-    cost, _ = best_cost(exits)
+def select_exits(fit_scores: np.ndarray, fit_agree: np.ndarray, profile: Profile, req: float,
+                 max_exits: int | None = None) -> list[int]:
+    """Greedy backward elimination on the fit split: drop exits while the cost does not rise."""
+    exits = list(range(fit_scores.shape[1]))
+    cost = fit_cost(exits, fit_scores, fit_agree, profile, req)
     while exits:
-        trials = [(best_cost([e for e in exits if e != drop])[0], drop) for drop in exits]
-        c, drop = min(trials)
+        c, drop = min((fit_cost([e for e in exits if e != d], fit_scores, fit_agree, profile, req), d) for d in exits)
         if c <= cost * 1.001 or (max_exits is not None and len(exits) > max_exits):
             exits.remove(drop)
             cost = min(cost, c) if c < float("inf") else cost
         else:
             break
+    if not exits or cost >= profile.original.at(profile.batch_size):
+        return []
+    return exits
+
+
+def choose_plan(fit_scores: np.ndarray, fit_agree: np.ndarray, cert_scores: np.ndarray, cert_agree: np.ndarray,
+                profile: Profile, target: float, confidence: float, max_exits: int | None = None) -> Plan:
+    """fit_*: [n_fit, K] out-of-fold gate scores / agreement per candidate; cert_*: [n_cert, K]."""
+    req = required_rate(len(cert_scores), target, confidence) if target < 1.0 else 2.0
+    exits = select_exits(fit_scores, fit_agree, profile, req, max_exits)
+    return certify_plan(exits, fit_scores, fit_agree, cert_scores, cert_agree, profile, target, confidence)
+
+
+def certify_plan(exits: list[int], fit_scores: np.ndarray, fit_agree: np.ndarray, cert_scores: np.ndarray,
+                 cert_agree: np.ndarray, profile: Profile, target: float, confidence: float) -> Plan:
+    """Thresholds for a chosen exit set, certified on the certification split (fixed sequence)."""
+    cm = CostModel(profile)
+    b = profile.batch_size
+    n_cert = len(cert_scores)
+    orig_b, orig_1 = profile.original.at(b), profile.original.at(1)
 
     def no_exits(reason: str, curve=None) -> Plan:
         return Plan([], [], 0.0, target, confidence, len(fit_scores), n_cert, 1.0, 1.0, 1.0, [1.0],
                     orig_b, orig_1, orig_b, orig_1, reason, curve or [])
 
-    if not exits or cost >= orig_b:
+    if not exits:
         return no_exits("no exit pays for itself at the required agreement")
     saved = cm.saved_share(exits, b)
     th = thresholds_for(saved, MU_GRID)

@@ -154,7 +154,8 @@ class GraphIndex:
 def extract(model: onnx.ModelProto, inputs: Sequence[str], outputs: Sequence[str], name: str,
             index: GraphIndex | None = None, extra_nodes: Sequence[onnx.NodeProto] = (),
             extra_initializers: Sequence[onnx.TensorProto] = (),
-            extra_outputs: Sequence[onnx.ValueInfoProto] = ()) -> onnx.ModelProto:
+            extra_outputs: Sequence[onnx.ValueInfoProto] = (),
+            known_infos: dict[str, onnx.ValueInfoProto] | None = None) -> onnx.ModelProto:
     """Cut the sub-model computing `outputs` from `inputs` (plus whatever graph inputs and
     initializers the cone needs). `extra_nodes` are appended after the cone (e.g. an exit head
     reading one of the cone's tensors); their outputs are declared by `extra_outputs`.
@@ -187,6 +188,8 @@ def extract(model: onnx.ModelProto, inputs: Sequence[str], outputs: Sequence[str
         raise ValueError(f"extract({name}): tensors {sorted(missing)[:3]} are neither produced nor provided")
 
     def vinfo(tname: str) -> onnx.ValueInfoProto:
+        if known_infos and tname in known_infos:  # tensors made by earlier segments' heads
+            return known_infos[tname]
         info = idx.infos.get(tname)
         if info is None:
             return helper.make_empty_tensor_value_info(tname)

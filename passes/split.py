@@ -80,6 +80,7 @@ def build_segments(model: onnx.ModelProto, cuts: list[Candidate], heads: list[Ex
     mask_type = _elem_type(idx, mask_input) if mask_input else None
     segments: list[SegmentGraph] = []
     available: list[str] = []  # carried tensors produced by earlier segments
+    head_infos: dict[str, onnx.ValueInfoProto] = {}  # carried tensors made by heads (chained gates)
     for k in range(len(cuts) + 1):
         last = k == len(cuts)
         targets = [output] if last else [t for t in cuts[k].carried if t not in available]
@@ -88,7 +89,11 @@ def build_segments(model: onnx.ModelProto, cuts: list[Candidate], heads: list[Ex
         if head is not None:
             extra_nodes, extra_inits, extra_outs = head_nodes(head, mask_type)
         m = extract(model, inputs=available, outputs=targets, name=f"exitc_segment_{k}", index=idx,
-                    extra_nodes=extra_nodes, extra_initializers=extra_inits, extra_outputs=extra_outs)
+                    extra_nodes=extra_nodes, extra_initializers=extra_inits, extra_outputs=extra_outs,
+                    known_infos=head_infos)
+        if head is not None and head.export_probs:
+            targets = targets + [head.probs_name]
+            head_infos[head.probs_name] = next(o for o in extra_outs if o.name == head.probs_name)
         # Segment inputs: whatever the extracted graph declares (earlier carried tensors it uses,
         # plus graph inputs); drop unused declared carried tensors.
         used = {i for n in m.graph.node for i in n.input}

@@ -159,3 +159,66 @@ def test_reference_runtime_on_runtime_test_vectors(tmp_path):
             np.testing.assert_array_equal(idx, read(case["exit_index"]), err_msg=case["name"])
             for got, spec in zip(outs, case["outputs"]):
                 np.testing.assert_allclose(got, read(spec), rtol=1e-5, atol=1e-6, err_msg=case["name"])
+
+
+def test_chained_gate_artifact_matches_numpy_and_cpp(tmp_path):
+    """Exit 1's gate reads exit 0's probabilities (carried between segments): ONNX gate == numpy
+    gate, runtimes agree with the uncompacted reference, and the C++ runtime with the Python one."""
+    from exitc.passes.heads import head_forward
+
+    model, sig = normalize(tiny_cnn(blocks=4))
+    feeds = {"x": np.random.default_rng(9).standard_normal((48, 3, 16, 16)).astype(np.float32)}
+    cands = find_candidates(model)[:2]
+    probed = ort.InferenceSession(probe_model(model, cands, None).SerializeToString(),
+                                  providers=["CPUExecutionProvider"]).run(None, feeds)
+    rng = np.random.default_rng(2)
+    heads = []
+    for k, c in enumerate(cands):
+        d = probed[1 + k].shape[1]
+        heads.append(ExitHead(k, c.tensor, c.layout, onnx.TensorProto.FLOAT, None,
+                              [((0.05 * rng.standard_normal((d, sig.num_classes))).astype(np.float32),
+                                np.zeros(sig.num_classes, np.float32))],
+                              np.array([3.0, 1.0, -1.0] + ([2.0, 1.0, 2.0] if k else []), np.float32), -3.0,
+                              meta={"threshold": 2.0}, grid=c.pool_grid))
+    heads[0].export_probs = True
+    heads[1].prev_probs = heads[0].probs_name
+    # numpy reference scores
+    logits0, _ = head_forward(heads[0], probed[1])
+    from exitc.passes.heads import softmax
+    _, score1 = head_forward(heads[1], probed[2], prev=softmax(logits0))
+    heads[0].meta["threshold"] = float(np.quantile(head_forward(heads[0], probed[1])[1], 0.75))
+    heads[1].meta["threshold"] = float(np.quantile(score1, 0.5))
+    segs = build_segments(model, cands, heads, None)
+    assert heads[0].probs_name in segs[0].carry_out and heads[0].probs_name in segs[1].inputs
+    state = dict(feeds)
+    for s in segs:
+        sess = ort.InferenceSession(s.model.SerializeToString(), providers=["CPUExecutionProvider"])
+        state.update(zip([o.name for o in sess.get_outputs()], sess.run(None, {k: state[k] for k in s.inputs})))
+    np.testing.assert_allclose(state[heads[1].score_name], score1, rtol=1e-4, atol=1e-5)
+    # write the artifact and compare runtimes
+    path = str(tmp_path / "c.exitc")
+    os.makedirs(os.path.join(path, "segments"))
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    for s in segs:
+        onnx.save(s.model, os.path.join(path, "segments", f"seg_{s.index}.onnx"))
+    onnx.save(conditional_model(segs, model), os.path.join(path, "conditional.onnx"))
+    plan = Plan([0, 1], [h.meta["threshold"] for h in heads], 0.0, 0.99, 0.95, 0, 0, 1, 1, 1, [], 1, 1, 1, 1)
+    with open(os.path.join(path, "manifest.json"), "w") as f:
+        json.dump(build_manifest(model, sig, str(tmp_path / "model.onnx"), segs, "conditional.onnx", plan, None,
+                                 False), f)
+    want, want_idx, _ = reference_no_compaction(segs, feeds, sig.output.name)
+    assert len(set(want_idx.tolist())) == 3
+    ref = ExitModel(path)
+    (got,), idx = ref.run(feeds)
+    np.testing.assert_array_equal(idx, want_idx)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for i in range(6):  # batch 1 through the conditional form
+        (one,), one_idx = ref.run({"x": feeds["x"][i:i + 1]})
+        assert one_idx[0] == want_idx[i]
+    try:
+        from exitc.cpp_runtime import CppExitModel
+    except ImportError:
+        return
+    (got_cpp,), idx_cpp = CppExitModel(path).run(feeds)
+    np.testing.assert_array_equal(idx_cpp, want_idx)
+    np.testing.assert_allclose(got_cpp, want, rtol=1e-5, atol=1e-5)
