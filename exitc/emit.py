@@ -137,6 +137,23 @@ def validate_artifact(path: str, model: onnx.ModelProto, data: Dataset, batch_si
             "measured_speedup": t_orig / t_comp if t_comp else None}
 
 
+def measure_batch1(path: str, data: Dataset, rows: int = 40) -> dict:
+    """Median batch-1 latency of the segmented and the conditional form, interleaved row by row."""
+    from .runtime import ExitModel
+
+    forms = {"segmented": ExitModel(path, use_conditional=False), "conditional": ExitModel(path)}
+    times: dict[str, list[float]] = {k: [] for k in forms}
+    n = min(rows, data.rows)
+    for i in range(-2, n):  # two warm-up rows
+        feeds = {k: v[max(i, 0):max(i, 0) + 1] for k, v in data.feeds.items()}
+        for name, m in forms.items():
+            t = time.perf_counter()
+            m.run(feeds)
+            if i >= 0:
+                times[name].append(time.perf_counter() - t)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
 def write_artifact(out_dir, model, sig, model_path, candidates, heads, plan, profile, mask_input, elem_types,
                    emit_probabilities, holdout: Dataset, opts, force: bool, report_fn) -> dict:
     parent = os.path.dirname(os.path.abspath(out_dir))
@@ -165,6 +182,16 @@ def write_artifact(out_dir, model, sig, model_path, candidates, heads, plan, pro
         manifest = build_manifest(model, sig, model_path, segments, cond_file, plan, profile, emit_probabilities)
         with open(os.path.join(staging, MANIFEST), "w") as f:
             json.dump(manifest, f, indent=2)
+        if cond_file:
+            batch1 = measure_batch1(staging, holdout)
+            manifest["profile"]["batch1_latency_s"] = batch1
+            if batch1["conditional"] >= batch1["segmented"]:
+                # Measured, not assumed: ORT optimises If-subgraphs less (e.g. no attention fusion
+                # inside branches), which can make the single-graph form the slower one.
+                os.remove(os.path.join(staging, cond_file))
+                manifest["conditional"] = None
+            with open(os.path.join(staging, MANIFEST), "w") as f:
+                json.dump(manifest, f, indent=2)
         validation = validate_artifact(staging, model, holdout, opts.batch_size)
         report_fn(staging, manifest, plan, candidates, heads, profile, validation, opts)
         if os.path.exists(out_dir):
