@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--confidence", type=float, default=0.95, help="statistical confidence of the guarantee")
     c.add_argument("--batch-size", type=int, default=32, help="deployment batch size to optimise for")
     c.add_argument("--output", help="prediction output name, if the model has several")
+    c.add_argument("--latency-weight", type=float, default=0.25,
+                   help="weight of batch-1 latency against deployment-batch cost when choosing exits (0..1)")
     c.add_argument("--certify-fraction", type=float, default=0.5,
                    help="share of calibration rows held out to certify the guarantee")
     c.add_argument("--heads", default="linear,mlp", help="head kinds to try (linear,mlp)")
@@ -100,7 +102,7 @@ def cmd_compile(a) -> int:
     out = a.out or os.path.splitext(a.model)[0] + ".exitc"
     opts = CompileOptions(target_acc=a.target_acc, confidence=a.confidence, batch_size=a.batch_size, output=a.output,
                           certify_fraction=a.certify_fraction, head_kinds=tuple(k for k in a.heads.split(",") if k),
-                          progress=not a.quiet, force=a.force)
+                          latency_weight=a.latency_weight, progress=not a.quiet, force=a.force)
     for k in opts.head_kinds:
         if k not in ("linear", "mlp"):
             from .errors import ExitcError

@@ -38,6 +38,7 @@ class CompileOptions:
     certify_fraction: float = 0.5
     max_candidates: int = 16
     head_kinds: tuple[str, ...] = ("linear", "mlp")
+    latency_weight: float = 0.25  # weight of batch-1 latency vs deployment-batch cost in the objective
     seed: int = 0
     progress: bool = True
     force: bool = False
@@ -49,6 +50,8 @@ class CompileOptions:
             raise ExitcError(f"--confidence {self.confidence} is outside (0, 1)")
         if self.batch_size < 1:
             raise ExitcError(f"--batch-size {self.batch_size} must be >= 1")
+        if not (0.0 <= self.latency_weight <= 1.0):
+            raise ExitcError(f"--latency-weight {self.latency_weight} is outside [0, 1]")
         if not (0.0 < self.certify_fraction < 1.0):
             raise ExitcError(f"--certify-fraction {self.certify_fraction} is outside (0, 1)")
 
@@ -107,7 +110,8 @@ def policy_stage(heads: list[FittedHead], cert_features: list[np.ndarray], cert_
     fit_scores = np.stack([h.oof_score for h in heads], axis=1)
     fit_agree = np.stack([h.oof_agree for h in heads], axis=1)
     req = required_rate(len(cert_scores), opts.target_acc, opts.confidence)
-    exits = select_exits(fit_scores, fit_agree, profile, req)
+    w = opts.latency_weight
+    exits = select_exits(fit_scores, fit_agree, profile, req, latency_weight=w)
     gates: list = []
     if len(exits) >= 2:
         chained = fit_chained_gates(heads, exits)
@@ -116,11 +120,11 @@ def policy_stage(heads: list[FittedHead], cert_features: list[np.ndarray], cert_
             w, b = chained[k]
             fit2[:, k] = gate_scores(heads[k].oof_probs, w, b, heads[prev].oof_probs)
             cert2[:, k] = gate_scores(cert_probs[k], w, b, cert_probs[prev])
-        if fit_cost(exits, fit2, fit_agree, profile, req) < fit_cost(exits, fit_scores, fit_agree, profile, req):
+        if fit_cost(exits, fit2, fit_agree, profile, req, w) < fit_cost(exits, fit_scores, fit_agree, profile, req, w):
             fit_scores, cert_scores = fit2, cert2
             gates = [(heads[exits[0]].gate_w, heads[exits[0]].gate_b)] + [chained[k] for k in exits[1:]]
     plan = certify_plan(exits, fit_scores, fit_agree, cert_scores, cert_agree, profile, opts.target_acc,
-                        opts.confidence)
+                        opts.confidence, w)
     if plan.exits:
         plan.gates = gates
     return plan

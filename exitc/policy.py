@@ -130,46 +130,63 @@ def required_rate(n_cert: int, target: float, confidence: float) -> float:
     return lo / n_cert if n_cert else 1.0
 
 
-def fit_cost(exits: list[int], fit_scores: np.ndarray, fit_agree: np.ndarray, profile: Profile, req: float) -> float:
-    """Lowest expected cost (seconds per batch) of an exit set on the fit split at agreement >= req."""
+def objective(cm: CostModel, exits: list[int], reach: np.ndarray, latency_weight: float) -> np.ndarray:
+    """Relative cost to minimise: the deployment batch's cost and the batch-1 latency, each
+    relative to the original, weighted (1 - w, w). 1.0 = the original model."""
+    p = cm.p
+    b = p.batch_size
+    rel_b = cm.expected(exits, reach, b) / p.original.at(b)
+    rel_1 = cm.expected(exits, reach, 1) / p.original.at(1)
+    return (1.0 - latency_weight) * rel_b + latency_weight * rel_1
+
+
+def fit_cost(exits: list[int], fit_scores: np.ndarray, fit_agree: np.ndarray, profile: Profile, req: float,
+             latency_weight: float = 0.25) -> float:
+    """Lowest objective of an exit set on the fit split at agreement >= req."""
     cm = CostModel(profile)
-    b = profile.batch_size
     if not exits:
-        return float(cm.expected([], np.ones((1, 1)), b)[0])
-    th = thresholds_for(cm.saved_share(exits, b), MU_GRID)
+        return float(objective(cm, [], np.ones((1, 1)), latency_weight)[0])
+    th = thresholds_for(cm.saved_share(exits, profile.batch_size), MU_GRID)
     agreement, reach, _ = simulate(fit_scores[:, exits], fit_agree[:, exits], th)
-    cost = cm.expected(exits, reach, b)
+    cost = objective(cm, exits, reach, latency_weight)
     feasible = agreement >= req
     return float(cost[feasible].min()) if feasible.any() else float("inf")
 
 
 def select_exits(fit_scores: np.ndarray, fit_agree: np.ndarray, profile: Profile, req: float,
-                 max_exits: int | None = None) -> list[int]:
-    """Greedy backward elimination on the fit split: drop exits while the cost does not rise."""
+                 max_exits: int | None = None, latency_weight: float = 0.25) -> list[int]:
+    """Greedy backward elimination on the fit split: drop exits while the objective does not rise."""
     exits = list(range(fit_scores.shape[1]))
-    cost = fit_cost(exits, fit_scores, fit_agree, profile, req)
+
+    def cost_of(e):
+        return fit_cost(e, fit_scores, fit_agree, profile, req, latency_weight)
+
+    cost = cost_of(exits)
     while exits:
-        c, drop = min((fit_cost([e for e in exits if e != d], fit_scores, fit_agree, profile, req), d) for d in exits)
+        c, drop = min((cost_of([e for e in exits if e != d]), d) for d in exits)
         if c <= cost * 1.001 or (max_exits is not None and len(exits) > max_exits):
             exits.remove(drop)
             cost = min(cost, c) if c < float("inf") else cost
         else:
             break
-    if not exits or cost >= profile.original.at(profile.batch_size):
+    if not exits or cost >= 1.0:
         return []
     return exits
 
 
 def choose_plan(fit_scores: np.ndarray, fit_agree: np.ndarray, cert_scores: np.ndarray, cert_agree: np.ndarray,
-                profile: Profile, target: float, confidence: float, max_exits: int | None = None) -> Plan:
+                profile: Profile, target: float, confidence: float, max_exits: int | None = None,
+                latency_weight: float = 0.25) -> Plan:
     """fit_*: [n_fit, K] out-of-fold gate scores / agreement per candidate; cert_*: [n_cert, K]."""
     req = required_rate(len(cert_scores), target, confidence) if target < 1.0 else 2.0
-    exits = select_exits(fit_scores, fit_agree, profile, req, max_exits)
-    return certify_plan(exits, fit_scores, fit_agree, cert_scores, cert_agree, profile, target, confidence)
+    exits = select_exits(fit_scores, fit_agree, profile, req, max_exits, latency_weight)
+    return certify_plan(exits, fit_scores, fit_agree, cert_scores, cert_agree, profile, target, confidence,
+                        latency_weight)
 
 
 def certify_plan(exits: list[int], fit_scores: np.ndarray, fit_agree: np.ndarray, cert_scores: np.ndarray,
-                 cert_agree: np.ndarray, profile: Profile, target: float, confidence: float) -> Plan:
+                 cert_agree: np.ndarray, profile: Profile, target: float, confidence: float,
+                 latency_weight: float = 0.25) -> Plan:
     """Thresholds for a chosen exit set, certified on the certification split (fixed sequence)."""
     cm = CostModel(profile)
     b = profile.batch_size
@@ -197,8 +214,9 @@ def certify_plan(exits: list[int], fit_scores: np.ndarray, fit_agree: np.ndarray
     if accepted <= 0:
         return no_exits("no configuration with exits could be certified at the requested target and confidence", curve)
     # Among accepted configurations take the cheapest (usually the last one).
-    i = min(range(1, accepted + 1), key=lambda j: costs[j])
-    if costs[i] >= orig_b:
+    obj = (1.0 - latency_weight) * costs / orig_b + latency_weight * costs1 / orig_1
+    i = min(range(1, accepted + 1), key=lambda j: obj[j])
+    if obj[i] >= 1.0:
         return no_exits("no certified configuration is cheaper than the original model", curve)
     fractions = [(cert_exit[i] == e).mean() for e in range(len(exits) + 1)]
     return Plan(exits=exits, thresholds=[float(t) for t in th[i]], mu=float(MU_GRID[i]), target=target,

@@ -129,7 +129,12 @@ def profile_costs(model: onnx.ModelProto, heads: list[FittedHead], mask_input: s
     original = costs["original"]
     slices = [costs[f"slice{k}"] for k in range(len(cands) + 1)]
     head_costs = [costs[f"head{k}"] for k in range(len(heads))]
-    overhead = min(c.fixed for c in head_costs + slices)
+    # Per-call cost of a segment: at least the smallest fixed cost measured, and at least what the
+    # slices, called one by one at batch 1, cost beyond the monolithic model per extra call (on
+    # the NLP sample 0.35 ms per call, 40x a trivial graph's; ignoring it predicted a batch-1
+    # speedup where there was a slowdown).
+    split_extra = (sum(c.at(1) for c in slices) - original.at(1)) / max(len(slices) - 1, 1)
+    overhead = max(min(c.fixed for c in head_costs + slices), split_extra)
     return Profile(b, original, calibrate_slices(slices, original, overhead),
                    [Cost(max(h.fixed - overhead, 0.0), h.per_row) for h in head_costs], overhead, timings)
 

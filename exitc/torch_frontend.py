@@ -486,7 +486,8 @@ def find_mask_input(obs: dict[str, Observed], names: list[str]) -> str | None:
 def compile(module: torch.nn.Module, example_inputs=None, calib=None, target_acc: float = 0.99,
             confidence: float = 0.95, batch_size: int = 32, certify_fraction: float = 0.5,
             head_kinds: tuple[str, ...] = ("linear", "mlp"), max_candidates: int = 24, seed: int = 0,
-            output_name: str = "logits", exporter: str = "auto", progress: bool = False, log=print):
+            output_name: str = "logits", exporter: str = "auto", progress: bool = False, log=print,
+            latency_weight: float = 0.25):
     """Compile a PyTorch classifier into an early-exit model.
 
     module: an ``nn.Module`` whose forward returns one tensor [batch, classes] (logits or
@@ -502,7 +503,8 @@ def compile(module: torch.nn.Module, example_inputs=None, calib=None, target_acc
     module = module.eval()
     opts = CompileOptions(target_acc=target_acc, confidence=confidence, batch_size=batch_size,
                           certify_fraction=certify_fraction, max_candidates=max_candidates,
-                          head_kinds=tuple(head_kinds), seed=seed, progress=progress)
+                          head_kinds=tuple(head_kinds), seed=seed, progress=progress,
+                          latency_weight=latency_weight)
     opts.validate()
     if example_inputs is None:
         params = [p.name for p in forward_params(module) if p.default is inspect.Parameter.empty]
@@ -565,7 +567,8 @@ def compile_traced(gm, module_name: str, names: list[str], data: Dataset, opts: 
         cert_scores, cert_agree = certify_stage(fitted, [f[cert_idx] for f in features], pred[cert_idx])
         fit_scores = np.stack([h.oof_score for h in fitted], axis=1)
         fit_agree = np.stack([h.oof_agree for h in fitted], axis=1)
-        plan = choose_plan(fit_scores, fit_agree, cert_scores, cert_agree, profile, opts.target_acc, opts.confidence)
+        plan = choose_plan(fit_scores, fit_agree, cert_scores, cert_agree, profile, opts.target_acc, opts.confidence,
+                           latency_weight=opts.latency_weight)
     else:
         plan = _no_exit_plan(opts, "no candidate exit points found" if not candidates
                              else "target_acc 1.0 admits no early exit")

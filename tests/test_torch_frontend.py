@@ -20,7 +20,9 @@ from exitc.errors import ExitcError  # noqa: E402
 from exitc import torch_frontend as tf  # noqa: E402
 from exitc.passes.fx import TraceFailure, trace  # noqa: E402
 
-FAST = dict(target_acc=0.9, max_candidates=4, batch_size=16, log=lambda s: None)
+# latency_weight=0: on these tiny modules per-call overhead dominates batch-1 latency, and a plan
+# that depends on that noisy measurement would make the tests flaky.
+FAST = dict(target_acc=0.9, max_candidates=4, batch_size=16, log=lambda s: None, latency_weight=0.0)
 
 class Block(nn.Module):
     def __init__(s, c, k=0.3):
