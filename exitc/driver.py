@@ -117,9 +117,9 @@ def policy_stage(heads: list[FittedHead], cert_features: list[np.ndarray], cert_
         chained = fit_chained_gates(heads, exits)
         fit2, cert2 = fit_scores.copy(), cert_scores.copy()
         for prev, k in zip(exits, exits[1:]):
-            w, b = chained[k]
-            fit2[:, k] = gate_scores(heads[k].oof_probs, w, b, heads[prev].oof_probs)
-            cert2[:, k] = gate_scores(cert_probs[k], w, b, cert_probs[prev])
+            gate_w, gate_b = chained[k]
+            fit2[:, k] = gate_scores(heads[k].oof_probs, gate_w, gate_b, heads[prev].oof_probs)
+            cert2[:, k] = gate_scores(cert_probs[k], gate_w, gate_b, cert_probs[prev])
         if fit_cost(exits, fit2, fit_agree, profile, req, w) < fit_cost(exits, fit_scores, fit_agree, profile, req, w):
             fit_scores, cert_scores = fit2, cert2
             gates = [(heads[exits[0]].gate_w, heads[exits[0]].gate_b)] + [chained[k] for k in exits[1:]]
