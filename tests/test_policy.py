@@ -1,0 +1,81 @@
+"""Policy stage on simulated heads with a fixed cost profile (no timing involved)."""
+
+import numpy as np
+
+from exitc.distill import FittedHead, fit_gate, gate_scores
+from exitc.driver import CompileOptions, policy_stage
+from exitc.passes.candidates import Candidate
+from exitc.passes.heads import softmax
+from exitc.policy import Plan, choose_plan
+from exitc.profile import Cost, Profile
+
+
+def _profile(k=3, batch=32):
+    slices = [Cost(1e-4, 1e-3)] * (k + 1)
+    return Profile(batch, Cost(4e-4 * (k + 1), 1e-3 * (k + 1)), slices, [Cost(1e-5, 1e-5)] * k, 5e-5)
+
+
+def _heads(n_fit, n_cert, k=3, classes=4, seed=0):
+    """Heads whose confidence rises with depth and predicts agreement with the original."""
+    rng = np.random.default_rng(seed)
+    n = n_fit + n_cert
+    pred = rng.integers(0, classes, n)
+    heads, cert_feats = [], []
+    for j in range(k):
+        strength = 1.0 + 1.5 * j
+        logits = rng.standard_normal((n, classes))
+        logits[np.arange(n), pred] += strength * rng.random(n) * 3
+        probs = softmax(logits.astype(np.float32))
+        agree = probs.argmax(1) == pred
+        w, b = fit_gate(probs[:n_fit], agree[:n_fit])
+        cand = Candidate(cut=j + 1, tensor=f"t{j}", side=(), layout="bf", features=classes, row_elements=classes,
+                         flops_fraction=(j + 1) / (k + 1))
+        # identity "layers": the features are the logits themselves
+        layers = [(np.eye(classes, dtype=np.float32), np.zeros(classes, np.float32))]
+        heads.append(FittedHead(cand, "linear", layers, w, b, agree[:n_fit], gate_scores(probs[:n_fit], w, b),
+                                float(agree[:n_fit].mean()), probs[:n_fit]))
+        cert_feats.append(logits[n_fit:].astype(np.float32))
+    return heads, cert_feats, pred[n_fit:]
+
+
+def _true_agreement(plan: Plan, heads, feats, pred):
+    exit_at = np.full(len(pred), len(plan.exits))
+    for i in reversed(range(len(plan.exits))):
+        h = heads[plan.exits[i]]
+        probs = softmax(feats[plan.exits[i]])
+        if plan.gates:
+            w, b = plan.gates[i]
+            prev = softmax(feats[plan.exits[i - 1]]) if i and w.size > 3 else None
+            s = gate_scores(probs, w, b, prev)
+        else:
+            s = gate_scores(probs, h.gate_w, h.gate_b)
+        exit_at[s >= plan.thresholds[i]] = i
+    agree = np.ones(len(pred), bool)
+    for i, c in enumerate(plan.exits):
+        sel = exit_at == i
+        agree[sel] = softmax(feats[c])[sel].argmax(1) == pred[sel]
+    return agree.mean()
+
+
+def test_policy_stage_certifies_and_holds_on_fresh_data():
+    heads, cert_feats, cert_pred = _heads(3000, 3000)
+    opts = CompileOptions(target_acc=0.95, confidence=0.95, latency_weight=0.25)
+    plan = policy_stage(heads, cert_feats, cert_pred, _profile(), opts)
+    assert plan.exits, plan.reason
+    assert plan.agreement_bound >= 0.95
+    assert plan.predicted_cost_batch < plan.original_cost_batch
+    assert len(plan.thresholds) == len(plan.exits)
+    assert not plan.gates or len(plan.gates) == len(plan.exits)
+    # fresh rows from the same distribution: agreement at the target (up to sampling noise)
+    _, fresh_feats, fresh_pred = _heads(3000, 20000, seed=0)
+    assert _true_agreement(plan, heads, fresh_feats, fresh_pred) >= 0.95 - 0.005
+
+
+def test_no_exit_when_target_cannot_be_certified():
+    heads, cert_feats, cert_pred = _heads(500, 300)
+    fit_scores = np.stack([h.oof_score for h in heads], 1)
+    fit_agree = np.stack([h.oof_agree for h in heads], 1)
+    cert_scores = np.stack([gate_scores(softmax(f), h.gate_w, h.gate_b) for h, f in zip(heads, cert_feats)], 1)
+    cert_agree = np.stack([softmax(f).argmax(1) == cert_pred for f in cert_feats], 1)
+    plan = choose_plan(fit_scores, fit_agree, cert_scores, cert_agree, _profile(), 0.9999, 0.95)
+    assert plan.exits == [] and plan.reason and plan.agreement_bound == 1.0
