@@ -89,13 +89,14 @@ def main() -> int:
                          f"{r['throughput_original']:.1f}", f"{r['throughput_exitc']:.1f}", f"{r['speedup_throughput']:.2f}x",
                          f"{r['latency_p50_ms_original']:.2f}", f"{r['latency_p50_ms_exitc']:.2f}",
                          f"{r['speedup_latency_p50']:.2f}x",
+                         f"{r['latency_mean_ms_original'] / r['latency_mean_ms_exitc']:.2f}x",
                          " ".join(f"{f:.2f}" for f in r["exit_fractions"]),
                          f"{r['runtime_overhead_share'] * 100:.2f}%",
                          f"{compile_s:.0f}s" if compile_s else "cached"])
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs; batch {a.batch_size}; "
           f"{a.rounds} interleaved rounds")
     print(format_table(["sample", "engine", "agreement", "bound", "acc orig/exitc", "rows/s orig", "rows/s exitc",
-                        "speedup b32", "p50 ms orig", "p50 ms exitc", "speedup p50", "exit fractions",
+                        "speedup b32", "p50 ms orig", "p50 ms exitc", "speedup p50", "speedup mean b1", "exit fractions",
                         "decide+compact", "compile"], rows))
     os.makedirs(os.path.dirname(a.json), exist_ok=True)
     with open(a.json, "w") as f:
