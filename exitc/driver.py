@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import onnx
 
 from . import emit, report
 from .data import Dataset, load_dataset

@@ -6,7 +6,6 @@ import html
 import json
 import os
 
-import numpy as np
 
 
 def _candidate_rows(candidates, heads, profile) -> list[dict]:

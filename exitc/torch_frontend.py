@@ -23,7 +23,7 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import onnx

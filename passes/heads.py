@@ -20,7 +20,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import onnx
 from onnx import TensorProto, helper
 
 from .graph import const_tensor

@@ -5,7 +5,6 @@ residual branches, a classifier centred on calibration features), so exits are r
 some rows still run to the end.
 """
 
-import os
 import subprocess
 import sys
 
