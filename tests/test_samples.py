@@ -86,3 +86,14 @@ def test_cpp_runtime_matches_reference_on_sample(compiled):
             (got,), got_idx = fast.run(feeds)
             np.testing.assert_array_equal(got_idx, want_idx, err_msg=f"{name} batch {b}")
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"{name} batch {b}")
+
+
+def test_cpp_sample_program_classifies_the_sample_artifact(compiled):
+    """samples/cpp (built against the installed libexitc by scripts/build_runtime.sh) on the artifact."""
+    exe = os.path.join(ROOT, "build", "sample", "exitc_classify")
+    if not os.path.exists(exe):
+        pytest.skip("samples/cpp not built (scripts/build_runtime.sh builds it)")
+    name, _, out, _, _ = compiled
+    res = subprocess.run([exe, out, "8"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "exit" in res.stdout.lower(), res.stdout
