@@ -487,13 +487,15 @@ def compile(module: torch.nn.Module, example_inputs=None, calib=None, target_acc
             confidence: float = 0.95, batch_size: int = 32, certify_fraction: float = 0.5,
             head_kinds: tuple[str, ...] = ("linear", "mlp"), max_candidates: int = 24, seed: int = 0,
             output_name: str = "logits", exporter: str = "auto", progress: bool = False, log=print,
-            latency_weight: float = 0.25):
+            latency_weight: float = 0.25, cost_profile=None):
     """Compile a PyTorch classifier into an early-exit model.
 
     module: an ``nn.Module`` whose forward returns one tensor [batch, classes] (logits or
     probabilities). example_inputs: a tensor, a tuple of tensors or a dict by argument name (only
     names, dtypes and non-batch shapes are used; default: the first calibration rows). calib: see
-    :func:`to_dataset`. Other options as :class:`exitc.driver.CompileOptions`.
+    :func:`to_dataset`. cost_profile: optional ``f(candidates, batch_size) -> exitc.profile.Profile``
+    giving the costs instead of timing them here (reproducible compiles, costs from the target
+    machine); the ONNX fallback always measures. Other options as :class:`exitc.driver.CompileOptions`.
 
     Returns :class:`TorchCompiled`, or :class:`OnnxCompiled` when torch.fx cannot trace the module
     (the reason, naming the submodule, is logged and kept in ``compiled.fallback_reason``).
@@ -527,11 +529,11 @@ def compile(module: torch.nn.Module, example_inputs=None, calib=None, target_acc
     except TraceFailure as exc:
         log(f"exitc: {exc}; falling back to ONNX export + the ONNX pipeline")
         return compile_via_onnx(module, names, data, opts, exporter=exporter, reason=str(exc), log=log)
-    return compile_traced(gm, type(module).__name__, names, data, opts, output_name, log)
+    return compile_traced(gm, type(module).__name__, names, data, opts, output_name, log, cost_profile)
 
 
 def compile_traced(gm, module_name: str, names: list[str], data: Dataset, opts: CompileOptions,
-                   output_name: str = "logits", log=print) -> TorchCompiled:
+                   output_name: str = "logits", log=print, cost_profile=None) -> TorchCompiled:
     """The fx pipeline on a traced module (see the module docstring)."""
     feeds = data.feeds
     if data.rows < 3:
@@ -562,7 +564,11 @@ def compile_traced(gm, module_name: str, names: list[str], data: Dataset, opts: 
         heads = [ExitHeadModule(h.candidate.layout, h.layers, h.gate_w, h.gate_b, grid=h.candidate.pool_grid)
                  for h in fitted]
         b = min(opts.batch_size, len(fit_idx))
-        profile = profile_torch(gm, candidates, heads, mask_input, _torch_feeds(data.take(fit_idx).feeds, slice(0, b)))
+        if cost_profile is not None:  # given costs (e.g. measured on the target machine): no timing here
+            profile = cost_profile(candidates, b)
+        else:
+            profile = profile_torch(gm, candidates, heads, mask_input,
+                                    _torch_feeds(data.take(fit_idx).feeds, slice(0, b)))
         pred = outputs.argmax(1)
         cert_scores, cert_agree = certify_stage(fitted, [f[cert_idx] for f in features], pred[cert_idx])
         fit_scores = np.stack([h.oof_score for h in fitted], axis=1)
