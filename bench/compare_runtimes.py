@@ -18,7 +18,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from exitc.bench import _infos  # noqa: E402
+from exitc.manifest import input_infos  # noqa: E402
 from exitc.cpp_runtime import CppExitModel  # noqa: E402
 from exitc.data import load_dataset  # noqa: E402
 from exitc.runtime import ExitModel  # noqa: E402
@@ -28,7 +28,7 @@ def main() -> int:
     name = sys.argv[1] if len(sys.argv) > 1 else "cv"
     d = os.path.join(ROOT, "samples", ".cache", name)
     py, cpp = ExitModel(os.path.join(d, "model.exitc")), CppExitModel(os.path.join(d, "model.exitc"))
-    data = load_dataset(os.path.join(d, "test.npz"), _infos(py.manifest))
+    data = load_dataset(os.path.join(d, "test.npz"), input_infos(py.manifest))
     for b in (1, 7, 32):
         rows = min(data.rows, 64 * b)
         t_py, t_cpp = [], []

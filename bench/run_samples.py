@@ -24,7 +24,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from exitc.bench import BenchOptions, _infos, bench  # noqa: E402
+from exitc.bench import BenchOptions, bench  # noqa: E402
+from exitc.manifest import input_infos  # noqa: E402
 from exitc.data import batches, load_dataset  # noqa: E402
 from exitc.report import format_table  # noqa: E402
 from exitc.runtime import load  # noqa: E402
@@ -53,7 +54,7 @@ def runtime_overhead(artifact: str, engine: str, test_path: str, batch: int, ori
     """Share of the original model's time that a runtime spends outside its segment engines
     (exit decisions, compaction, scatter), over the test split at `batch`."""
     model = load(artifact, engine=engine)
-    data = load_dataset(test_path, _infos(model.manifest))
+    data = load_dataset(test_path, input_infos(model.manifest))
     model.run({k: v[:batch] for k, v in data.feeds.items()})  # warm-up, not counted
     before = model.overhead_seconds
     for sl in batches(data.rows, batch):

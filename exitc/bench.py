@@ -17,7 +17,7 @@ from tqdm import tqdm
 from .backends import make_session
 from .data import batches, load_dataset
 from .errors import ExitcError
-from .passes.graph import TensorInfo
+from .manifest import input_infos
 from .passes.normalize import load_model, normalize
 from .report import format_table
 from .runtime import load
@@ -30,12 +30,6 @@ class BenchOptions:
     latency_rows: int = 300
     engine: str = "auto"
     progress: bool = True
-
-
-def _infos(manifest: dict) -> list[TensorInfo]:
-    from onnx import helper
-
-    return [TensorInfo(i["name"], helper.np_dtype_to_tensor_dtype(np.dtype(i["dtype"])), i["shape"]) for i in manifest["inputs"]]
 
 
 def original_path(artifact: str, manifest: dict, given: str | None) -> str:
@@ -58,7 +52,7 @@ def bench(artifact: str, data_path: str, opts: BenchOptions, original: str | Non
     manifest = compiled.manifest
     model, _ = normalize(load_model(original_path(artifact, manifest, original)), output=manifest["prediction_output"])
     orig = make_session(model, "original model")
-    data = load_dataset(data_path, _infos(manifest))
+    data = load_dataset(data_path, input_infos(manifest))
     n, b = data.rows, opts.batch_size
     feeds = data.feeds
 

@@ -127,12 +127,12 @@ def cmd_bench(a) -> int:
 def cmd_run(a) -> int:
     import numpy as np
 
-    from .bench import _infos
+    from .manifest import input_infos
     from .data import batches, load_dataset
     from .runtime import load
 
     model = load(a.artifact, engine=a.engine)
-    data = load_dataset(a.input, _infos(model.manifest))
+    data = load_dataset(a.input, input_infos(model.manifest))
     outs, idxs = [], []
     for sl in batches(data.rows, a.batch_size):
         o, i = model.run({k: v[sl] for k, v in data.feeds.items()})

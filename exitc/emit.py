@@ -21,7 +21,7 @@ from . import __version__
 from .data import Dataset, batches
 from .errors import ExitcError
 from .manifest import FORMAT, MANIFEST, SCHEMA_VERSION, tensor_entry
-from .passes.graph import GraphIndex
+from .passes.graph import GraphIndex, default_opset
 from .passes.split import EXIT_INDEX, build_segments, conditional_model
 from .profile import exit_head
 
@@ -40,10 +40,6 @@ def _sha256(path: str) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _opset(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def build_manifest(model, sig, model_path, segments, cond_file, plan, profile, emit_probabilities) -> dict:
@@ -70,7 +66,7 @@ def build_manifest(model, sig, model_path, segments, cond_file, plan, profile, e
     return {
         "format": FORMAT, "schema_version": SCHEMA_VERSION, "exitc_version": __version__,
         "source": {"file": os.path.basename(model_path), "path": os.path.abspath(model_path),
-                   "sha256": _sha256(model_path), "opset": _opset(model)},
+                   "sha256": _sha256(model_path), "opset": default_opset(model)},
         "backend": "onnxruntime-cpu",
         "inputs": [tensor_entry(i) for i in sig.inputs],
         "outputs": [tensor_entry(sig.output)],
@@ -137,6 +133,11 @@ def validate_artifact(path: str, model: onnx.ModelProto, data: Dataset, batch_si
             "measured_speedup": t_orig / t_comp if t_comp else None}
 
 
+def _write_manifest(path: str, manifest: dict) -> None:
+    with open(os.path.join(path, MANIFEST), "w") as f:
+        json.dump(manifest, f, indent=2)
+
+
 def measure_batch1(path: str, data: Dataset, rows: int = 40) -> dict:
     """Median batch-1 latency of the segmented and the conditional form, interleaved row by row."""
     from .runtime import ExitModel
@@ -180,9 +181,8 @@ def write_artifact(out_dir, model, sig, model_path, candidates, heads, plan, pro
             cond_file = "conditional.onnx"
             onnx.save(cond, os.path.join(staging, cond_file))
         manifest = build_manifest(model, sig, model_path, segments, cond_file, plan, profile, emit_probabilities)
-        with open(os.path.join(staging, MANIFEST), "w") as f:
-            json.dump(manifest, f, indent=2)
-        if cond_file:
+        _write_manifest(staging, manifest)
+        if cond_file:  # measuring loads the artifact, hence the manifest written before and after
             batch1 = measure_batch1(staging, holdout)
             manifest["profile"]["batch1_latency_s"] = batch1
             if batch1["conditional"] >= batch1["segmented"]:
@@ -190,8 +190,7 @@ def write_artifact(out_dir, model, sig, model_path, candidates, heads, plan, pro
                 # inside branches), which can make the single-graph form the slower one.
                 os.remove(os.path.join(staging, cond_file))
                 manifest["conditional"] = None
-            with open(os.path.join(staging, MANIFEST), "w") as f:
-                json.dump(manifest, f, indent=2)
+            _write_manifest(staging, manifest)
         validation = validate_artifact(staging, model, holdout, opts.batch_size)
         report_fn(staging, manifest, plan, candidates, heads, profile, validation, opts)
         if os.path.exists(out_dir):

@@ -17,6 +17,17 @@ def tensor_entry(info) -> dict:
     return {"name": info.name, "dtype": str(info.dtype), "shape": list(info.shape), "batch_axis": 0}
 
 
+def input_infos(manifest: dict):
+    """The model inputs declared by a manifest, as TensorInfo (for loading .npz data against them)."""
+    import numpy as np
+    from onnx import helper
+
+    from .passes.graph import TensorInfo
+
+    return [TensorInfo(i["name"], helper.np_dtype_to_tensor_dtype(np.dtype(i["dtype"])), i["shape"])
+            for i in manifest["inputs"]]
+
+
 def read_manifest(path: str) -> dict:
     """Read and validate `path/manifest.json`; errors name the file and the field."""
     mpath = os.path.join(path, MANIFEST)

@@ -208,6 +208,11 @@ def extract(model: onnx.ModelProto, inputs: Sequence[str], outputs: Sequence[str
     return sub
 
 
+def default_opset(model: onnx.ModelProto) -> int:
+    """Version of the default (ai.onnx) operator set the model imports, 0 if none."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
 def const_tensor(name: str, array: np.ndarray) -> onnx.TensorProto:
     # np.ascontiguousarray would turn a 0-d scalar into shape [1]; keep the rank as given.
     return numpy_helper.from_array(np.array(array, copy=True, order="C"), name)

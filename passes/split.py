@@ -20,7 +20,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from .candidates import Candidate
-from .graph import GraphIndex, const_tensor, extract
+from .graph import GraphIndex, const_tensor, default_opset, extract
 from .heads import ExitHead, head_nodes, pooling_nodes
 
 EXIT_INDEX = "exitc_exit_index"
@@ -163,7 +163,7 @@ def conditional_model(segments: list[SegmentGraph], source: onnx.ModelProto) -> 
         thr = f"exitc_c{k}_thr"
         inits[thr] = const_tensor(thr, np.array(h.meta["threshold"], np.float32))
         p = f"exitc_c{k}"
-        if _opset(source) >= 12:
+        if default_opset(source) >= 12:
             nodes.append(helper.make_node("GreaterOrEqual", [h.score_name, thr], [f"{p}_ge"], name=f"{p}_cmp"))
         else:  # GreaterOrEqual arrived in opset 12
             nodes += [helper.make_node("Greater", [h.score_name, thr], [f"{p}_gt"], name=f"{p}_gt"),
@@ -207,10 +207,3 @@ def conditional_model(segments: list[SegmentGraph], source: onnx.ModelProto) -> 
                               [out_vi, helper.make_tensor_value_info(EXIT_INDEX, TensorProto.INT64, ["batch"])],
                               initializer=list(inits.values()))
     return helper.make_model(graph, opset_imports=list(source.opset_import), ir_version=source.ir_version)
-
-
-def _opset(model: onnx.ModelProto) -> int:
-    for o in model.opset_import:
-        if o.domain in ("", "ai.onnx"):
-            return o.version
-    return 0

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from exitc.backends import make_session
-from exitc.bench import _infos
+from exitc.manifest import input_infos
 from exitc.data import load_dataset
 from exitc.driver import CompileOptions, compile_model
 from exitc.passes import load_model, normalize
@@ -58,7 +58,7 @@ def test_compile_meets_guarantee_on_test_split(compiled):
     assert manifest["calibration"]["agreement_bound"] >= target
     assert result.seconds < 300, "compile must stay well under 5 minutes on the reduced sample"
     model = ExitModel(out)
-    test = load_dataset(os.path.join(d, "test.npz"), _infos(manifest))
+    test = load_dataset(os.path.join(d, "test.npz"), input_infos(manifest))
     original = make_session(normalize(load_model(os.path.join(d, "model.onnx")))[0], "original")
     agree = total = 0
     for start in range(0, test.rows, 32):
@@ -78,7 +78,7 @@ def test_cpp_runtime_matches_reference_on_sample(compiled):
     cpp = pytest.importorskip("exitc.cpp_runtime", reason="C++ runtime not built")
     name, d, out, _, _ = compiled
     ref, fast = ExitModel(out), cpp.CppExitModel(out)
-    test = load_dataset(os.path.join(d, "test.npz"), _infos(ref.manifest))
+    test = load_dataset(os.path.join(d, "test.npz"), input_infos(ref.manifest))
     for b in (1, 7, 32):
         for start in (0, 40, 100):
             feeds = {k: v[start:start + b] for k, v in test.feeds.items()}
