@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -38,6 +39,9 @@ class CompileOptions:
     max_candidates: int = 16
     head_kinds: tuple[str, ...] = ("linear", "mlp")
     latency_weight: float = 0.25  # weight of batch-1 latency vs deployment-batch cost in the objective
+    # (candidates, batch size) -> profile.Profile: costs given (e.g. measured on the target machine,
+    # or fixed for reproducible tests) instead of measured here
+    cost_profile: Callable[[list[Candidate], int], Profile] | None = None
     seed: int = 0
     progress: bool = True
     force: bool = False
@@ -162,8 +166,11 @@ def compile_model(model_path: str, calib_path: str, out_dir: str, opts: CompileO
         heads = distill_heads(candidates, [f[fit_idx] for f in cache.features], cache.probs[fit_idx],
                               kinds=opts.head_kinds, seed=opts.seed, progress=opts.progress)
         t = mark("distill", t)
-        profile = profile_costs(model, heads, mask_input, data.take(fit_idx), opts.batch_size, elem_types,
-                                progress=opts.progress)
+        if opts.cost_profile is not None:
+            profile = opts.cost_profile(candidates, min(opts.batch_size, len(fit_idx)))
+        else:
+            profile = profile_costs(model, heads, mask_input, data.take(fit_idx), opts.batch_size, elem_types,
+                                    progress=opts.progress)
         t = mark("profile", t)
         plan = policy_stage(heads, [f[cert_idx] for f in cache.features], cache.predictions[cert_idx], profile, opts)
         emit_probabilities = cache.outputs_are_probabilities

@@ -2,9 +2,18 @@
 
 Pipeline (the ONNX driver's stages, sharing its code wherever the stage is not torch-specific):
 
-    trace (torch.fx) -> observe shapes -> candidates (ONNX cut rule on a shadow graph)
-      -> features (torch) -> distill (exitc.distill) -> profile (torch timings, exitc.profile.Profile)
-      -> policy (exitc.policy.choose_plan) -> TorchCompiled (runs in torch; .save() writes the artifact)
+    trace (torch.fx) -> observe shapes -> ONNX mirror -> candidates -> features -> distill
+      -> profile -> policy (exitc.policy.choose_plan) -> TorchCompiled (runs in torch; .save()
+      writes the artifact, whose segments run on ONNX Runtime)
+
+The *ONNX mirror* is the traced module exported once to ONNX (dynamo exporter). Candidates, the
+feature cache and the cost profile come from the ONNX passes and stages run on it, exactly as
+``exitc compile model.onnx`` would do, and each candidate tensor is placed in the fx graph by
+value (:func:`exitc.passes.fx.match_tensors`). So a module and its ONNX export get the same
+candidates, the same heads and the same exit choices, and costs are measured on the backend the
+artifact runs on. Where the export or the matching fails, candidates come from the ONNX cut rule on
+a shadow graph of the fx graph (:func:`exitc.passes.fx.find_fx_candidates`) and features and
+costs are measured in torch.
 
 If symbolic tracing fails (e.g. Python control flow on tensor values or shapes), the failure names
 the submodule, the whole module is exported to ONNX (torch.onnx.export, dynamo exporter at opset
@@ -16,6 +25,7 @@ torch is an optional dependency: only this module and ``exitc.passes.fx`` import
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import inspect
 import json
@@ -30,18 +40,24 @@ import onnx
 import torch
 
 from . import __version__
+from .backends import make_session
 from .data import Dataset, batches
 from .distill import FittedHead, distill_heads
 from .driver import CompileOptions, certify_stage, check_rows, split_rows
 from .emit import plan_sections
 from .errors import ExitcError
-from .features import looks_like_probabilities
+from .features import collect_features, looks_like_probabilities
 from .manifest import FORMAT, MANIFEST, SCHEMA_VERSION
-from .passes.fx import (ExitHeadModule, FxSegment, Observed, TraceFailure, build_fx_segments, extract_segment,
-                        find_fx_candidates, input_names, observe, output_node, pool_features, trace)
+from .passes import find_candidates, load_model, normalize
+from .passes.candidates import Candidate
+from .passes.fx import (ExitHeadModule, FxSegment, Observed, TraceFailure, build_fx_segments, cut_recomputes_nothing,
+                        extract_segment, find_fx_candidates, input_names, match_tensors, observe, output_node,
+                        pool_features, record_values, trace)
+from .passes.graph import GraphIndex
 from .passes.heads import ExitHead, head_nodes, softmax
+from .passes.split import find_mask_input as onnx_mask_input
 from .policy import Plan, choose_plan
-from .profile import Cost, Profile
+from .profile import Cost, Profile, profile_costs
 
 OPSET = 18
 LABEL_KEYS = ("labels", "label", "targets", "target", "y")
@@ -172,8 +188,11 @@ class TorchCompiled(torch.nn.Module):
     def __init__(self, module_name: str, gm, segments: list[FxSegment], heads: list[ExitHeadModule],
                  cut_tensors: list[str], mask_input: str | None, inputs: dict[str, Observed],
                  output: Observed, output_name: str, emit_probabilities: bool, plan: Plan, profile: Profile | None,
-                 candidates, fitted: list[FittedHead], example_feeds: dict[str, np.ndarray]):
+                 candidates, fitted: list[FittedHead], example_feeds: dict[str, np.ndarray],
+                 measured_in: str = "torch", onnx_candidates: list[str] | None = None):
         super().__init__()
+        self.measured_in = measured_in          # where the cost profile was measured
+        self.onnx_candidates = onnx_candidates  # candidate tensors in the ONNX mirror, if one was used
         self.module_name = module_name
         self.graph_module = gm
         self.segments = segments
@@ -317,7 +336,7 @@ class TorchCompiled(torch.nn.Module):
                     "shape": list(o.shape), "batch_axis": 0}
 
         sections = plan_sections(plan, profile)
-        sections["profile"]["measured_in"] = "torch"
+        sections["profile"]["measured_in"] = self.measured_in
         return {
             "format": FORMAT, "schema_version": SCHEMA_VERSION, "exitc_version": __version__,
             "source": {"file": self.module_name, "framework": "pytorch", "path": None, "sha256": None,
@@ -338,6 +357,7 @@ class TorchCompiled(torch.nn.Module):
         plan = self.plan
         return {"frontend": "torch.fx",
                 "candidates": [{"index": k, "tensor": c.tensor, "layout": c.layout, "side": list(c.side),
+                                **({"onnx_tensor": self.onnx_candidates[k]} if self.onnx_candidates else {}),
                                 "flops_fraction": round(c.flops_fraction, 4),
                                 **({"head": self.fitted[k].kind, "head_agreement_oof": round(self.fitted[k].agreement, 4)}
                                    if self.fitted else {})} for k, c in enumerate(self.candidates)],
@@ -485,7 +505,7 @@ def find_mask_input(obs: dict[str, Observed], names: list[str]) -> str | None:
 
 def compile(module: torch.nn.Module, example_inputs=None, calib=None, target_acc: float = 0.99,
             confidence: float = 0.95, batch_size: int = 32, certify_fraction: float = 0.5,
-            head_kinds: tuple[str, ...] = ("linear", "mlp"), max_candidates: int = 24, seed: int = 0,
+            head_kinds: tuple[str, ...] = ("linear", "mlp"), max_candidates: int = CompileOptions.max_candidates, seed: int = 0,
             output_name: str = "logits", exporter: str = "auto", progress: bool = False, log=print,
             latency_weight: float = 0.25, cost_profile=None):
     """Compile a PyTorch classifier into an early-exit model.
@@ -508,9 +528,11 @@ def compile(module: torch.nn.Module, example_inputs=None, calib=None, target_acc
                           head_kinds=tuple(head_kinds), seed=seed, progress=progress,
                           latency_weight=latency_weight)
     opts.validate()
-    if example_inputs is None:
+    if example_inputs is None and isinstance(calib, (str, os.PathLike)):
+        examples = examples_from_npz(module, calib)
+    elif example_inputs is None:
         params = [p.name for p in forward_params(module) if p.default is inspect.Parameter.empty]
-        first = next(iter(calib)) if not isinstance(calib, (str, os.PathLike, np.ndarray, dict, tuple)) else None
+        first = next(iter(calib)) if not isinstance(calib, (np.ndarray, dict, tuple)) else None
         if first is None:
             raise ExitcError("example_inputs is required with this kind of calibration data")
         examples, _ = _item_to_feeds(first, params)
@@ -532,9 +554,66 @@ def compile(module: torch.nn.Module, example_inputs=None, calib=None, target_acc
     return compile_traced(gm, type(module).__name__, names, data, opts, output_name, log, cost_profile)
 
 
+@dataclasses.dataclass
+class OnnxMirror:
+    """The traced module exported to ONNX, with the ONNX passes' candidates placed in the fx graph."""
+
+    model: onnx.ModelProto             # normalised export
+    candidates: list[Candidate]        # ONNX candidates (tensor = ONNX names)
+    fx_candidates: list[Candidate]     # the same cuts in the fx graph (tensor = fx node names)
+    mask_input: str | None
+    elem_types: dict[str, int]
+    unplaced: int                      # ONNX candidates with no equivalent fx cut
+
+
+def onnx_mirror(gm, module_name: str, names: list[str], data: Dataset, output_name: str, max_candidates: int,
+                log=print) -> OnnxMirror | None:
+    """Export `gm` to ONNX, find candidates there and place them in the fx graph; None (and a log
+    line saying why) if the module does not export or no candidate can be placed."""
+    with tempfile.TemporaryDirectory(prefix="exitc-mirror-") as work:
+        file = os.path.join(work, "module.onnx")
+        n = min(8, data.rows)
+        args = [torch.from_numpy(np.ascontiguousarray(data.feeds[k][:n])) for k in names]
+        try:
+            export_onnx(gm, args, names, [output_name], file, "dynamo")
+            model, _ = normalize(load_model(file), output=output_name, label=f"{module_name} (exported)")
+        except ExitcError as exc:
+            log(f"exitc: {module_name}: no ONNX mirror ({exc}); candidates from the fx graph, costs measured in torch")
+            return None
+    candidates = find_candidates(model, max_candidates=max_candidates)
+    idx = GraphIndex.build(model)
+    elem_types = {name: info.elem_type for name, info in idx.infos.items()}
+    # The candidate tensors' values on a few rows, from ONNX Runtime and from the fx graph.
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    for c in candidates:
+        probe.graph.output.append(onnx.helper.make_tensor_value_info(c.tensor, elem_types.get(c.tensor, 1), None))
+    rows = {k: v[:3] for k, v in data.feeds.items()}
+    values = make_session(probe, f"{module_name} (exported)").run(rows, [c.tensor for c in candidates])
+    placed = match_tensors(record_values(gm, _torch_feeds(rows)), {c.tensor: v for c, v in zip(candidates, values)})
+    onnx_cands, fx_cands = [], []
+    for c in candidates:
+        fx_name = placed.get(c.tensor)
+        if fx_name is None:
+            continue
+        # Side tensors (a transformer's extended mask) are recomputed from the graph inputs in the
+        # fx segments; the check below rejects a cut where anything heavy would be recomputed.
+        fx_cut = dataclasses.replace(c, tensor=fx_name, side=())
+        if cut_recomputes_nothing(gm, fx_cut):
+            onnx_cands.append(c)
+            fx_cands.append(fx_cut)
+    if not onnx_cands:
+        log(f"exitc: {module_name}: none of the {len(candidates)} candidates of the ONNX export could be placed in "
+            "the fx graph; candidates from the fx graph, costs measured in torch")
+        return None
+    return OnnxMirror(model, onnx_cands, fx_cands, onnx_mask_input(model), elem_types,
+                      len(candidates) - len(onnx_cands))
+
+
 def compile_traced(gm, module_name: str, names: list[str], data: Dataset, opts: CompileOptions,
-                   output_name: str = "logits", log=print, cost_profile=None) -> TorchCompiled:
-    """The fx pipeline on a traced module (see the module docstring)."""
+                   output_name: str = "logits", log=print, cost_profile=None, mirror: bool = True) -> TorchCompiled:
+    """The fx pipeline on a traced module (see the module docstring). mirror=False skips the ONNX
+    mirror: candidates from the fx graph, features and costs in torch."""
     feeds = data.feeds
     if data.rows < 3:
         raise ExitcError(f"{data.path}: {data.rows} rows; at least 3 are needed")
@@ -549,26 +628,41 @@ def compile_traced(gm, module_name: str, names: list[str], data: Dataset, opts: 
             raise ExitcError(f"{module_name}: input {n!r} is not batch-major")
     inputs = {n: obs[n] for n in names}
     mask_input = find_mask_input(obs, names)
-    candidates = find_fx_candidates(gm, obs, max_candidates=opts.max_candidates)
-    log(f"exitc: {len(candidates)} candidate exits in {module_name}")
+    twin = onnx_mirror(gm, module_name, names, data, output_name, opts.max_candidates, log) if mirror else None
+    candidates = twin.fx_candidates if twin else find_fx_candidates(gm, obs, max_candidates=opts.max_candidates)
+    log(f"exitc: {len(candidates)} candidate exits in {module_name}"
+        + (f" (from its ONNX export; {twin.unplaced} could not be placed in the fx graph)" if twin and twin.unplaced
+           else " (from its ONNX export)" if twin else ""))
     fit_idx, cert_idx = split_rows(data.rows, opts.certify_fraction, opts.seed)
     fitted: list[FittedHead] = []
     profile = None
     emit_probabilities = False
     if candidates and opts.target_acc < 1.0:
-        outputs, features = collect_features_torch(gm, candidates, mask_input, data)
+        if twin:
+            cache = collect_features(twin.model, twin.candidates, twin.mask_input, data, progress=opts.progress)
+            outputs, features = cache.outputs, cache.features
+        else:
+            outputs, features = collect_features_torch(gm, candidates, mask_input, data)
         emit_probabilities = looks_like_probabilities(outputs)
         probs = (outputs if emit_probabilities else softmax(outputs)).astype(np.float32)
-        fitted = distill_heads(candidates, [f[fit_idx] for f in features], probs[fit_idx], kinds=opts.head_kinds,
-                               seed=opts.seed, progress=opts.progress)
-        heads = [ExitHeadModule(h.candidate.layout, h.layers, h.gate_w, h.gate_b, grid=h.candidate.pool_grid)
-                 for h in fitted]
+        fitted = distill_heads(twin.candidates if twin else candidates, [f[fit_idx] for f in features],
+                               probs[fit_idx], kinds=opts.head_kinds, seed=opts.seed, progress=opts.progress)
         b = min(opts.batch_size, len(fit_idx))
         if cost_profile is not None:  # given costs (e.g. measured on the target machine): no timing here
             profile = cost_profile(candidates, b)
+            if len(profile.heads) != len(candidates) or len(profile.slices) != len(candidates) + 1:
+                raise ExitcError(f"cost_profile returned costs for {len(profile.heads)} heads and {len(profile.slices)} "
+                                 f"slices; {len(candidates)} candidates need {len(candidates)} and {len(candidates) + 1}")
+        elif twin:
+            profile = profile_costs(twin.model, fitted, twin.mask_input, data.take(fit_idx), b, twin.elem_types,
+                                    progress=opts.progress)
         else:
+            heads = [ExitHeadModule(h.candidate.layout, h.layers, h.gate_w, h.gate_b, grid=h.candidate.pool_grid)
+                     for h in fitted]
             profile = profile_torch(gm, candidates, heads, mask_input,
                                     _torch_feeds(data.take(fit_idx).feeds, slice(0, b)))
+        # From here on the heads belong to the fx graph's cuts.
+        fitted = [dataclasses.replace(h, candidate=c) for h, c in zip(fitted, candidates)]
         pred = outputs.argmax(1)
         cert_scores, cert_agree = certify_stage(fitted, [f[cert_idx] for f in features], pred[cert_idx])
         fit_scores = np.stack([h.oof_score for h in fitted], axis=1)
@@ -590,8 +684,10 @@ def compile_traced(gm, module_name: str, names: list[str], data: Dataset, opts: 
         log(f"exitc: {len(plan.exits)} exits kept (candidates {plan.exits}), agreement bound "
             f"{plan.agreement_bound:.4f}, predicted speedup {plan.predicted_speedup:.2f}x at batch {profile.batch_size}")
     example = {k: v[:2] for k, v in feeds.items()}
+    measured_in = "given" if cost_profile is not None else "onnxruntime" if twin else "torch"
     return TorchCompiled(module_name, gm, segments, heads, [c.tensor for c in cuts], mask_input, inputs, out,
-                         output_name, emit_probabilities, plan, profile, candidates, fitted, example)
+                         output_name, emit_probabilities, plan, profile, candidates, fitted, example, measured_in,
+                         [c.tensor for c in twin.candidates] if twin else None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -682,6 +778,23 @@ def load_factory(spec: str) -> torch.nn.Module:
     return obj
 
 
+def examples_from_npz(module: torch.nn.Module, path) -> dict[str, np.ndarray]:
+    """Two rows of each forward argument found in an .npz (a single array stands for the first
+    argument whatever its name); ExitcError naming the file if it cannot be read."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k][:2] for k in npz.files if k != "labels"}
+    except (OSError, ValueError) as exc:
+        raise ExitcError(f"{path}: not a readable .npz ({exc})") from None
+    params = [p.name for p in forward_params(module)]
+    if len(arrays) == 1 and params and params[0] not in arrays:
+        arrays = {params[0]: next(iter(arrays.values()))}
+    examples = {p: arrays[p] for p in params if p in arrays}
+    if not examples:
+        raise ExitcError(f"{path}: no array named after an argument of {type(module).__name__}.forward {params}")
+    return examples
+
+
 def compile_module_cli(spec: str, calib_path: str, out_dir: str, example_shape: str | None = None,
                        force: bool = False, **options) -> Any:
     """What ``exitc compile FILE.py:NAME --calib calib.npz`` runs. ``example_shape`` ("3,32,32" or
@@ -689,12 +802,7 @@ def compile_module_cli(spec: str, calib_path: str, out_dir: str, example_shape: 
     module = load_factory(spec)
     if os.path.exists(out_dir) and not force:
         raise ExitcError(f"{out_dir}: output directory already exists (use --force to replace it)")
-    with np.load(calib_path, allow_pickle=False) as npz:
-        arrays = {k: npz[k] for k in npz.files if k != "labels"}
-    params = [p.name for p in forward_params(module)]
-    if len(arrays) == 1 and params and params[0] not in arrays:
-        arrays = {params[0]: next(iter(arrays.values()))}
-    examples = {p: arrays[p][:2] for p in params if p in arrays}
+    examples = examples_from_npz(module, calib_path)
     if example_shape:
         dims = [int(d) for d in example_shape.replace("x", ",").split(",") if d]
         first = next(iter(examples.values()))

@@ -10,6 +10,8 @@ batch-major side tensors cross the cut; cheap computations from the graph inputs
 * :func:`trace`: symbolic tracing; a failure names the submodule whose ``forward`` failed.
 * :func:`observe`: shape propagation at batch 2 and 3 (like ``normalize.observe_shapes``).
 * :func:`find_fx_candidates`: candidates (``Candidate.tensor`` is an fx node name).
+* :func:`match_tensors`: which fx node holds the value of a tensor of the exported ONNX model, so
+  that the ONNX passes' candidates can be placed in the fx graph (see :mod:`exitc.torch_frontend`).
 * :func:`extract_segment` / :func:`build_fx_segments`: standalone GraphModules per segment.
 * :func:`pool_features` / :class:`ExitHeadModule`: exit heads with the pooling of
   :mod:`.heads` (nchw: concat(global avg, global max, 2x2 grid of averages); btc: concat(masked mean, first token);
@@ -32,7 +34,7 @@ from onnx import TensorProto, helper
 
 from exitc.errors import ExitcError
 
-from .candidates import Candidate, find_candidates
+from .candidates import HEAVY_OPS, Candidate, find_candidates
 from .graph import BATCH
 from .heads import EPS
 
@@ -244,6 +246,58 @@ def find_fx_candidates(gm: fx.GraphModule, obs: dict[str, Observed], max_candida
     candidates are in graph order with distinct main tensors.
     """
     return find_candidates(shadow_onnx(gm, obs), max_candidates=max_candidates)
+
+
+def record_values(gm: fx.GraphModule, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every tensor-valued node's value when `gm` runs on `feeds` (keyed by fx node name)."""
+    rec = _Recorder(gm)
+    with torch.no_grad():
+        rec.run(*[feeds[p.target] for p in gm.graph.nodes if p.op == "placeholder"])
+    return {k: v for k, v in rec.values.items() if isinstance(v, torch.Tensor)}
+
+
+def match_tensors(fx_values: dict[str, torch.Tensor], targets: dict[str, np.ndarray],
+                  rtol: float = 1e-3) -> dict[str, str]:
+    """For each target (e.g. an ONNX tensor of the exported module, computed on the same rows), the
+    fx node holding the same value: same shape, max |difference| <= rtol * (1 + max |target|).
+
+    Guarantees: a target is mapped only if some node matches; among several matches (values passed
+    through unchanged, e.g. an eval-mode Dropout) the one with the smallest difference, then the
+    latest in graph order, is taken. Matching by value rather than by name is what makes it work
+    across exporters, which rename and fuse (BatchNorm folded into Conv differs by ~1e-6).
+    """
+    order = list(fx_values)
+    by_shape: dict[tuple, list[str]] = {}
+    for name in order:
+        v = fx_values[name]
+        if v.is_floating_point():
+            by_shape.setdefault(tuple(v.shape), []).append(name)
+    found: dict[str, str] = {}
+    for target, value in targets.items():
+        ref = torch.from_numpy(np.asarray(value, np.float32))
+        tol = rtol * (1.0 + float(ref.abs().max())) if ref.numel() else 0.0
+        best: tuple[float, int, str] | None = None
+        for name in by_shape.get(tuple(ref.shape), []):
+            diff = float((fx_values[name].float() - ref).abs().max())
+            if diff <= tol:
+                key = (diff, -order.index(name), name)
+                if best is None or key < best:
+                    best = key
+        if best is not None:
+            found[target] = best[2]
+    return found
+
+
+def heavy_op_count(gm: fx.GraphModule) -> int:
+    return sum(1 for n in gm.graph.nodes if n.op in ("call_module", "call_function", "call_method")
+               and _op_type(gm, n) in HEAVY_OPS)
+
+
+def cut_recomputes_nothing(gm: fx.GraphModule, cut: Candidate) -> bool:
+    """True if segments split at `cut` (carrying only its tensors) run each heavy op (Conv,
+    MatMul, ...) of `gm` exactly once; false if the later segment would have to recompute part of
+    the model before the cut (some other activation crosses it)."""
+    return sum(heavy_op_count(s.module) for s in build_fx_segments(gm, [cut])) == heavy_op_count(gm)
 
 
 # --------------------------------------------------------------------------------------------

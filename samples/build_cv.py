@@ -142,6 +142,25 @@ def build_torch_model():
     return model, FeatureOnly(model).eval()
 
 
+def load_torch_model(sample_dir: Path = CACHE_DIR / "cv"):
+    """The built sample's original model as a torch module: the backbone with the linear head
+    read back from ``model.onnx`` (``head.weight``, ``head.bias``). For the PyTorch front end:
+    ``exitc compile samples/build_cv.py:load_torch_model --calib samples/.cache/cv/calib.npz``."""
+    import onnx
+    import torch
+
+    path = require_file(Path(sample_dir) / "model.onnx", "run samples/build_cv.py first")
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer
+               if t.name in ("head.weight", "head.bias")}
+    if len(weights) != 2:
+        raise BuildError(f"{path}: no head.weight/head.bias initializers (rebuild with --force)")
+    model, _ = build_torch_model()
+    with torch.no_grad():
+        model.head.weight.copy_(torch.from_numpy(weights["head.weight"].copy()))
+        model.head.bias.copy_(torch.from_numpy(weights["head.bias"].copy()))
+    return model
+
+
 def export_onnx(module, example, path: Path, output_name: str) -> None:
     """Export ``module`` (input ``pixels``) to ``path`` with a symbolic batch dim."""
     import torch

@@ -293,3 +293,49 @@ def test_onnx_path_never_imports_torch():
     code = ("import sys, exitc, exitc.driver, exitc.cli, exitc.runtime, exitc.emit, exitc.profile; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_module_and_its_onnx_export_get_the_same_candidates_and_exits(tmp_path):
+    """Issue 4: the torch path takes its candidates from the ONNX export of the traced module, so a
+    module compiled from PyTorch and its ONNX file compiled by the CLI pipeline choose the same
+    exits (costs given to both, so timing noise cannot decide)."""
+    from exitc.driver import CompileOptions, compile_model
+
+    m = make_cnn()
+    x = cnn_data(600)
+    c = tf.compile(m, torch.from_numpy(x[:2]), calib=x, **FAST)
+    assert c.onnx_candidates and c.measured_in == "given", "the ONNX mirror was not used"
+    onnx_file = str(tmp_path / "cnn.onnx")
+    tf.export_onnx(m, [torch.from_numpy(x[:8])], ["x"], ["logits"], onnx_file, "dynamo")
+    np.savez(tmp_path / "calib.npz", x=x)
+    opts = CompileOptions(target_acc=0.9, max_candidates=4, batch_size=16, progress=False, cost_profile=depth_costs)
+    r = compile_model(onnx_file, str(tmp_path / "calib.npz"), str(tmp_path / "cnn.exitc"), opts, log=lambda *_: None)
+    shape = lambda cands: [(k.layout, k.features, k.spatial, round(k.flops_fraction, 3)) for k in cands]  # noqa: E731
+    assert shape(c.candidates) == shape(r.candidates)
+    assert c.plan.exits and c.plan.exits == r.plan.exits
+    assert abs(c.plan.agreement_bound - r.plan.agreement_bound) < 0.02
+
+
+def test_without_the_onnx_mirror_candidates_come_from_the_fx_graph():
+    from exitc.driver import CompileOptions
+
+    m = make_cnn()
+    x = cnn_data(600)
+    opts = CompileOptions(target_acc=0.9, max_candidates=4, batch_size=16, progress=False)
+    c = tf.compile_traced(trace(m), "ResCNN", ["x"], tf.to_dataset(x, {"x": x[:2]}), opts, log=lambda s: None,
+                          cost_profile=depth_costs, mirror=False)
+    assert c.onnx_candidates is None and c.plan.exits, c.plan.reason
+    xt = torch.from_numpy(cnn_data(100, seed=5))
+    y, ref = c(xt), m(xt).detach()
+    end = full_depth_rows(c)
+    assert torch.allclose(y[end], ref[end], rtol=0, atol=1e-6)
+
+
+def test_match_tensors_places_values_not_names():
+    from exitc.passes.fx import match_tensors, record_values
+
+    gm = trace(make_cnn())
+    values = record_values(gm, {"x": torch.from_numpy(cnn_data(3))})
+    name = [k for k, v in values.items() if v.dim() == 4][3]
+    targets = {"renamed": values[name].numpy() + 1e-6, "nowhere": np.full(values[name].shape, 7.0, np.float32)}
+    assert match_tensors(values, targets) == {"renamed": name}
