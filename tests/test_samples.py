@@ -97,3 +97,23 @@ def test_cpp_sample_program_classifies_the_sample_artifact(compiled):
     res = subprocess.run([exe, out, "8"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "exit" in res.stdout.lower(), res.stdout
+
+
+def test_cv_module_compiles_like_its_onnx_file(compiled):
+    """Issue 4: the CV sample's PyTorch module (EfficientNet-Lite0: BatchNorm, static padding
+    modules, swish/ReLU6) compiled with exitc.compile gets the ONNX file's candidates, exits and
+    agreement. Both get the same measured cost profile, so timing noise cannot decide."""
+    name, d, out, target, result = compiled
+    if name != "cv":
+        pytest.skip("the CV sample is the one with a PyTorch module builder")
+    sys.path.insert(0, os.path.join(ROOT, "samples"))
+    import build_cv
+    import exitc
+
+    module = build_cv.load_torch_model(d)
+    c = exitc.compile(module, calib=os.path.join(d, "calib.npz"), target_acc=target,
+                      cost_profile=lambda cands, b: result.profile, log=lambda *a: None)
+    assert c.onnx_candidates == [k.tensor for k in result.candidates]
+    assert c.plan.exits == result.plan.exits
+    assert abs(c.plan.agreement_bound - result.plan.agreement_bound) <= 0.005
+    assert abs(c.plan.agreement_certify - result.plan.agreement_certify) <= 0.005
