@@ -25,7 +25,7 @@ from .passes.graph import GraphIndex
 from .passes.heads import softmax
 from .passes.split import find_mask_input
 from .policy import Plan, certify_plan, fit_cost, required_rate, select_exits
-from .profile import Profile, profile_costs
+from .profile import Profile, given_profile, profile_costs
 from .stats import min_rows_for
 
 
@@ -167,7 +167,7 @@ def compile_model(model_path: str, calib_path: str, out_dir: str, opts: CompileO
                               kinds=opts.head_kinds, seed=opts.seed, progress=opts.progress)
         t = mark("distill", t)
         if opts.cost_profile is not None:
-            profile = opts.cost_profile(candidates, min(opts.batch_size, len(fit_idx)))
+            profile = given_profile(opts.cost_profile, candidates, min(opts.batch_size, len(fit_idx)))
         else:
             profile = profile_costs(model, heads, mask_input, data.take(fit_idx), opts.batch_size, elem_types,
                                     progress=opts.progress)

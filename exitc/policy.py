@@ -182,8 +182,6 @@ def select_exits(fit_scores: np.ndarray, fit_agree: np.ndarray, profile: Profile
     for _ in range(limit):
         grown = {tuple(sorted(b + (j,))) for b in beam for j in range(k) if j not in b}
         beam = sorted(grown, key=lambda e: (cost_of(e), len(e), e))[:BEAM_WIDTH]
-        if not beam:
-            break
     best = min(cache, key=lambda e: (cache[e], len(e), e), default=())
     if not best or cache[best] >= 1.0:
         return []

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from .backends import make_session
 from .backends.ort import OrtSession
+from .errors import ExitcError
 from .data import Dataset
 from .distill import FittedHead
 from .passes.candidates import Candidate
@@ -137,6 +138,18 @@ def profile_costs(model: onnx.ModelProto, heads: list[FittedHead], mask_input: s
     overhead = max(min(c.fixed for c in head_costs + slices), split_extra)
     return Profile(b, original, calibrate_slices(slices, original, overhead),
                    [Cost(max(h.fixed - overhead, 0.0), h.per_row) for h in head_costs], overhead, timings)
+
+
+def given_profile(cost_profile, candidates: list[Candidate], batch_size: int) -> Profile:
+    """Costs from a user's ``cost_profile(candidates, batch_size) -> Profile`` (costs measured
+    elsewhere, e.g. on the target machine, or fixed for reproducible tests), checked to price
+    every candidate's head and every slice."""
+    profile = cost_profile(candidates, batch_size)
+    k = len(candidates)
+    if len(profile.heads) != k or len(profile.slices) != k + 1:
+        raise ExitcError(f"cost_profile returned costs for {len(profile.heads)} heads and {len(profile.slices)} "
+                         f"slices; {k} candidates need {k} and {k + 1}")
+    return profile
 
 
 def calibrate_slices(slices: list[Cost], original: Cost, overhead: float) -> list[Cost]:

@@ -57,7 +57,7 @@ from .passes.graph import GraphIndex
 from .passes.heads import ExitHead, head_nodes, softmax
 from .passes.split import find_mask_input as onnx_mask_input
 from .policy import Plan, choose_plan
-from .profile import Cost, Profile, profile_costs
+from .profile import Cost, Profile, given_profile, profile_costs
 
 OPSET = 18
 LABEL_KEYS = ("labels", "label", "targets", "target", "y")
@@ -526,7 +526,7 @@ def compile(module: torch.nn.Module, example_inputs=None, calib=None, target_acc
     opts = CompileOptions(target_acc=target_acc, confidence=confidence, batch_size=batch_size,
                           certify_fraction=certify_fraction, max_candidates=max_candidates,
                           head_kinds=tuple(head_kinds), seed=seed, progress=progress,
-                          latency_weight=latency_weight)
+                          latency_weight=latency_weight, cost_profile=cost_profile)
     opts.validate()
     if example_inputs is None and isinstance(calib, (str, os.PathLike)):
         examples = examples_from_npz(module, calib)
@@ -550,8 +550,10 @@ def compile(module: torch.nn.Module, example_inputs=None, calib=None, target_acc
         gm = trace(module, concrete or None)
     except TraceFailure as exc:
         log(f"exitc: {exc}; falling back to ONNX export + the ONNX pipeline")
-        return compile_via_onnx(module, names, data, opts, exporter=exporter, reason=str(exc), log=log)
-    return compile_traced(gm, type(module).__name__, names, data, opts, output_name, log, cost_profile)
+        # The given costs price the fx candidates; the fallback's candidates are the export's, so it measures.
+        return compile_via_onnx(module, names, data, dataclasses.replace(opts, cost_profile=None), exporter=exporter,
+                                reason=str(exc), log=log)
+    return compile_traced(gm, type(module).__name__, names, data, opts, output_name, log)
 
 
 @dataclasses.dataclass
@@ -611,7 +613,7 @@ def onnx_mirror(gm, module_name: str, names: list[str], data: Dataset, output_na
 
 
 def compile_traced(gm, module_name: str, names: list[str], data: Dataset, opts: CompileOptions,
-                   output_name: str = "logits", log=print, cost_profile=None, mirror: bool = True) -> TorchCompiled:
+                   output_name: str = "logits", log=print, mirror: bool = True) -> TorchCompiled:
     """The fx pipeline on a traced module (see the module docstring). mirror=False skips the ONNX
     mirror: candidates from the fx graph, features and costs in torch."""
     feeds = data.feeds
@@ -648,11 +650,8 @@ def compile_traced(gm, module_name: str, names: list[str], data: Dataset, opts: 
         fitted = distill_heads(twin.candidates if twin else candidates, [f[fit_idx] for f in features],
                                probs[fit_idx], kinds=opts.head_kinds, seed=opts.seed, progress=opts.progress)
         b = min(opts.batch_size, len(fit_idx))
-        if cost_profile is not None:  # given costs (e.g. measured on the target machine): no timing here
-            profile = cost_profile(candidates, b)
-            if len(profile.heads) != len(candidates) or len(profile.slices) != len(candidates) + 1:
-                raise ExitcError(f"cost_profile returned costs for {len(profile.heads)} heads and {len(profile.slices)} "
-                                 f"slices; {len(candidates)} candidates need {len(candidates)} and {len(candidates) + 1}")
+        if opts.cost_profile is not None:  # given costs (e.g. measured on the target machine): no timing here
+            profile = given_profile(opts.cost_profile, candidates, b)
         elif twin:
             profile = profile_costs(twin.model, fitted, twin.mask_input, data.take(fit_idx), b, twin.elem_types,
                                     progress=opts.progress)
@@ -684,7 +683,7 @@ def compile_traced(gm, module_name: str, names: list[str], data: Dataset, opts: 
         log(f"exitc: {len(plan.exits)} exits kept (candidates {plan.exits}), agreement bound "
             f"{plan.agreement_bound:.4f}, predicted speedup {plan.predicted_speedup:.2f}x at batch {profile.batch_size}")
     example = {k: v[:2] for k, v in feeds.items()}
-    measured_in = "given" if cost_profile is not None else "onnxruntime" if twin else "torch"
+    measured_in = "given" if opts.cost_profile is not None else "onnxruntime" if twin else "torch"
     return TorchCompiled(module_name, gm, segments, heads, [c.tensor for c in cuts], mask_input, inputs, out,
                          output_name, emit_probabilities, plan, profile, candidates, fitted, example, measured_in,
                          [c.tensor for c in twin.candidates] if twin else None)

@@ -321,9 +321,9 @@ def test_without_the_onnx_mirror_candidates_come_from_the_fx_graph():
 
     m = make_cnn()
     x = cnn_data(600)
-    opts = CompileOptions(target_acc=0.9, max_candidates=4, batch_size=16, progress=False)
+    opts = CompileOptions(target_acc=0.9, max_candidates=4, batch_size=16, progress=False, cost_profile=depth_costs)
     c = tf.compile_traced(trace(m), "ResCNN", ["x"], tf.to_dataset(x, {"x": x[:2]}), opts, log=lambda s: None,
-                          cost_profile=depth_costs, mirror=False)
+                          mirror=False)
     assert c.onnx_candidates is None and c.plan.exits, c.plan.reason
     xt = torch.from_numpy(cnn_data(100, seed=5))
     y, ref = c(xt), m(xt).detach()
