@@ -15,7 +15,7 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -263,3 +263,27 @@ def fit_linear_head(x: np.ndarray, y: np.ndarray, n_classes: int, seed: int,
         "holdout_accuracy": val_acc,
         "train_accuracy": train_acc,
     }
+
+
+def set_linear(layer, weight: np.ndarray, bias: np.ndarray) -> None:
+    """Copy numpy weights into a ``torch.nn.Linear``."""
+    import torch
+
+    with torch.no_grad():
+        layer.weight.copy_(torch.from_numpy(np.ascontiguousarray(weight)))
+        layer.bias.copy_(torch.from_numpy(np.ascontiguousarray(bias)))
+
+
+def check_against_torch(sess, model, feeds: Mapping[str, np.ndarray], order: Sequence[str]) -> tuple[np.ndarray, float]:
+    """The exported model's output on ``feeds`` and its max abs difference from the torch
+    model's (called with the feeds in ``order``); BuildError above 1e-3."""
+    import torch
+
+    with torch.no_grad():
+        ref = model(*(torch.from_numpy(feeds[k]) for k in order)).numpy()
+    got = sess.run(None, dict(feeds))[0]
+    max_diff = float(np.max(np.abs(got - ref)))
+    print(f"ONNX vs torch max abs diff on {len(got)} rows: {max_diff:.3g}")
+    if max_diff > 1e-3:
+        raise BuildError(f"ONNX output differs from torch (max abs diff {max_diff:.3g})")
+    return got, max_diff

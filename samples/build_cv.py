@@ -45,8 +45,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     CACHE_DIR, DEBS_ROOT, ORT_THREADS, BuildError, cache_is_fresh, check_onnx,
-    fit_linear_head, inline_functions, ort_session, package_versions, quiet_exporter,
-    require_file, run_batched, run_main, save_npz, throughput, write_json,
+    check_against_torch, fit_linear_head, inline_functions, ort_session, package_versions, quiet_exporter,
+    require_file, run_batched, run_main, save_npz, set_linear, throughput, write_json,
 )
 
 BUILDER_VERSION = 2
@@ -147,7 +147,6 @@ def load_torch_model(sample_dir: Path = CACHE_DIR / "cv"):
     read back from ``model.onnx`` (``head.weight``, ``head.bias``). For the PyTorch front end:
     ``exitc compile samples/build_cv.py:load_torch_model --calib samples/.cache/cv/calib.npz``."""
     import onnx
-    import torch
 
     path = require_file(Path(sample_dir) / "model.onnx", "run samples/build_cv.py first")
     weights = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer
@@ -155,9 +154,7 @@ def load_torch_model(sample_dir: Path = CACHE_DIR / "cv"):
     if len(weights) != 2:
         raise BuildError(f"{path}: no head.weight/head.bias initializers (rebuild with --force)")
     model, _ = build_torch_model()
-    with torch.no_grad():
-        model.head.weight.copy_(torch.from_numpy(weights["head.weight"].copy()))
-        model.head.bias.copy_(torch.from_numpy(weights["head.bias"].copy()))
+    set_linear(model.head, weights["head.weight"], weights["head.bias"])
     return model
 
 
@@ -241,9 +238,7 @@ def main() -> None:
     # ---- linear head ------------------------------------------------------
     print("fitting linear head ...")
     head = fit_linear_head(feats, train_y[head_idx], N_CLASSES, seed=SEED)
-    with torch.no_grad():
-        model.head.weight.copy_(torch.from_numpy(head["weight"]))
-        model.head.bias.copy_(torch.from_numpy(head["bias"]))
+    set_linear(model.head, head["weight"], head["bias"])
     print(f"head: l2={head['l2']:g} holdout acc={head['holdout_accuracy']:.4f} "
           f"train acc={head['train_accuracy']:.4f}")
 
@@ -254,13 +249,7 @@ def main() -> None:
     check_onnx(model_path)
     sess = ort_session(model_path)
     probe = train_x[calib_idx[:64]]
-    with torch.no_grad():
-        ref = model(torch.from_numpy(probe)).numpy()
-    got = sess.run(None, {"pixels": probe})[0]
-    max_diff = float(np.max(np.abs(got - ref)))
-    print(f"ONNX vs torch max abs diff on 64 rows: {max_diff:.3g}")
-    if max_diff > 1e-3:
-        raise BuildError(f"ONNX output differs from torch (max abs diff {max_diff:.3g})")
+    _, max_diff = check_against_torch(sess, model, {"pixels": probe}, ["pixels"])
     for bs in (1, 7):
         if sess.run(None, {"pixels": probe[:bs]})[0].shape != (bs, N_CLASSES):
             raise BuildError(f"ONNX model gives a wrong output shape at batch {bs}")

@@ -56,8 +56,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     CACHE_DIR, DEBS_ROOT, ORT_THREADS, BuildError, cache_is_fresh, check_onnx,
-    fit_linear_head, inline_functions, ort_session, package_versions, quiet_exporter,
-    require_file, run_batched, run_main, save_npz, throughput, write_json,
+    check_against_torch, fit_linear_head, inline_functions, ort_session, package_versions, quiet_exporter,
+    require_file, run_batched, run_main, save_npz, set_linear, throughput, write_json,
 )
 
 BUILDER_VERSION = 2
@@ -292,9 +292,7 @@ def main() -> None:
     # ---- linear head ------------------------------------------------------
     print("fitting linear head ...")
     head = fit_linear_head(emb, labels_all[head_idx], N_CLASSES, seed=SEED)
-    with torch.no_grad():
-        model.head.weight.copy_(torch.from_numpy(head["weight"]))
-        model.head.bias.copy_(torch.from_numpy(head["bias"]))
+    set_linear(model.head, head["weight"], head["bias"])
     print(f"head: l2={head['l2']:g} holdout acc={head['holdout_accuracy']:.4f} "
           f"train acc={head['train_accuracy']:.4f}")
 
@@ -305,13 +303,7 @@ def main() -> None:
     check_onnx(model_path)
     sess = ort_session(model_path)
     probe = {k: v[:32] for k, v in calib_in.items()}
-    with torch.no_grad():
-        ref = model(*(torch.from_numpy(probe[k]) for k in INPUT_NAMES)).numpy()
-    got = sess.run(None, probe)[0]
-    max_diff = float(np.max(np.abs(got - ref)))
-    print(f"ONNX vs torch max abs diff on 32 rows: {max_diff:.3g}")
-    if max_diff > 1e-3:
-        raise BuildError(f"ONNX output differs from torch (max abs diff {max_diff:.3g})")
+    got, max_diff = check_against_torch(sess, model, probe, INPUT_NAMES)
     for bs in (1, 7):
         small = {k: v[:bs] for k, v in probe.items()}
         if not np.allclose(sess.run(None, small)[0], got[:bs], atol=1e-4):
