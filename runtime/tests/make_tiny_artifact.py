@@ -143,24 +143,26 @@ def reference_run(x, m, side, thresholds):
         for k in state:
             state[k] = np.take(state[k], keep, axis=axes[k])
 
+    def take_exit(k, logits, score):
+        """Rows whose score reaches threshold k leave with exit k's logits; the rest are
+        compacted. Returns the positions (in the batch before compaction) of the rows kept."""
+        nonlocal active
+        mask = score >= np.float32(thresholds[k])
+        out["logits"][active[mask]] = logits[mask]
+        exit_index[active[mask]] = k
+        keep = np.nonzero(~mask)[0]
+        active = active[keep]
+        compact(keep)
+        return keep
+
     h, g, logits0, score0 = np_seg0(state["x"])
-    mask = score0 >= np.float32(thresholds[0])
-    out["logits"][active[mask]] = logits0[mask]
-    exit_index[active[mask]] = 0
-    keep = np.nonzero(~mask)[0]
-    active = active[keep]
-    compact(keep)
+    keep = take_exit(0, logits0, score0)
     if len(active) == 0:
         return out, exit_index
     state["h"], state["g"] = h[keep], g[:, keep]
 
     h1, logits1, score1 = np_seg1(state["h"])
-    mask = score1 >= np.float32(thresholds[1])
-    out["logits"][active[mask]] = logits1[mask]
-    exit_index[active[mask]] = 1
-    keep = np.nonzero(~mask)[0]
-    active = active[keep]
-    compact(keep)
+    keep = take_exit(1, logits1, score1)
     if len(active) == 0:
         return out, exit_index
     state["h1"] = h1[keep]
