@@ -177,7 +177,7 @@ def compile_model(model_path: str, calib_path: str, out_dir: str, opts: CompileO
         t = mark("policy", t)
     else:
         reason = "no candidate exit points found" if not candidates else "--target-acc 1.0 admits no early exit"
-        plan = Plan([], [], 0.0, opts.target_acc, opts.confidence, 0, 0, 1.0, 1.0, 1.0, [1.0], 0, 0, 0, 0, reason)
+        plan = Plan.without_exits(opts.target_acc, opts.confidence, reason)
         emit_probabilities = False
     validation = emit.write_artifact(out_dir, model, sig, model_path, candidates, heads, plan, profile, mask_input,
                                      elem_types, emit_probabilities, data.take(cert_idx) if len(cert_idx) else data,

@@ -54,6 +54,14 @@ class Plan:
     def predicted_speedup(self) -> float:
         return self.original_cost_batch / self.predicted_cost_batch if self.predicted_cost_batch else 1.0
 
+    @classmethod
+    def without_exits(cls, target: float, confidence: float, reason: str, n_fit: int = 0, n_certify: int = 0,
+                      original_cost_batch: float = 0.0, original_cost_b1: float = 0.0,
+                      curve: list[dict] | None = None) -> "Plan":
+        """The plan that runs the original model (agreement 1 by definition), with the reason."""
+        return cls([], [], 0.0, target, confidence, n_fit, n_certify, 1.0, 1.0, 1.0, [1.0], original_cost_batch,
+                   original_cost_b1, original_cost_batch, original_cost_b1, reason, curve or [])
+
 
 class CostModel:
     """Expected cost of an exit set for given per-exit pass-through rates."""
@@ -208,8 +216,7 @@ def certify_plan(exits: list[int], fit_scores: np.ndarray, fit_agree: np.ndarray
     orig_b, orig_1 = profile.original.at(b), profile.original.at(1)
 
     def no_exits(reason: str, curve=None) -> Plan:
-        return Plan([], [], 0.0, target, confidence, len(fit_scores), n_cert, 1.0, 1.0, 1.0, [1.0],
-                    orig_b, orig_1, orig_b, orig_1, reason, curve or [])
+        return Plan.without_exits(target, confidence, reason, len(fit_scores), n_cert, orig_b, orig_1, curve)
 
     if not exits:
         return no_exits("no exit pays for itself at the required agreement")

@@ -489,10 +489,6 @@ def profile_torch(gm, candidates, heads: list[ExitHeadModule], mask_input: str |
     return Profile(b, original, slices, head_costs, overhead, timings)
 
 
-def _no_exit_plan(opts: CompileOptions, reason: str) -> Plan:
-    return Plan([], [], 0.0, opts.target_acc, opts.confidence, 0, 0, 1.0, 1.0, 1.0, [1.0], 0, 0, 0, 0, reason)
-
-
 def find_mask_input(obs: dict[str, Observed], names: list[str]) -> str | None:
     """The attention-mask input of a token model (rank 2, batch-major, named *mask*), as in
     :func:`exitc.passes.split.find_mask_input`."""
@@ -669,8 +665,8 @@ def compile_traced(gm, module_name: str, names: list[str], data: Dataset, opts: 
         plan = choose_plan(fit_scores, fit_agree, cert_scores, cert_agree, profile, opts.target_acc, opts.confidence,
                            latency_weight=opts.latency_weight)
     else:
-        plan = _no_exit_plan(opts, "no candidate exit points found" if not candidates
-                             else "target_acc 1.0 admits no early exit")
+        plan = Plan.without_exits(opts.target_acc, opts.confidence, "no candidate exit points found" if not candidates
+                                  else "target_acc 1.0 admits no early exit")
     cuts = [fitted[c].candidate for c in plan.exits]
     heads = [ExitHeadModule(fitted[c].candidate.layout, fitted[c].layers, fitted[c].gate_w, fitted[c].gate_b,
                             threshold=plan.thresholds[i], emit_probabilities=emit_probabilities,
