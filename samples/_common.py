@@ -266,12 +266,12 @@ def fit_linear_head(x: np.ndarray, y: np.ndarray, n_classes: int, seed: int,
 
 
 def set_linear(layer, weight: np.ndarray, bias: np.ndarray) -> None:
-    """Copy numpy weights into a ``torch.nn.Linear``."""
+    """Copy numpy weights (read-only ones too, e.g. from an ONNX file) into a ``torch.nn.Linear``."""
     import torch
 
     with torch.no_grad():
-        layer.weight.copy_(torch.from_numpy(np.ascontiguousarray(weight)))
-        layer.bias.copy_(torch.from_numpy(np.ascontiguousarray(bias)))
+        layer.weight.copy_(torch.tensor(np.asarray(weight)))
+        layer.bias.copy_(torch.tensor(np.asarray(bias)))
 
 
 def check_against_torch(sess, model, feeds: Mapping[str, np.ndarray], order: Sequence[str]) -> tuple[np.ndarray, float]:
