@@ -21,6 +21,7 @@ def _candidate_rows(candidates, heads, profile) -> list[dict]:
             row["head_cost_fraction"] = round(profile.heads[k].at(profile.batch_size) / total, 4) if total else None
         if heads:
             row["head"] = heads[k].kind
+            row["head_l2"] = heads[k].l2
             row["head_agreement_oof"] = round(heads[k].agreement, 4)
         rows.append(row)
     return rows

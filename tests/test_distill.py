@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from exitc.distill import confident_coverage, distill_heads, fit_gate, fit_linear, fit_mlp, forward, gate_scores
+from exitc.distill import (confident_coverage, distill_heads, fit_gate, fit_linear, fit_mlp, forward, gate_scores,
+                           head_worth)
 from exitc.passes.candidates import Candidate
 from exitc.passes.heads import softmax
 
@@ -47,3 +48,38 @@ def test_distill_heads_oof_outputs():
     (h,) = distill_heads([cand], [x], p, progress=False)
     assert h.oof_probs.shape == p.shape and h.oof_agree.shape == (900,) and 0.8 < h.agreement <= 1.0
     assert np.allclose(h.oof_probs.sum(1), 1, atol=1e-5)
+
+
+def test_distill_heads_choose_l2_on_out_of_fold_rows():
+    # A noisy teacher and many features for few rows: the L2 strength matters, and the one kept
+    # must be the one whose out-of-fold head is worth most (here not the weakest in the grid).
+    rng = np.random.default_rng(3)
+    n, d = 600, 300
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    z = x[:, :3].sum(1) + 0.3 * rng.standard_normal(n)
+    p = softmax(np.stack([z, -z], 1)).astype(np.float32)
+    cand = Candidate(cut=1, tensor="t", side=(), layout="bf", features=d, row_elements=d, flops_fraction=0.5)
+    grid = (1e-4, 1e-2, 1.0)
+    (h,) = distill_heads([cand], [x], p, kinds=("linear",), progress=False, l2_grid={"linear": grid})
+    fold_of = np.random.default_rng(0).permutation(n) % 3
+    worth = {}
+    for l2 in grid:
+        oof = np.zeros_like(p)
+        for f in range(3):
+            tr, te = fold_of != f, fold_of == f
+            oof[te] = softmax(forward(fit_linear(x[tr], p[tr], l2=l2), x[te]))
+        worth[l2] = head_worth(oof, p.argmax(1))
+        if l2 == h.l2:
+            assert np.allclose(oof, h.oof_probs)
+    assert h.l2 == 1e-2 and worth[1e-2] == max(worth.values()), worth
+
+
+def test_distill_heads_do_not_depend_on_workers():
+    x, p = _teacher(n=600)
+    cand = Candidate(cut=1, tensor="t", side=(), layout="bf", features=12, row_elements=12, flops_fraction=0.5)
+    a = distill_heads([cand, cand], [x, x[:, ::-1].copy()], p, progress=False, workers=1)
+    b = distill_heads([cand, cand], [x, x[:, ::-1].copy()], p, progress=False, workers=3)
+    for ha, hb in zip(a, b):
+        assert (ha.kind, ha.l2) == (hb.kind, hb.l2)
+        assert np.array_equal(ha.oof_probs, hb.oof_probs)
+        assert all(np.array_equal(wa, wb) for (wa, _), (wb, _) in zip(ha.layers, hb.layers))
