@@ -32,8 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--output", help="prediction output name, if the model has several")
     c.add_argument("--latency-weight", type=float, default=0.25,
                    help="weight of batch-1 latency against deployment-batch cost when choosing exits (0..1)")
-    c.add_argument("--certify-fraction", type=float, default=0.5,
-                   help="share of calibration rows held out to certify the guarantee")
+    c.add_argument("--certify-fraction", type=float, default=None,
+                   help="share of calibration rows held out to certify the guarantee (default 0.7)")
     c.add_argument("--heads", default="linear,mlp", help="head kinds to try (linear,mlp)")
     c.add_argument("-o", "--out", help="output directory (default: MODEL with suffix .exitc)")
     c.add_argument("--force", action="store_true", help="replace an existing output directory")
@@ -89,6 +89,8 @@ def cmd_inspect(a) -> int:
 def cmd_compile(a) -> int:
     from .driver import CompileOptions, compile_model
 
+    if a.certify_fraction is None:
+        a.certify_fraction = CompileOptions.certify_fraction
     if ":" in a.model and a.model.split(":", 1)[0].endswith(".py"):
         from .torch_frontend import compile_module_cli
 

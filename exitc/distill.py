@@ -195,7 +195,7 @@ L2_GRID = {"linear": (1e-2, 1e-1, 1.0), "mlp": (1e-2, 1e-1)}
 
 
 def distill_heads(candidates: list[Candidate], features: list[np.ndarray], targets: np.ndarray,
-                  kinds: tuple[str, ...] = ("linear", "mlp"), folds: int = 3, mlp_max_features: int = 768,
+                  kinds: tuple[str, ...] = ("linear", "mlp"), folds: int = 3, mlp_max_features: int = 800,
                   seed: int = 0, progress: bool = True, l2_grid: dict[str, tuple[float, ...]] | None = None,
                   workers: int | None = None) -> list[FittedHead]:
     """Fit one head per candidate on (features, original soft predictions).
@@ -204,6 +204,9 @@ def distill_heads(candidates: list[Candidate], features: list[np.ndarray], targe
     come from models that never saw the row; its kind and L2 strength were chosen on those
     out-of-fold predictions; its final `layers` are refitted on all rows with that choice.
     The result does not depend on `workers` (each fit is deterministic and independent)."""
+    # mlp_max_features: MLPs are tried only on features up to this size (their fits dominate the
+    # time); 800 admits 384-wide transformer features with two poolings (768) and an RGB input
+    # image's 16x16 grid with its global poolings (774).
     grid = {kind: tuple((l2_grid or L2_GRID).get(kind, (1e-2,))) for kind in kinds}
     workers = workers or min(4, os.cpu_count() or 1)
     # The optimiser makes many small matrix products; OpenBLAS's thread hand-offs cost more than

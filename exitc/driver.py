@@ -35,7 +35,12 @@ class CompileOptions:
     confidence: float = 0.95
     batch_size: int = 32
     output: str | None = None
-    certify_fraction: float = 0.5
+    # Share of the calibration rows kept for certification. The certification split sets how much
+    # agreement the fit split must aim for (Clopper-Pearson at 95%: 0.9949 on 1386 rows, 0.9940
+    # on 1941); the heads lose little from fewer fit rows once L2 is chosen per head. Measured
+    # (certified predicted speedup at batch 32, three/two split seeds): NLP 1.60x at 0.5 vs 1.67x
+    # at 0.7, CV 1.80x vs 1.81x; distillation time falls with the fit split.
+    certify_fraction: float = 0.7
     max_candidates: int = 16
     head_kinds: tuple[str, ...] = ("linear", "mlp")
     latency_weight: float = 0.25  # weight of batch-1 latency vs deployment-batch cost in the objective

@@ -500,7 +500,7 @@ def find_mask_input(obs: dict[str, Observed], names: list[str]) -> str | None:
 
 
 def compile(module: torch.nn.Module, example_inputs=None, calib=None, target_acc: float = 0.99,
-            confidence: float = 0.95, batch_size: int = 32, certify_fraction: float = 0.5,
+            confidence: float = 0.95, batch_size: int = 32, certify_fraction: float = CompileOptions.certify_fraction,
             head_kinds: tuple[str, ...] = ("linear", "mlp"), max_candidates: int = CompileOptions.max_candidates, seed: int = 0,
             output_name: str = "logits", exporter: str = "auto", progress: bool = False, log=print,
             latency_weight: float = 0.25, cost_profile=None):

@@ -176,9 +176,16 @@ def crossing_tensors(idx: GraphIndex) -> list[list[str]]:
 
 
 def find_candidates(model: onnx.ModelProto, max_side: int = 3, max_candidates: int = 24,
-                    min_fraction: float = 0.02, max_fraction: float = 0.97) -> list[Candidate]:
-    """Candidate exits of a normalised, shape-inferred model, in graph order (see module doc)."""
+                    min_fraction: float = 0.02, max_fraction: float = 0.97, input_exit: bool = True) -> list[Candidate]:
+    """Candidate exits of a normalised, shape-inferred model, in graph order (see module doc).
+
+    Cuts before `min_fraction` of the estimated arithmetic are skipped, except, with `input_exit`,
+    the last cut before the first heavy op (Conv, MatMul, ...): an exit there reads the model's
+    own preprocessed input (a resized, normalised image; a transformer's embeddings) and costs
+    almost nothing, so it pays even if it can take only the most obvious rows. At most
+    `max_candidates` are returned (spread over the arithmetic; the input exit always stays)."""
     idx = GraphIndex.build(model)
+    first_heavy = next((i for i, n in enumerate(idx.nodes) if n.op_type in HEAVY_OPS), len(idx.nodes))
     flops = estimate_flops(idx)
     total = sum(flops) or 1.0
     prefix = [0.0]
@@ -190,7 +197,7 @@ def find_candidates(model: onnx.ModelProto, max_side: int = 3, max_candidates: i
         if cut == 0 or not crossing:
             continue
         frac = prefix[cut] / total
-        if frac < min_fraction or frac > max_fraction:
+        if (frac < min_fraction and not (input_exit and cut <= first_heavy)) or frac > max_fraction:
             continue
         carried = [t for t in crossing if not recompute.ok(t)]
         if not carried or len(carried) > 1 + max_side:
@@ -215,6 +222,13 @@ def find_candidates(model: onnx.ModelProto, max_side: int = 3, max_candidates: i
                                spatial=(tuple(main_info.shape[2:4]) if layout == "nchw"
                                         and all(isinstance(d, int) for d in main_info.shape[2:4]) else None))
     cands = sorted(found.values(), key=lambda c: c.cut)
+    # Of the cuts before the first heavy op only the last one is kept, and only if its main tensor
+    # is what that op reads (the input exit); a cut carrying just a mask is no exit.
+    early = [c for c in cands if c.cut <= first_heavy and c.flops_fraction < min_fraction]
+    if early and (first_heavy == len(idx.nodes) or early[-1].tensor not in idx.nodes[first_heavy].input):
+        cands = [c for c in cands if c not in early]
+        early = []
+    cands = [c for c in cands if c not in early[:-1]]
     # Keep the cheapest cut among neighbours (block outputs rather than expanded inner tensors).
     keep = [c for k, c in enumerate(cands)
             if (k == 0 or c.row_elements <= cands[k - 1].row_elements)
@@ -234,14 +248,18 @@ def find_candidates(model: onnx.ModelProto, max_side: int = 3, max_candidates: i
         if c.tensor not in by_tensor or c.row_elements < by_tensor[c.tensor].row_elements:
             by_tensor[c.tensor] = c
     keep = sorted(by_tensor.values(), key=lambda c: c.cut)
-    if len(keep) > max_candidates:
+    fixed = [c for c in keep if early and c is early[-1]]
+    rest = [c for c in keep if c not in fixed]
+    budget = max(max_candidates - len(fixed), 0)
+    if len(rest) > budget:
         chosen = []
-        for j in range(max_candidates):
-            target = min_fraction + (max_fraction - min_fraction) * (j + 0.5) / max_candidates
-            best = min(keep, key=lambda c: abs(c.flops_fraction - target))
+        for j in range(budget):
+            target = min_fraction + (max_fraction - min_fraction) * (j + 0.5) / budget
+            best = min(rest, key=lambda c: abs(c.flops_fraction - target))
             if best not in chosen:
                 chosen.append(best)
-        keep = sorted(chosen, key=lambda c: c.cut)
+        rest = chosen
+    keep = sorted(fixed + rest, key=lambda c: c.cut)[:max_candidates]
     return keep
 
 

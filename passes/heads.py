@@ -60,19 +60,22 @@ class ExitHead:
 
 
 GRID_MAX_FEATURES = 1536  # cells * channels of the grid part of a head's features
+IMAGE_CHANNELS = 4        # maps with at most this many channels get finer grids (see grid_kernel)
 
 
 def grid_kernel(spatial: tuple[int, int] | None, channels: int) -> tuple[int, int] | None:
     """AveragePool kernel (= stride) for grid pooling of a (H, W) map with `channels` channels:
-    a 4x4 grid where the map and the feature budget allow it, else 2x2, else None.
+    a 4x4 grid where the map and the feature budget allow it, else 2x2, else None; image-like
+    maps (at most IMAGE_CHANNELS channels, e.g. an input exit's preprocessed image) get up to
+    16x16 cells, since a few channels carry all their information in where things are.
 
     Measured on the CV sample (held-out agreement of exit heads; share of rows a head can take at
     99.5% precision): 4x4 beats 2x2 clearly at early exits (0.19 -> 0.32, 0.37 -> 0.50), 8x8 adds
-    nothing but features.
+    nothing but features. On the 3-channel input image: 4x4 0.09, 8x8 0.19, 16x16 0.24.
     """
     if spatial is None or not all(isinstance(d, int) for d in spatial):
         return None
-    for cells in (4, 2):
+    for cells in ((16, 8, 4, 2) if channels <= IMAGE_CHANNELS else (4, 2)):
         if min(spatial) >= cells and cells * cells * channels <= GRID_MAX_FEATURES:
             return spatial[0] // cells, spatial[1] // cells
     if min(spatial) >= 2:

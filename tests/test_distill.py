@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from exitc.distill import (confident_coverage, distill_heads, fit_gate, fit_linear, fit_mlp, forward, gate_scores,
-                           head_worth)
+from exitc.distill import (confident_coverage, distill_heads, fit_gate, fit_linear, fit_mlp, forward,
+                           gate_scores, head_worth)
 from exitc.passes.candidates import Candidate
 from exitc.passes.heads import softmax
 
@@ -62,15 +62,13 @@ def test_distill_heads_choose_l2_on_out_of_fold_rows():
     grid = (1e-4, 1e-2, 1.0)
     (h,) = distill_heads([cand], [x], p, kinds=("linear",), progress=False, l2_grid={"linear": grid})
     fold_of = np.random.default_rng(0).permutation(n) % 3
-    worth = {}
-    for l2 in grid:
-        oof = np.zeros_like(p)
-        for f in range(3):
-            tr, te = fold_of != f, fold_of == f
-            oof[te] = softmax(forward(fit_linear(x[tr], p[tr], l2=l2), x[te]))
-        worth[l2] = head_worth(oof, p.argmax(1))
-        if l2 == h.l2:
-            assert np.allclose(oof, h.oof_probs)
+    oof = {l2: np.zeros_like(p) for l2 in grid}
+    for f in range(3):
+        tr, te = fold_of != f, fold_of == f
+        for l2 in grid:
+            oof[l2][te] = softmax(forward(fit_linear(x[tr], p[tr], l2=l2), x[te]))
+    worth = {l2: head_worth(oof[l2], p.argmax(1)) for l2 in grid}
+    assert np.allclose(oof[h.l2], h.oof_probs)
     assert h.l2 == 1e-2 and worth[1e-2] == max(worth.values()), worth
 
 

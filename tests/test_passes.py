@@ -8,7 +8,7 @@ import pytest
 from exitc.errors import ExitcError
 from exitc.passes import ExitHead, build_segments, conditional_model, find_candidates, normalize, probe_model
 from exitc.passes.candidates import recompute_ok
-from exitc.passes.heads import head_forward
+from exitc.passes.heads import grid_kernel, head_forward
 from exitc.passes.split import EXIT_INDEX, find_mask_input, head_model, probe_name
 
 from synthetic import tiny_cnn, tiny_mlp, tiny_transformer, transformer_feeds
@@ -93,6 +93,29 @@ def test_two_tensor_carry_is_found():
     model2, _ = normalize(tiny_transformer())
     assert all(c.side == () for c in find_candidates(model2))
     assert recompute_ok(model2, "ext0") and not recompute_ok(model, "ext")
+
+
+def test_input_exit_reads_what_the_first_heavy_op_reads():
+    # Preprocessing (a non-recomputable op) before the stem: the cut right before the stem conv
+    # is kept although it holds almost none of the arithmetic; one carrying only a mask is not.
+    m = tiny_cnn()
+    stem = next(n for n in m.graph.node if n.op_type == "Conv")
+    stem.input[0] = "x_pre"
+    m.graph.node.insert(0, onnx.helper.make_node("Tanh", ["x"], ["x_pre"], name="preprocess"))
+    model, _ = normalize(m)
+    cands = find_candidates(model)
+    assert cands[0].tensor == "x_pre" and cands[0].flops_fraction < 0.02, cands[0]
+    assert cands[0].pool_grid is not None
+    assert "x_pre" not in [c.tensor for c in find_candidates(model, input_exit=False)]
+    assert len(find_candidates(model, max_candidates=2)) == 2 and find_candidates(model, max_candidates=2)[0] == cands[0]
+    masked, _ = normalize(tiny_transformer(carry_mask=True))
+    assert all(c.flops_fraction >= 0.02 for c in find_candidates(masked))
+
+
+def test_grid_pooling_is_finer_for_image_like_maps():
+    assert grid_kernel((128, 128), 3) == (8, 8)      # 16x16 cells
+    assert grid_kernel((128, 128), 32) == (32, 32)   # 4x4 cells
+    assert grid_kernel((8, 8), 3) == (1, 1)
 
 
 def test_layouts_are_detected():
