@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="weight of batch-1 latency against deployment-batch cost when choosing exits (0..1)")
     c.add_argument("--certify-fraction", type=float, default=None,
                    help="share of calibration rows held out to certify the guarantee (default 0.7)")
+    c.add_argument("--max-fit-rows", type=int, default=None,
+                   help="fit the heads on at most this many rows; the rest certify (default 4000)")
     c.add_argument("--heads", default="linear,mlp", help="head kinds to try (linear,mlp)")
     c.add_argument("-o", "--out", help="output directory (default: MODEL with suffix .exitc)")
     c.add_argument("--force", action="store_true", help="replace an existing output directory")
@@ -91,19 +93,22 @@ def cmd_compile(a) -> int:
 
     if a.certify_fraction is None:
         a.certify_fraction = CompileOptions.certify_fraction
+    if a.max_fit_rows is None:
+        a.max_fit_rows = CompileOptions.max_fit_rows
     if ":" in a.model and a.model.split(":", 1)[0].endswith(".py"):
         from .torch_frontend import compile_module_cli
 
         out = a.out or os.path.splitext(a.model.split(":", 1)[0])[0] + ".exitc"
         compile_module_cli(a.model, a.calib, out, example_shape=a.example_shape, force=a.force,
                            target_acc=a.target_acc, confidence=a.confidence, batch_size=a.batch_size,
-                           certify_fraction=a.certify_fraction, progress=not a.quiet,
+                           certify_fraction=a.certify_fraction, max_fit_rows=a.max_fit_rows, progress=not a.quiet,
                            head_kinds=tuple(k for k in a.heads.split(",") if k))
         print(f"wrote {out}")
         return 0
     out = a.out or os.path.splitext(a.model)[0] + ".exitc"
     opts = CompileOptions(target_acc=a.target_acc, confidence=a.confidence, batch_size=a.batch_size, output=a.output,
-                          certify_fraction=a.certify_fraction, head_kinds=tuple(k for k in a.heads.split(",") if k),
+                          certify_fraction=a.certify_fraction, max_fit_rows=a.max_fit_rows,
+                          head_kinds=tuple(k for k in a.heads.split(",") if k),
                           latency_weight=a.latency_weight, progress=not a.quiet, force=a.force)
     for k in opts.head_kinds:
         if k not in ("linear", "mlp"):

@@ -501,6 +501,7 @@ def find_mask_input(obs: dict[str, Observed], names: list[str]) -> str | None:
 
 def compile(module: torch.nn.Module, example_inputs=None, calib=None, target_acc: float = 0.99,
             confidence: float = 0.95, batch_size: int = 32, certify_fraction: float = CompileOptions.certify_fraction,
+            max_fit_rows: int = CompileOptions.max_fit_rows,
             head_kinds: tuple[str, ...] = ("linear", "mlp"), max_candidates: int = CompileOptions.max_candidates, seed: int = 0,
             output_name: str = "logits", exporter: str = "auto", progress: bool = False, log=print,
             latency_weight: float = 0.25, cost_profile=None):
@@ -520,7 +521,7 @@ def compile(module: torch.nn.Module, example_inputs=None, calib=None, target_acc
         raise ExitcError("exitc.compile needs calibration data (calib=...)")
     module = module.eval()
     opts = CompileOptions(target_acc=target_acc, confidence=confidence, batch_size=batch_size,
-                          certify_fraction=certify_fraction, max_candidates=max_candidates,
+                          certify_fraction=certify_fraction, max_fit_rows=max_fit_rows, max_candidates=max_candidates,
                           head_kinds=tuple(head_kinds), seed=seed, progress=progress,
                           latency_weight=latency_weight, cost_profile=cost_profile)
     opts.validate()
@@ -631,7 +632,7 @@ def compile_traced(gm, module_name: str, names: list[str], data: Dataset, opts: 
     log(f"exitc: {len(candidates)} candidate exits in {module_name}"
         + (f" (from its ONNX export; {twin.unplaced} could not be placed in the fx graph)" if twin and twin.unplaced
            else " (from its ONNX export)" if twin else ""))
-    fit_idx, cert_idx = split_rows(data.rows, opts.certify_fraction, opts.seed)
+    fit_idx, cert_idx = split_rows(data.rows, opts.certify_fraction, opts.seed, opts.max_fit_rows)
     fitted: list[FittedHead] = []
     profile = None
     emit_probabilities = False

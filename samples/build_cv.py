@@ -178,7 +178,7 @@ def export_onnx(module, example, path: Path, output_name: str) -> None:
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=CACHE_DIR / "cv", help="output directory")
-    p.add_argument("--calib-rows", type=int, default=10000,
+    p.add_argument("--calib-rows", type=int, default=20000,
                    help="calibration rows from Fashion-MNIST train (>= 3000)")
     p.add_argument("--test-rows", type=int, default=5000,
                    help="test rows from the Fashion-MNIST test set (<= 10000)")

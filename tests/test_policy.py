@@ -79,3 +79,14 @@ def test_no_exit_when_target_cannot_be_certified():
     cert_agree = np.stack([softmax(f).argmax(1) == cert_pred for f in cert_feats], 1)
     plan = choose_plan(fit_scores, fit_agree, cert_scores, cert_agree, _profile(), 0.9999, 0.95)
     assert plan.exits == [] and plan.reason and plan.agreement_bound == 1.0
+
+
+def test_split_rows_caps_the_fit_split():
+    from exitc.driver import split_rows
+    fit, cert = split_rows(1000, 0.7, 0)
+    assert len(fit) == 300 and len(cert) == 700
+    fit, cert = split_rows(20000, 0.7, 0, max_fit_rows=4000)
+    assert len(fit) == 4000 and len(cert) == 16000
+    assert not set(fit) & set(cert) and len(set(fit) | set(cert)) == 20000
+    fit_small, _ = split_rows(1000, 0.7, 0, max_fit_rows=4000)  # the cap only ever moves rows to certification
+    assert len(fit_small) == 300
