@@ -25,6 +25,11 @@ from .profile import Cost, Profile
 from .stats import clopper_pearson_lower, fixed_sequence
 
 MU_GRID = np.concatenate([[0.0], np.logspace(-4, 1, 160)])
+# Certification walks a 5x finer grid: fixed-sequence testing pays nothing for more steps, and
+# the accepted configuration lands closer to where the bound crosses the target (steps of 1.5%
+# in mu instead of 7.5%; on the CV sample's certification split 2% lower predicted cost). The
+# exit-set search keeps the coarse grid, which it evaluates thousands of times.
+CERT_MU_GRID = np.concatenate([[0.0], np.logspace(-4, 1, 800)])
 
 
 @dataclass
@@ -221,17 +226,17 @@ def certify_plan(exits: list[int], fit_scores: np.ndarray, fit_agree: np.ndarray
     if not exits:
         return no_exits("no exit pays for itself at the required agreement")
     saved = cm.saved_share(exits, b)
-    th = thresholds_for(saved, MU_GRID)
+    th = thresholds_for(saved, CERT_MU_GRID)
     fit_agreement, fit_reach, _ = simulate(fit_scores[:, exits], fit_agree[:, exits], th)
     cert_agreement, cert_reach, cert_exit = simulate(cert_scores[:, exits], cert_agree[:, exits], th)
     costs = cm.expected(exits, cert_reach, b)
     costs1 = cm.expected(exits, cert_reach, 1)
     successes = [int(round(a * n_cert)) for a in cert_agreement]
     accepted = fixed_sequence(successes, n_cert, target, confidence)
-    curve = [{"mu": float(MU_GRID[i]), "cost_batch": float(costs[i]), "relative_cost": float(costs[i] / orig_b),
+    curve = [{"mu": float(CERT_MU_GRID[i]), "cost_batch": float(costs[i]), "relative_cost": float(costs[i] / orig_b),
               "agreement_fit": float(fit_agreement[i]), "agreement_certify": float(cert_agreement[i]),
               "bound": clopper_pearson_lower(successes[i], n_cert, confidence), "accepted": i <= accepted}
-             for i in range(len(MU_GRID))]
+             for i in range(len(CERT_MU_GRID))]
     if accepted <= 0:
         return no_exits("no configuration with exits could be certified at the requested target and confidence", curve)
     # Among accepted configurations take the cheapest (usually the last one).
@@ -240,7 +245,7 @@ def certify_plan(exits: list[int], fit_scores: np.ndarray, fit_agree: np.ndarray
     if obj[i] >= 1.0:
         return no_exits("no certified configuration is cheaper than the original model", curve)
     fractions = [(cert_exit[i] == e).mean() for e in range(len(exits) + 1)]
-    return Plan(exits=exits, thresholds=[float(t) for t in th[i]], mu=float(MU_GRID[i]), target=target,
+    return Plan(exits=exits, thresholds=[float(t) for t in th[i]], mu=float(CERT_MU_GRID[i]), target=target,
                 confidence=confidence, n_fit=len(fit_scores), n_certify=n_cert,
                 agreement_fit=float(fit_agreement[i]), agreement_certify=float(cert_agreement[i]),
                 agreement_bound=clopper_pearson_lower(successes[i], n_cert, confidence),

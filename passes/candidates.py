@@ -180,7 +180,7 @@ def find_candidates(model: onnx.ModelProto, max_side: int = 3, max_candidates: i
     """Candidate exits of a normalised, shape-inferred model, in graph order (see module doc).
 
     Cuts before `min_fraction` of the estimated arithmetic are skipped, except, with `input_exit`,
-    the last cut before the first heavy op (Conv, MatMul, ...): an exit there reads the model's
+    one cut before the first heavy op (Conv, MatMul, ...): an exit there reads the model's
     own preprocessed input (a resized, normalised image; a transformer's embeddings) and costs
     almost nothing, so it pays even if it can take only the most obvious rows. At most
     `max_candidates` are returned (spread over the arithmetic; the input exit always stays)."""
@@ -222,13 +222,15 @@ def find_candidates(model: onnx.ModelProto, max_side: int = 3, max_candidates: i
                                spatial=(tuple(main_info.shape[2:4]) if layout == "nchw"
                                         and all(isinstance(d, int) for d in main_info.shape[2:4]) else None))
     cands = sorted(found.values(), key=lambda c: c.cut)
-    # Of the cuts before the first heavy op only the last one is kept, and only if its main tensor
-    # is what that op reads (the input exit); a cut carrying just a mask is no exit.
+    # Of the cuts before the first heavy op only one is kept (the input exit): among those whose
+    # main tensor the heavy op's input is computed from (a cut carrying just a mask is no exit),
+    # the one carrying the fewest elements per row, e.g. the resized one-channel image rather
+    # than its three-channel normalised copy: its head pools less and compaction copies less.
     early = [c for c in cands if c.cut <= first_heavy and c.flops_fraction < min_fraction]
-    if early and (first_heavy == len(idx.nodes) or early[-1].tensor not in idx.nodes[first_heavy].input):
-        cands = [c for c in cands if c not in early]
-        early = []
-    cands = [c for c in cands if c not in early[:-1]]
+    feeds_heavy = _ancestors(idx, idx.nodes[first_heavy].input) if first_heavy < len(idx.nodes) else set()
+    chosen = min((c for c in early if c.tensor in feeds_heavy), key=lambda c: (c.row_elements, -c.cut), default=None)
+    # It takes no part in the neighbour rules below (its neighbours are of another kind).
+    cands = [c for c in cands if c not in early]
     # Keep the cheapest cut among neighbours (block outputs rather than expanded inner tensors).
     keep = [c for k, c in enumerate(cands)
             if (k == 0 or c.row_elements <= cands[k - 1].row_elements)
@@ -248,19 +250,31 @@ def find_candidates(model: onnx.ModelProto, max_side: int = 3, max_candidates: i
         if c.tensor not in by_tensor or c.row_elements < by_tensor[c.tensor].row_elements:
             by_tensor[c.tensor] = c
     keep = sorted(by_tensor.values(), key=lambda c: c.cut)
-    fixed = [c for c in keep if early and c is early[-1]]
-    rest = [c for c in keep if c not in fixed]
+    fixed = [chosen] if chosen else []
     budget = max(max_candidates - len(fixed), 0)
-    if len(rest) > budget:
-        chosen = []
+    if len(keep) > budget:
+        spread = []
         for j in range(budget):
             target = min_fraction + (max_fraction - min_fraction) * (j + 0.5) / budget
-            best = min(rest, key=lambda c: abs(c.flops_fraction - target))
-            if best not in chosen:
-                chosen.append(best)
-        rest = chosen
-    keep = sorted(fixed + rest, key=lambda c: c.cut)[:max_candidates]
-    return keep
+            best = min(keep, key=lambda c: abs(c.flops_fraction - target))
+            if best not in spread:
+                spread.append(best)
+        keep = spread
+    return sorted(fixed + keep, key=lambda c: c.cut)[:max_candidates]
+
+
+def _ancestors(idx: GraphIndex, names) -> set[str]:
+    """Tensors that `names` are computed from (themselves included)."""
+    seen: set[str] = set()
+    todo = [n for n in names if n]
+    while todo:
+        t = todo.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        if t in idx.producer:
+            todo.extend(n for n in idx.inputs_of[idx.producer[t]] if n)
+    return seen
 
 
 def recompute_ok(model: onnx.ModelProto, tensor: str) -> bool:

@@ -98,6 +98,8 @@ def test_two_tensor_carry_is_found():
 def test_input_exit_reads_what_the_first_heavy_op_reads():
     # Preprocessing (a non-recomputable op) before the stem: the cut right before the stem conv
     # is kept although it holds almost none of the arithmetic; one carrying only a mask is not.
+    # Of two such cuts the one carrying fewer elements per row wins (the one-channel map before
+    # it is replicated to the stem's channels).
     m = tiny_cnn()
     stem = next(n for n in m.graph.node if n.op_type == "Conv")
     stem.input[0] = "x_pre"
@@ -105,6 +107,17 @@ def test_input_exit_reads_what_the_first_heavy_op_reads():
     model, _ = normalize(m)
     cands = find_candidates(model)
     assert cands[0].tensor == "x_pre" and cands[0].flops_fraction < 0.02, cands[0]
+    wide = tiny_cnn()
+    stem = next(n for n in wide.graph.node if n.op_type == "Conv")
+    stem.input[0] = "x_wide"
+    wide.graph.node.insert(0, onnx.helper.make_node("Tanh", ["x"], ["x_one"], name="preprocess"))
+    wide.graph.node.insert(1, onnx.helper.make_node("Concat", ["x_one", "x_one"], ["x_two"], axis=1, name="dup"))
+    wide.graph.node.insert(2, onnx.helper.make_node("Tanh", ["x_two"], ["x_wide"], name="squash"))
+    w = next(t for t in wide.graph.initializer if t.name == stem.input[1])
+    arr = onnx.numpy_helper.to_array(w)
+    w.CopyFrom(onnx.numpy_helper.from_array(np.concatenate([arr, arr], axis=1) / 2, w.name))
+    model_w, _ = normalize(wide)
+    assert find_candidates(model_w)[0].tensor == "x_one"
     assert cands[0].pool_grid is not None
     assert "x_pre" not in [c.tensor for c in find_candidates(model, input_exit=False)]
     assert len(find_candidates(model, max_candidates=2)) == 2 and find_candidates(model, max_candidates=2)[0] == cands[0]
