@@ -227,7 +227,10 @@ def find_candidates(model: onnx.ModelProto, max_side: int = 3, max_candidates: i
     # the one carrying the fewest elements per row, e.g. the resized one-channel image rather
     # than its three-channel normalised copy: its head pools less and compaction copies less.
     early = [c for c in cands if c.cut <= first_heavy and c.flops_fraction < min_fraction]
-    feeds_heavy = _ancestors(idx, idx.nodes[first_heavy].input) if first_heavy < len(idx.nodes) else set()
+    feeds_heavy: set[str] = set()
+    if first_heavy < len(idx.nodes):
+        heavy_inputs = idx.inputs_of[first_heavy]
+        feeds_heavy = set(heavy_inputs) | {t for i in idx.cone(heavy_inputs, ()) for t in idx.inputs_of[i]}
     chosen = min((c for c in early if c.tensor in feeds_heavy), key=lambda c: (c.row_elements, -c.cut), default=None)
     # It takes no part in the neighbour rules below (its neighbours are of another kind).
     cands = [c for c in cands if c not in early]
@@ -261,20 +264,6 @@ def find_candidates(model: onnx.ModelProto, max_side: int = 3, max_candidates: i
                 spread.append(best)
         keep = spread
     return sorted(fixed + keep, key=lambda c: c.cut)[:max_candidates]
-
-
-def _ancestors(idx: GraphIndex, names) -> set[str]:
-    """Tensors that `names` are computed from (themselves included)."""
-    seen: set[str] = set()
-    todo = [n for n in names if n]
-    while todo:
-        t = todo.pop()
-        if t in seen:
-            continue
-        seen.add(t)
-        if t in idx.producer:
-            todo.extend(n for n in idx.inputs_of[idx.producer[t]] if n)
-    return seen
 
 
 def recompute_ok(model: onnx.ModelProto, tensor: str) -> bool:
