@@ -205,8 +205,9 @@ def distill_heads(candidates: list[Candidate], features: list[np.ndarray], targe
     out-of-fold predictions; its final `layers` are refitted on all rows with that choice.
     The result does not depend on `workers` (each fit is deterministic and independent)."""
     # mlp_max_features: MLPs are tried only on features up to this size (their fits dominate the
-    # time); 800 admits 384-wide transformer features with two poolings (768) and an RGB input
-    # image's 16x16 grid with its global poolings (774).
+    # time); 800 admits 384-wide transformer features with two poolings (768). Image-like maps'
+    # random-filter features (about 1600) are the exception: fixed random filters are only worth
+    # their compute with a nonlinear head on top, and an input exit has just one of them.
     grid = {kind: tuple((l2_grid or L2_GRID).get(kind, (1e-2,))) for kind in kinds}
     workers = workers or min(4, os.cpu_count() or 1)
     # The optimiser makes many small matrix products; OpenBLAS's thread hand-offs cost more than
@@ -217,6 +218,10 @@ def distill_heads(candidates: list[Candidate], features: list[np.ndarray], targe
                               grid, pool)
 
 
+def _has_random_filters(c: Candidate) -> bool:
+    return c.pooling is not None and c.pooling.filters is not None
+
+
 def _distill_heads(candidates, features, targets, kinds, folds, mlp_max_features, seed, progress,
                    grid, pool) -> list[FittedHead]:
     n = len(targets)
@@ -224,7 +229,8 @@ def _distill_heads(candidates, features, targets, kinds, folds, mlp_max_features
     fold_of = np.random.default_rng(seed).permutation(n) % folds
     heads = []
     jobs = [(k, kind, l2, f) for k in range(len(candidates)) for kind in kinds for l2 in grid[kind]
-            for f in range(folds) if kind == "linear" or features[k].shape[1] <= mlp_max_features]
+            for f in range(folds) if kind == "linear" or features[k].shape[1] <= mlp_max_features
+            or _has_random_filters(candidates[k])]
 
     def fit_fold(job):
         k, kind, l2, f = job

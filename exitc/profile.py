@@ -64,7 +64,7 @@ def exit_head(fitted: FittedHead, index: int, elem_type: int, mask_input: str | 
     return ExitHead(index=index, tensor=c.tensor, layout=c.layout, elem_type=elem_type,
                     mask_input=mask_input if c.layout == "btc" else None, layers=fitted.layers,
                     gate_w=fitted.gate_w, gate_b=fitted.gate_b, emit_probabilities=emit_probabilities,
-                    kind=fitted.kind, meta={} if threshold is None else {"threshold": threshold}, grid=c.pool_grid)
+                    kind=fitted.kind, meta={} if threshold is None else {"threshold": threshold}, pooling=c.pooling)
 
 
 def measure_interleaved(jobs: list[tuple[str, OrtSession, dict]], reps: int, bar=None) -> dict[str, float]:

@@ -8,13 +8,26 @@ import os
 
 
 
+def _pooling_text(c) -> str:
+    """How the head pools its activation, in words (report.json)."""
+    base = {"btc": "masked mean + first token", "bf": "features as they are"}.get(c.layout, "global avg + max")
+    p = c.pooling
+    if p is not None and p.filters is not None:
+        rf = p.filters
+        h, w = rf.response_side(c.spatial)
+        return f"{base} + {rf.count} random {rf.size}x{rf.size} filters on {rf.pre[0]}x{rf.pre[1]}-pooled input, {h}x{w} cells"
+    if p is not None and p.grid is not None:
+        return f"{base} + {c.spatial[0] // p.grid[0]}x{c.spatial[1] // p.grid[1]} grid of averages"
+    return base
+
+
 def _candidate_rows(candidates, heads, profile) -> list[dict]:
     rows = []
     total = sum(c.at(profile.batch_size) for c in profile.slices) if profile else 0.0
     acc = 0.0
     for k, c in enumerate(candidates):
         row = {"index": k, "tensor": c.tensor, "layout": c.layout, "side": list(c.side),
-               "flops_fraction": round(c.flops_fraction, 4)}
+               "flops_fraction": round(c.flops_fraction, 4), "pooling": _pooling_text(c)}
         if profile:
             acc += profile.slices[k].at(profile.batch_size)
             row["measured_cost_fraction"] = round(acc / total, 4) if total else None

@@ -311,7 +311,7 @@ class TorchCompiled(torch.nn.Module):
                               mask_input=self.mask_input if h.layout == "btc" else None,
                               layers=fitted.layers, gate_w=fitted.gate_w, gate_b=fitted.gate_b,
                               emit_probabilities=self.emit_probabilities, kind=fitted.kind,
-                              grid=fitted.candidate.pool_grid, meta={"threshold": h.threshold})
+                              pooling=fitted.candidate.pooling, meta={"threshold": h.threshold})
                 model = _fuse_head(model, eh, self.input_specs, state)
                 onnx.save(model, file)
                 entry["exit"] = {"index": seg.index, "logits": eh.logits_name, "score": eh.score_name,
@@ -437,7 +437,7 @@ def collect_features_torch(gm, candidates, mask_input: str | None, data: Dataset
             parts[0].append(outs[0].float().numpy())
             for k, c in enumerate(candidates):
                 mask = feeds.get(mask_input) if c.layout == "btc" and mask_input else None
-                parts[k + 1].append(pool_features(outs[k + 1], c.layout, mask, c.pool_grid).numpy())
+                parts[k + 1].append(pool_features(outs[k + 1], c.layout, mask, c.pooling).numpy())
     out = np.concatenate(parts[0]).astype(np.float32)
     return out, [np.concatenate(p).astype(np.float32) for p in parts[1:]]
 
@@ -653,7 +653,7 @@ def compile_traced(gm, module_name: str, names: list[str], data: Dataset, opts: 
             profile = profile_costs(twin.model, fitted, twin.mask_input, data.take(fit_idx), b, twin.elem_types,
                                     progress=opts.progress)
         else:
-            heads = [ExitHeadModule(h.candidate.layout, h.layers, h.gate_w, h.gate_b, grid=h.candidate.pool_grid)
+            heads = [ExitHeadModule(h.candidate.layout, h.layers, h.gate_w, h.gate_b, pooling=h.candidate.pooling)
                      for h in fitted]
             profile = profile_torch(gm, candidates, heads, mask_input,
                                     _torch_feeds(data.take(fit_idx).feeds, slice(0, b)))
@@ -671,7 +671,7 @@ def compile_traced(gm, module_name: str, names: list[str], data: Dataset, opts: 
     cuts = [fitted[c].candidate for c in plan.exits]
     heads = [ExitHeadModule(fitted[c].candidate.layout, fitted[c].layers, fitted[c].gate_w, fitted[c].gate_b,
                             threshold=plan.thresholds[i], emit_probabilities=emit_probabilities,
-                            grid=fitted[c].candidate.pool_grid)
+                            pooling=fitted[c].candidate.pooling)
              for i, c in enumerate(plan.exits)]
     segments = build_fx_segments(gm, cuts)
     if plan.reason:

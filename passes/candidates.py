@@ -18,11 +18,15 @@ in graph order with distinct main tensors.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import onnx
 
 from .graph import GraphIndex, TensorInfo
 from .normalize import FLOAT_TYPES
+
+if TYPE_CHECKING:
+    from .heads import NchwPooling
 
 # Ops cheap enough to recompute in a later segment instead of carrying their result.
 LIGHT_OPS = {
@@ -58,11 +62,11 @@ class Candidate:
         return (self.tensor,) + self.side
 
     @property
-    def pool_grid(self) -> tuple[int, int] | None:
-        """AveragePool kernel of the head's grid pooling (nchw only)."""
-        from .heads import grid_kernel
+    def pooling(self) -> NchwPooling | None:
+        """What the head pools besides global avg/max (nchw only; see heads.nchw_pooling)."""
+        from .heads import nchw_pooling
 
-        return grid_kernel(self.spatial, self.features) if self.layout == "nchw" else None
+        return nchw_pooling(self.spatial, self.features) if self.layout == "nchw" else None
 
 
 def _layout(info: TensorInfo) -> str | None:

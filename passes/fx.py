@@ -14,7 +14,7 @@ batch-major side tensors cross the cut; cheap computations from the graph inputs
   that the ONNX passes' candidates can be placed in the fx graph (see :mod:`exitc.torch_frontend`).
 * :func:`extract_segment` / :func:`build_fx_segments`: standalone GraphModules per segment.
 * :func:`pool_features` / :class:`ExitHeadModule`: exit heads with the pooling of
-  :mod:`.heads` (nchw: concat(global avg, global max, 2x2 grid of averages); btc: concat(masked mean, first token);
+  :mod:`.heads` (nchw: concat(global avg, global max, grid of averages or random-filter features); btc: concat(masked mean, first token);
   bf: identity), the fitted layers and the exit gate.
 
 torch is imported here and only here (and in :mod:`exitc.torch_frontend`); the ONNX path never
@@ -36,7 +36,7 @@ from exitc.errors import ExitcError
 
 from .candidates import HEAVY_OPS, Candidate, find_candidates
 from .graph import BATCH
-from .heads import EPS
+from .heads import EPS, NchwPooling
 
 
 class TraceFailure(ExitcError):
@@ -391,15 +391,21 @@ def build_fx_segments(gm: fx.GraphModule, cuts: Sequence[Candidate]) -> list[FxS
 
 
 def pool_features(x: torch.Tensor, layout: str, mask: torch.Tensor | None = None,
-                  grid: tuple[int, int] | None = None) -> torch.Tensor:
+                  pooling: NchwPooling | None = None) -> torch.Tensor:
     """Pooled features [batch, D], the definition of :func:`.heads.pooling_nodes` in torch
-    (nchw: global average, global max and, with `grid` the AveragePool kernel chosen by
-    :func:`.heads.grid_kernel`, the grid of averages exactly as the ONNX AveragePool computes it)."""
+    (nchw: global average, global max and, per `pooling` (:func:`.heads.nchw_pooling`), the grid
+    of averages or the random-filter features exactly as the ONNX nodes compute them)."""
     x = x.float()
     if layout == "nchw":
+        F = torch.nn.functional
         parts = [x.mean(dim=(2, 3)), x.amax(dim=(2, 3))]
-        if grid is not None:
-            parts.append(torch.nn.functional.avg_pool2d(x, kernel_size=grid, stride=grid).flatten(1))
+        if pooling is not None and pooling.grid is not None:
+            parts.append(F.avg_pool2d(x, kernel_size=pooling.grid, stride=pooling.grid).flatten(1))
+        if pooling is not None and pooling.filters is not None:
+            rf = pooling.filters
+            small = F.avg_pool2d(x, kernel_size=rf.pre, stride=rf.pre) if rf.pre != (1, 1) else x
+            resp = torch.relu(F.conv2d(small, torch.from_numpy(rf.weights())))
+            parts.append(F.avg_pool2d(resp, kernel_size=rf.cell, stride=rf.cell).flatten(1))
         return torch.cat(parts, dim=1)
     if layout == "btc":
         if mask is not None:
@@ -419,10 +425,10 @@ class ExitHeadModule(torch.nn.Module):
     """Pooling + fitted layers (ReLU between) + exit gate; returns (logits or probs, score [batch])."""
 
     def __init__(self, layout: str, layers, gate_w, gate_b: float, threshold: float = 2.0,
-                 emit_probabilities: bool = False, grid: tuple[int, int] | None = None):
+                 emit_probabilities: bool = False, pooling: NchwPooling | None = None):
         super().__init__()
         self.layout = layout
-        self.grid = grid
+        self.pooling = pooling
         self.n_layers = len(layers)
         for i, (w, b) in enumerate(layers):
             self.register_buffer(f"w{i}", torch.from_numpy(np.ascontiguousarray(w, np.float32)))
@@ -433,7 +439,7 @@ class ExitHeadModule(torch.nn.Module):
         self.emit_probabilities = emit_probabilities
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None):
-        h = pool_features(x, self.layout, mask, self.grid)
+        h = pool_features(x, self.layout, mask, self.pooling)
         for i in range(self.n_layers):
             h = torch.matmul(h, getattr(self, f"w{i}")) + getattr(self, f"b{i}")
             if i < self.n_layers - 1:

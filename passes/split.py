@@ -63,7 +63,7 @@ def probe_model(model: onnx.ModelProto, candidates: list[Candidate], mask_input:
     mask_type = _elem_type(idx, mask_input) if mask_input else None
     for k, c in enumerate(candidates):
         nodes, inits, out = pooling_nodes(c.tensor, c.layout, _elem_type(idx, c.tensor), mask_input,
-                                          f"exitc_p{k}", mask_type, c.pool_grid)
+                                          f"exitc_p{k}", mask_type, c.pooling)
         g.node.extend(nodes)
         g.initializer.extend(inits)
         g.node.append(helper.make_node("Identity", [out], [probe_name(k)], name=f"exitc_p{k}_out"))

@@ -8,7 +8,7 @@ import pytest
 from exitc.errors import ExitcError
 from exitc.passes import ExitHead, build_segments, conditional_model, find_candidates, normalize, probe_model
 from exitc.passes.candidates import recompute_ok
-from exitc.passes.heads import grid_kernel, head_forward
+from exitc.passes.heads import NchwPooling, grid_kernel, head_forward, nchw_pooling
 from exitc.passes.split import EXIT_INDEX, find_mask_input, head_model, probe_name
 
 from synthetic import tiny_cnn, tiny_mlp, tiny_transformer, transformer_feeds
@@ -29,8 +29,18 @@ def feeds_for(kind, n, seed=0):
     return {"x": rng.standard_normal((n, 3, 16, 16)).astype(np.float32)}
 
 
+def preprocessed_cnn(opset: int = 17) -> onnx.ModelProto:
+    """tiny_cnn whose stem reads tanh(x): the cut before the stem is an image-like input exit."""
+    m = tiny_cnn(opset=opset)
+    stem = next(n for n in m.graph.node if n.op_type == "Conv")
+    stem.input[0] = "x_pre"
+    m.graph.node.insert(0, onnx.helper.make_node("Tanh", ["x"], ["x_pre"], name="preprocess"))
+    return m
+
+
 MODELS = {
     "cnn": (lambda: tiny_cnn(), "cnn"),
+    "cnn_input_exit_opset11": (lambda: preprocessed_cnn(opset=11), "cnn"),
     "cnn_opset11_batch1": (lambda: tiny_cnn(opset=11, batch=1), "cnn"),
     "transformer": (lambda: tiny_transformer(), "transformer"),
     "transformer_two_tensor_carry": (lambda: tiny_transformer(carry_mask=True), "transformer"),
@@ -100,11 +110,7 @@ def test_input_exit_reads_what_the_first_heavy_op_reads():
     # is kept although it holds almost none of the arithmetic; one carrying only a mask is not.
     # Of two such cuts the one carrying fewer elements per row wins (the one-channel map before
     # it is replicated to the stem's channels).
-    m = tiny_cnn()
-    stem = next(n for n in m.graph.node if n.op_type == "Conv")
-    stem.input[0] = "x_pre"
-    m.graph.node.insert(0, onnx.helper.make_node("Tanh", ["x"], ["x_pre"], name="preprocess"))
-    model, _ = normalize(m)
+    model, _ = normalize(preprocessed_cnn())
     cands = find_candidates(model)
     assert cands[0].tensor == "x_pre" and cands[0].flops_fraction < 0.02, cands[0]
     wide = tiny_cnn()
@@ -118,7 +124,7 @@ def test_input_exit_reads_what_the_first_heavy_op_reads():
     w.CopyFrom(onnx.numpy_helper.from_array(np.concatenate([arr, arr], axis=1) / 2, w.name))
     model_w, _ = normalize(wide)
     assert find_candidates(model_w)[0].tensor == "x_one"
-    assert cands[0].pool_grid is not None
+    assert cands[0].pooling.filters is not None  # a one-channel 16x16 map: random filters
     assert "x_pre" not in [c.tensor for c in find_candidates(model, input_exit=False)]
     assert len(find_candidates(model, max_candidates=2)) == 2 and find_candidates(model, max_candidates=2)[0] == cands[0]
     masked, _ = normalize(tiny_transformer(carry_mask=True))
@@ -131,13 +137,38 @@ def test_grid_pooling_is_finer_for_image_like_maps():
     assert grid_kernel((8, 8), 3) == (1, 1)
 
 
+def test_image_like_maps_get_random_filters():
+    # The CV sample's input exit (one-channel 128x128): pooled to 32 px, 5x5 filters -> 28x28
+    # responses, averaged over 7x7 cells of 4x4.
+    rf = nchw_pooling((128, 128), 1).filters
+    assert rf is not None and rf.pre == (4, 4) and rf.cell == (4, 4) and rf.response_side((128, 128)) == (7, 7)
+    assert nchw_pooling((28, 28), 3).filters.pre == (1, 1)
+    w = rf.weights()
+    assert w.shape == (32, 1, 5, 5) and np.allclose(w.mean(axis=(1, 2, 3)), 0, atol=1e-6)
+    np.testing.assert_array_equal(w, nchw_pooling((128, 128), 1).filters.weights())  # rebuilt identically
+    # Feature maps with many channels, or image-like maps too small for filters, keep the grid.
+    assert nchw_pooling((16, 16), 32) == NchwPooling(grid=(4, 4))
+    assert nchw_pooling((8, 8), 3) == NchwPooling(grid=(1, 1))
+
+
+def expected_feature_size(c) -> int:
+    if c.layout != "nchw":
+        return {"bf": c.features, "btc": 2 * c.features}[c.layout]
+    p = c.pooling
+    if p.filters is not None:
+        h, w = p.filters.response_side(c.spatial)
+        return 2 * c.features + p.filters.count * h * w
+    cells = 0 if p.grid is None else (c.spatial[0] // p.grid[0]) * (c.spatial[1] // p.grid[1])
+    return (2 + cells) * c.features
+
+
 def test_layouts_are_detected():
     for name, want in (("cnn", "nchw"), ("transformer", "btc"), ("mlp", "bf")):
         model, _ = normalize(MODELS[name][0]())
         assert {c.layout for c in find_candidates(model)} == {want}
 
 
-@pytest.mark.parametrize("name", ["cnn", "transformer", "mlp", "cnn_opset11_batch1"])
+@pytest.mark.parametrize("name", ["cnn", "transformer", "mlp", "cnn_opset11_batch1", "cnn_input_exit_opset11"])
 def test_probe_features_and_heads_match_numpy(name):
     build, kind = MODELS[name]
     model, sig = normalize(build())
@@ -150,14 +181,13 @@ def test_probe_features_and_heads_match_numpy(name):
     for k, c in enumerate(cands):
         feats = probed[probe_name(k)]
         d = feats.shape[1]
-        cells = 0 if c.pool_grid is None else (c.spatial[0] // c.pool_grid[0]) * (c.spatial[1] // c.pool_grid[1])
-        assert d == {"bf": c.features, "btc": 2 * c.features, "nchw": (2 + cells) * c.features}[c.layout]
+        assert d == expected_feature_size(c), c
         head = ExitHead(index=k, tensor=c.tensor, layout=c.layout, elem_type=onnx.TensorProto.FLOAT,
                         mask_input=mask if c.layout == "btc" else None,
                         layers=[(rng.standard_normal((d, 8)).astype(np.float32), np.zeros(8, np.float32)),
                                 (rng.standard_normal((8, sig.num_classes)).astype(np.float32),
                                  np.zeros(sig.num_classes, np.float32))],
-                        gate_w=np.array([2.0, 1.0, -0.5], np.float32), gate_b=-1.0, grid=c.pool_grid)
+                        gate_w=np.array([2.0, 1.0, -0.5], np.float32), gate_b=-1.0, pooling=c.pooling)
         # the head model reads the activation; reproduce it from a segment run
         seg_state = dict(feeds)
         for seg in build_segments(model, cands[: k + 1], [None] * (k + 1), mask)[: k + 1]:
@@ -180,7 +210,7 @@ def _heads_for(model, cands, sig, mask, thresholds, seed=0):
                               layers=[((0.02 * rng.standard_normal((d, sig.num_classes))).astype(np.float32),
                                        rng.standard_normal(sig.num_classes).astype(np.float32))],
                               gate_w=np.array([3.0, 2.0, -1.0], np.float32), gate_b=-1.5,
-                              meta={"threshold": float(t)}, grid=c.pool_grid))
+                              meta={"threshold": float(t)}, pooling=c.pooling))
     return heads
 
 

@@ -56,7 +56,7 @@ def make_artifact(tmp, model, sig, thresholds, seed=0, feeds=None):
                               [((0.05 * rng.standard_normal((d, sig.num_classes))).astype(np.float32),
                                 np.zeros(sig.num_classes, np.float32))],
                               np.array([4.0, 2.0, -1.0], np.float32), -2.0, meta={"threshold": float(t)},
-                              grid=c.pool_grid))
+                              pooling=c.pooling))
     segs = build_segments(model, cands, heads, mask)
     os.makedirs(tmp, exist_ok=True)
     path = str(tmp / "m.exitc")
@@ -179,7 +179,7 @@ def test_chained_gate_artifact_matches_numpy_and_cpp(tmp_path):
                               [((0.05 * rng.standard_normal((d, sig.num_classes))).astype(np.float32),
                                 np.zeros(sig.num_classes, np.float32))],
                               np.array([3.0, 1.0, -1.0] + ([2.0, 1.0, 2.0] if k else []), np.float32), -3.0,
-                              meta={"threshold": 2.0}, grid=c.pool_grid))
+                              meta={"threshold": 2.0}, pooling=c.pooling))
     heads[0].export_probs = True
     heads[1].prev_probs = heads[0].probs_name
     # numpy reference scores

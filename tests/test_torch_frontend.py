@@ -339,3 +339,27 @@ def test_match_tensors_places_values_not_names():
     name = [k for k, v in values.items() if v.dim() == 4][3]
     targets = {"renamed": values[name].numpy() + 1e-6, "nowhere": np.full(values[name].shape, 7.0, np.float32)}
     assert match_tensors(values, targets) == {"renamed": name}
+
+
+@pytest.mark.parametrize("spatial,channels", [((128, 128), 1), ((28, 28), 3), ((16, 16), 8)])
+def test_torch_pooling_mirrors_the_onnx_pooling(spatial, channels):
+    # The fx path fits heads on torch-pooled features and runs ExitHeadModules; the saved artifact
+    # runs the ONNX pooling. Both must compute the same features (random filters included).
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from exitc.passes.fx import pool_features
+    from exitc.passes.heads import nchw_pooling, pooling_nodes
+
+    pooling = nchw_pooling(spatial, channels)
+    nodes, inits, out = pooling_nodes("x", "nchw", TensorProto.FLOAT, None, "p", pooling=pooling)
+    graph = helper.make_graph(nodes, "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", channels, *spatial])],
+                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["b", None])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    onnx.checker.check_model(model)
+    x = np.random.default_rng(0).standard_normal((3, channels, *spatial)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = pool_features(torch.from_numpy(x), "nchw", None, pooling).numpy()
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
