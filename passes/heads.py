@@ -145,8 +145,9 @@ def pooling_nodes(tensor: str, layout: str, elem_type: int, mask_input: str | No
 
     nchw: concat(global average, global max, and per `pooling` (see nchw_pooling) a grid of
     averages -> 2C + cells*C, or random-filter features -> 2C + count*cells); the grid keeps
-    coarse layout (sleeve vs no sleeve), which global pooling of early feature maps throws away. btc: concat(masked mean over tokens, first token) -> 2C. bf: the
-    features themselves. Returns (nodes, initializers, output_name).
+    coarse layout (sleeve vs no sleeve), which global pooling of early feature maps throws away.
+    btc: concat(masked mean over tokens, first token) -> 2C. bf: the features themselves.
+    Returns (nodes, initializers, output_name).
     """
     nodes, inits = [], []
     x = tensor
