@@ -74,7 +74,13 @@ def _soft_ce(z: np.ndarray, p: np.ndarray):
     return loss, (s - p) / n
 
 
-def fit_linear(x: np.ndarray, p: np.ndarray, l2: float = 1e-3, max_iter: int = 200) -> Layers:
+# L-BFGS iterations for linear heads. 100 instead of 200 halves the slowest fits (the CV sample's
+# 4032-wide candidate: 11.8 s -> 6.5 s for three folds) for the same out-of-fold worth (within
+# +-0.004 on four CV candidates at L2 1e-2, 1e-1 and 1; strong L2 converges sooner anyway).
+LINEAR_MAX_ITER = 100
+
+
+def fit_linear(x: np.ndarray, p: np.ndarray, l2: float = 1e-3, max_iter: int = LINEAR_MAX_ITER) -> Layers:
     mu, sd = _standardize(x)
     xs = (x - mu) / sd
     d, c = x.shape[1], p.shape[1]
