@@ -391,10 +391,12 @@ def build_fx_segments(gm: fx.GraphModule, cuts: Sequence[Candidate]) -> list[FxS
 
 
 def pool_features(x: torch.Tensor, layout: str, mask: torch.Tensor | None = None,
-                  pooling: NchwPooling | None = None) -> torch.Tensor:
+                  pooling: NchwPooling | None = None, filters: torch.Tensor | None = None) -> torch.Tensor:
     """Pooled features [batch, D], the definition of :func:`.heads.pooling_nodes` in torch
     (nchw: global average, global max and, per `pooling` (:func:`.heads.nchw_pooling`), the grid
-    of averages or the random-filter features exactly as the ONNX nodes compute them)."""
+    of averages or the random-filter features exactly as the ONNX nodes compute them).
+    `filters`: the random filters as a tensor, if the caller holds them (ExitHeadModule keeps
+    them as a buffer); otherwise they are rebuilt from `pooling`."""
     x = x.float()
     if layout == "nchw":
         F = torch.nn.functional
@@ -404,7 +406,8 @@ def pool_features(x: torch.Tensor, layout: str, mask: torch.Tensor | None = None
         if pooling is not None and pooling.filters is not None:
             rf = pooling.filters
             small = F.avg_pool2d(x, kernel_size=rf.pre, stride=rf.pre) if rf.pre != (1, 1) else x
-            resp = torch.relu(F.conv2d(small, torch.from_numpy(rf.weights())))
+            w = filters if filters is not None else torch.from_numpy(rf.weights()).to(x.device)
+            resp = torch.relu(F.conv2d(small, w))
             parts.append(F.avg_pool2d(resp, kernel_size=rf.cell, stride=rf.cell).flatten(1))
         return torch.cat(parts, dim=1)
     if layout == "btc":
@@ -435,11 +438,14 @@ class ExitHeadModule(torch.nn.Module):
             self.register_buffer(f"b{i}", torch.from_numpy(np.ascontiguousarray(b, np.float32)))
         self.register_buffer("gate_w", torch.from_numpy(np.asarray(gate_w, np.float32).reshape(3, 1).copy()))
         self.register_buffer("gate_b", torch.tensor([float(gate_b)], dtype=torch.float32))
+        # Built once here, not on every forward call (and moved with the module like the layers).
+        rf = pooling.filters if pooling is not None else None
+        self.register_buffer("filters", torch.from_numpy(rf.weights()) if rf is not None else None)
         self.threshold = float(threshold)
         self.emit_probabilities = emit_probabilities
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None):
-        h = pool_features(x, self.layout, mask, self.pooling)
+        h = pool_features(x, self.layout, mask, self.pooling, self.filters)
         for i in range(self.n_layers):
             h = torch.matmul(h, getattr(self, f"w{i}")) + getattr(self, f"b{i}")
             if i < self.n_layers - 1:

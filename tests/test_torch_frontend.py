@@ -363,3 +363,10 @@ def test_torch_pooling_mirrors_the_onnx_pooling(spatial, channels):
     got = pool_features(torch.from_numpy(x), "nchw", None, pooling).numpy()
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    # An ExitHeadModule pools with the filters it holds as a buffer: same features, same logits.
+    from exitc.passes.fx import ExitHeadModule
+
+    w = np.random.default_rng(1).standard_normal((want.shape[1], 4)).astype(np.float32)
+    head = ExitHeadModule("nchw", [(w, np.zeros(4, np.float32))], np.zeros(3, np.float32), 0.0, pooling=pooling)
+    logits, _ = head(torch.from_numpy(x))
+    np.testing.assert_allclose(logits.numpy(), want @ w, rtol=1e-3, atol=1e-3)
