@@ -13,7 +13,7 @@ set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${EXITC_VENV:-$REPO_ROOT/.venv}"
 DEBS_DIR="$REPO_ROOT/samples/.cache/debs"
-DEBS=(dataset-fashion-mnist r-cran-modeldata)
+DEBS=(dataset-fashion-mnist r-cran-modeldata r-cran-janeaustenr)
 
 die() { echo "setup_samples: error: $*" >&2; exit 1; }
 log() { echo "setup_samples: $*"; }
