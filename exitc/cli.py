@@ -49,6 +49,10 @@ def _parser(version: str) -> argparse.ArgumentParser:
     c.add_argument("--max-fit-rows", type=int, default=D.max_fit_rows,
                    help="fit the heads on at most this many rows; the rest certify")
     c.add_argument("--heads", default=",".join(D.head_kinds), help="head kinds to try (linear, mlp)")
+    c.add_argument("--no-augment", action="store_true",
+                   help="fit heads on the calibration rows only, without synthetic neighbours labelled by the original")
+    c.add_argument("--allow-slower", action="store_true",
+                   help="accept plans whose median batch-1 request or batch cost is slower than the original's")
     c.add_argument("-o", "--out", help="output directory (default: MODEL with suffix .exitc)")
     c.add_argument("--force", action="store_true", help="replace an existing output directory")
     c.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -141,7 +145,8 @@ def cmd_compile(a) -> int:
     opts = CompileOptions(target_acc=a.target_acc, confidence=a.confidence, batch_size=a.batch_size, output=a.output,
                           certify_fraction=a.certify_fraction, max_fit_rows=a.max_fit_rows,
                           head_kinds=tuple(k for k in a.heads.split(",") if k),
-                          latency_weight=a.latency_weight, progress=_progress(a), force=a.force)
+                          latency_weight=a.latency_weight, progress=_progress(a), force=a.force,
+                          augment=not a.no_augment, never_slower=not a.allow_slower)
     compile_model(a.model, a.calib, out, opts)
     print(f"report: {os.path.join(out, 'report.html')}")
     return 0

@@ -15,9 +15,10 @@ import numpy as np
 
 from . import emit, report, verify
 from .data import Dataset, load_dataset
-from .distill import FittedHead, distill_heads, fit_chained_gates, forward, gate_scores
+from .augment import make_neighbours
+from .distill import FittedHead, NeighbourRows, distill_heads, fit_chained_gates, forward, gate_scores
 from .errors import ExitcError, stage
-from .features import collect_features
+from .features import FeatureProbe
 from .options import CompileOptions
 from .passes import find_candidates, load_model
 from .passes.normalize import observe_shapes, prepare
@@ -77,6 +78,20 @@ def check_rows(data: Dataset, opts: CompileOptions) -> None:
     if data.rows < need:
         raise ExitcError(f"{data.path}: {data.rows} calibration rows; --target-acc {opts.target_acc} at --confidence "
                          f"{opts.confidence} needs at least {need} ({need_cert} for certification)")
+
+
+def augment_stage(sig, fit: Dataset, fit_pred: np.ndarray, mask_input, probe: FeatureProbe, is_prob: bool,
+                  opts: CompileOptions, log=print) -> NeighbourRows | None:
+    """Synthetic neighbours of the fit rows labelled by the original (exitc.augment), or None."""
+    nb = make_neighbours(sig.inputs, fit, fit_pred, mask_input, probe, is_prob, seed=opts.seed,
+                         progress=opts.progress)
+    tried = ", ".join(f"{k} {v:.2f}" for k, v in nb.stability.items())
+    if nb.cache is None:
+        if tried:
+            log(f"exitc: no perturbation keeps the original's predictions stable ({tried}); no neighbours")
+        return None
+    log(f"exitc: {nb.rows} synthetic neighbours of {fit.rows} fit rows (prediction stability: {tried})")
+    return NeighbourRows(nb.cache.features, nb.cache.probs, nb.source)
 
 
 def certify_stage(heads: list[FittedHead], features: list[np.ndarray], pred: np.ndarray, with_probs: bool = False):
@@ -156,11 +171,21 @@ def compile_model(model_path: str, calib_path: str, out_dir: str, opts: CompileO
     emit_probabilities = False
     if candidates and opts.target_acc < 1.0:
         with stage("features"):
-            cache = collect_features(model, candidates, mask_input, data, progress=opts.progress)
+            probe = FeatureProbe(model, candidates, mask_input)
+            cache = probe.collect(data, progress=opts.progress)
         t = mark("features", t)
+        neighbours = None
+        if opts.augment:
+            with stage("augment"):
+                neighbours = augment_stage(sig, data.take(fit_idx), cache.predictions[fit_idx], mask_input, probe,
+                                           cache.outputs_are_probabilities, opts, log)
+            t = mark("augment", t)
         with stage("distill"):
             heads = distill_heads(candidates, [f[fit_idx] for f in cache.features], cache.probs[fit_idx],
-                                  kinds=opts.head_kinds, seed=opts.seed, progress=opts.progress)
+                                  kinds=opts.head_kinds, seed=opts.seed, progress=opts.progress,
+                                  neighbours=neighbours)
+        if neighbours is not None:
+            log(f"exitc: {sum(h.augmented for h in heads)} of {len(heads)} heads fitted with the neighbours too")
         t = mark("distill", t)
         with stage("profile"):
             if opts.cost_profile is not None:

@@ -45,6 +45,9 @@ class CompileOptions:
     # predicted slower than the original are not chosen, and an artifact that measures slower on
     # held-out rows falls back to the original (exitc.verify). False accepts such plans.
     never_slower: bool = True
+    # Fit heads on synthetic neighbours of the fit rows too, labelled by the original (exitc.augment;
+    # each head keeps them only where they raise its out-of-fold worth).
+    augment: bool = True
     seed: int = 0
     progress: bool = True
     force: bool = False

@@ -165,7 +165,8 @@ def test_version_and_defaults_in_help():
 STAGE_FAULTS = {
     "load": "exitc.driver.observe_shapes",
     "candidates": "exitc.driver.find_candidates",
-    "features": "exitc.driver.collect_features",
+    "features": "exitc.driver.FeatureProbe",
+    "augment": "exitc.driver.make_neighbours",
     "distill": "exitc.driver.distill_heads",
     "profile": "exitc.driver.profile_costs",
     "policy": "exitc.driver.policy_stage",
