@@ -50,18 +50,20 @@ def compile_cli(model: Path, calib: Path, out: Path, target: float, extra: list[
     return res.returncode, res.stderr, time.perf_counter() - t0
 
 
-def original_outputs(model: Path, feeds: dict) -> tuple[list[str], list[np.ndarray]]:
-    """The original model's outputs, run one row at a time (models with a batch of 1 fixed in
-    the graph run too)."""
+def original_outputs(model: Path, feeds: dict, batch: int = 16) -> tuple[list[str], list[np.ndarray]]:
+    """The original model's outputs, in batches of `batch` rows, or of one row where the graph
+    fixes its batch dimension to 1."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
     sess = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
+    if any(i.shape and i.shape[0] == 1 for i in sess.get_inputs()):
+        batch = 1
     rows = len(next(iter(feeds.values())))
-    per_row = [sess.run(names, {k: v[i:i + 1] for k, v in feeds.items()}) for i in range(rows)]
-    return names, [np.concatenate([r[j] for r in per_row]) for j in range(len(names))]
+    parts = [sess.run(names, {k: v[i:i + batch] for k, v in feeds.items()}) for i in range(0, rows, batch)]
+    return names, [np.concatenate([p[j] for p in parts]) for j in range(len(names))]
 
 
 def full_depth_diff(artifact: Path, feeds: dict, names: list[str], expected: list[np.ndarray],
