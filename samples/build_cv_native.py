@@ -142,7 +142,10 @@ def build_keras_backbone(h5_path: Path):
                    for name in group.keys() if isinstance(group[name], h5py.Group)}
 
     layers = graph["layers"]
-    out_name = graph["output_layers"][0]
+    outputs = graph["output_layers"]  # ["name", 0, 0] for one output, else a list of those
+    if not isinstance(outputs[0], str) and len(outputs) != 1:
+        raise BuildError(f"Keras sub-model {KERAS_BACKBONE} has {len(outputs)} outputs")
+    out_name = outputs[0] if isinstance(outputs[0], str) else outputs[0][0]
 
     class KerasGraph(torch.nn.Module):
         def __init__(self):
