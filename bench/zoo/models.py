@@ -118,7 +118,8 @@ ZOO: list[ZooModel] = [
     ZooModel("nudenet_detector",
              Wheel("nudenet", "3.4.2", "nudenet/320n.onnx"),
              "PyTorch 2.3 / Ultralytics YOLOv8", 17, "logits", "detector (boxes x 22), not a classifier",
-             "page_orientation_rows", {"size": 320}, "rendered document pages, 320 px", classifier=False),
+             "page_orientation_rows", {"size": 160}, "rendered document pages, 160 px (its input size is free)",
+             classifier=False),
 ]
 
 BY_NAME = {m.name: m for m in ZOO}
