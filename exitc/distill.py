@@ -38,7 +38,7 @@ class FittedHead:
     agreement: float           # mean of oof_agree
     oof_probs: np.ndarray | None = None  # [rows, classes]: OOF head probabilities
     l2: float = 1e-3           # L2 strength it was fitted with
-    augmented: bool = False    # also fitted on synthetic neighbours of the fit rows (exitc.augment)
+    augmented: str = ""        # the perturbation whose neighbours it was also fitted on ("": none; exitc.augment)
 
     @property
     def params(self) -> int:
@@ -208,6 +208,8 @@ class NeighbourRows:
     features: list[np.ndarray]  # per candidate [n, D_k]
     targets: np.ndarray         # the original's soft outputs on them [n, classes]
     source: np.ndarray          # [n] the fit row each came from (its fold is the source's fold)
+    group: np.ndarray | None = None   # [n] which perturbation made it (index into `groups`)
+    groups: tuple[str, ...] = ("neighbours",)
 
 
 # Neighbours are tried on candidates up to this share of the model's arithmetic: early exits are
@@ -286,7 +288,7 @@ def _distill_heads(candidates, features, targets, kinds, folds, mlp_max_features
         for option in options[1:]:
             if option[2] > best[2] + 0.01:
                 best = option
-        choices.append(best + (False,))
+        choices.append(best + ("",))
     if neighbours is not None and len(neighbours.source):
         choices = _try_neighbours(candidates, features, targets, choices, neighbours, fold_of, folds, grid, pool,
                                   pred, progress)
@@ -295,7 +297,8 @@ def _distill_heads(candidates, features, targets, kinds, folds, mlp_max_features
         k, (kind, l2, _, _, aug) = kc
         x, y = features[k], targets
         if aug:
-            x, y = np.concatenate([x, neighbours.features[k]]), np.concatenate([y, neighbours.targets])
+            rows = _group_rows(neighbours, aug)
+            x, y = np.concatenate([x, neighbours.features[k][rows]]), np.concatenate([y, neighbours.targets[rows]])
         return FITTERS[kind](x, y, l2=l2)
 
     refitted = pool.map(refit, enumerate(choices))
@@ -307,37 +310,40 @@ def _distill_heads(candidates, features, targets, kinds, folds, mlp_max_features
     return heads
 
 
+def _group_rows(nb: NeighbourRows, name: str) -> np.ndarray:
+    if nb.group is None:
+        return np.ones(len(nb.source), bool)
+    return nb.group == nb.groups.index(name)
+
+
 def _try_neighbours(candidates, features, targets, choices, nb: NeighbourRows, fold_of, folds, grid, pool, pred,
                     progress):
-    """Phase 2 of distillation: the chosen kind of every early candidate refitted with the
-    neighbours of its training folds' rows, at the chosen L2 and the next weaker one (more rows
-    want less regularisation), judged out of fold on the same real rows; kept where worth rises
-    by more than AUG_MARGIN."""
+    """Phase 2 of distillation: the chosen kind and L2 of every early candidate refitted with the
+    neighbours of its training folds' rows, each perturbation's neighbours on their own, judged
+    out of fold on the same real rows; the best kept where worth rises by more than AUG_MARGIN."""
     nb_fold = fold_of[nb.source]
-    jobs = []
-    for k, (kind, l2, _, _, _) in enumerate(choices):
-        if candidates[k].flops_fraction > AUG_MAX_FRACTION:
-            continue
-        weaker = [g for g in grid[kind] if g < l2]
-        for strength in [l2] + ([max(weaker)] if weaker else [l2 / 10]):
-            jobs += [(k, kind, strength, f) for f in range(folds)]
+    names = list(nb.groups) if nb.group is not None else ["neighbours"]
+    jobs = [(k, kind, l2, name, f) for k, (kind, l2, _, _, _) in enumerate(choices)
+            if candidates[k].flops_fraction <= AUG_MAX_FRACTION for name in names for f in range(folds)]
 
     def fit_fold(job):
-        k, kind, l2, f = job
+        k, kind, l2, name, f = job
         tr, te = fold_of != f, fold_of == f
-        x = np.concatenate([features[k][tr], nb.features[k][nb_fold != f]])
-        y = np.concatenate([targets[tr], nb.targets[nb_fold != f]])
+        rows = _group_rows(nb, name) & (nb_fold != f)
+        x = np.concatenate([features[k][tr], nb.features[k][rows]])
+        y = np.concatenate([targets[tr], nb.targets[rows]])
         return job, softmax(forward(FITTERS[kind](x, y, l2=l2), features[k][te]))
 
-    oof: dict[tuple[int, float], np.ndarray] = {}
+    oof: dict[tuple[int, str], np.ndarray] = {}
     jobs.sort(key=lambda j: (-features[j[0]].shape[1] * (4 if j[1] == "mlp" else 1), j))
-    for (k, kind, l2, f), probs_te in tqdm(pool.map(fit_fold, jobs), total=len(jobs), desc="distill: fit with neighbours",
-                                           unit="fit", disable=not progress, leave=False):
-        probs = oof.setdefault((k, l2), np.zeros_like(targets))
+    for (k, kind, l2, name, f), probs_te in tqdm(pool.map(fit_fold, jobs), total=len(jobs),
+                                                 desc="distill: fit with neighbours", unit="fit", disable=not progress,
+                                                 leave=False):
+        probs = oof.setdefault((k, name), np.zeros_like(targets))
         probs[fold_of == f] = probs_te
     out = list(choices)
-    for (k, l2), probs in sorted(oof.items()):
+    for (k, name), probs in sorted(oof.items()):
         worth = head_worth(probs, pred)
         if worth > out[k][2] + AUG_MARGIN:
-            out[k] = (out[k][0], l2, worth, probs, True)
+            out[k] = (out[k][0], out[k][1], worth, probs, name)
     return out

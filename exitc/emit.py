@@ -20,7 +20,7 @@ from . import __version__
 from .errors import ExitcError
 from .manifest import FORMAT, MANIFEST, SCHEMA_VERSION, tensor_entry
 from .passes.graph import GraphIndex, default_opset
-from .passes.split import EXIT_INDEX, build_segments, conditional_model
+from .passes.split import EXIT_INDEX, build_segments, conditional_model, original_form
 from .profile import exit_head
 
 
@@ -122,18 +122,32 @@ def stage_artifact(out_dir, model, sig, model_path, candidates, heads, plan, pro
         segments = build_segments(model, cuts, exit_heads, mask_input)
         for seg in segments:
             onnx.save(seg.model, os.path.join(staging, "segments", f"seg_{seg.index}.onnx"))
-        cond_file = None
+        manifest = build_manifest(model, sig, model_path, segments, None, plan, profile, emit_probabilities)
         if exit_heads:
-            cond = conditional_model(segments, model)
-            onnx.checker.check_model(cond)
-            cond_file = "conditional.onnx"
-            onnx.save(cond, os.path.join(staging, cond_file))
-        manifest = build_manifest(model, sig, model_path, segments, cond_file, plan, profile, emit_probabilities)
+            write_batch1_form(staging, manifest, plan.batch1, model, segments)
         _write_manifest(staging, manifest)
         return staging, manifest
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def write_batch1_form(staging: str, manifest: dict, batch1: str, model, segments=None) -> None:
+    """conditional.onnx, the artifact's batch-1 form: the single graph with If nodes over the
+    segments (`batch1` "exits"), or the original model itself ("original": batch-1 requests run
+    it where exits would make the median request slower, exitc.policy.batch1_exits)."""
+    if batch1 == "original":
+        cond, form = original_form(model, len(manifest["segments"]) - 1), "original"
+    else:
+        cond, form = conditional_model(segments, model), "if"
+    onnx.checker.check_model(cond)
+    onnx.save(cond, os.path.join(staging, COND_FILE))
+    manifest["conditional"] = {"file": COND_FILE, "form": form,
+                               "outputs": [manifest["prediction_output"], EXIT_INDEX]}
+    _write_manifest(staging, manifest)
+
+
+COND_FILE = "conditional.onnx"
 
 
 def drop_conditional(staging: str, manifest: dict) -> None:

@@ -55,6 +55,9 @@ class Plan:
     # (chained gates reading the previous kept exit); empty: every exit uses its head's gate.
     gates: list[tuple[np.ndarray, float]] = field(default_factory=list)
     predicted_median_b1: float = 0.0  # seconds: the median request at batch 1 (CostModel.median_latency)
+    # What batch-1 requests run: "exits" (this plan), or "original" where the plan's median
+    # request would be slower than the original's (policy.batch1_exits).
+    batch1: str = "exits"
     # Predicted extra cost of a row that runs to the end (heads, per-call costs), relative to the
     # original: {"batch1": ..., "batch<N>": ...}
     full_depth_overhead: dict = field(default_factory=dict)
@@ -172,22 +175,33 @@ def required_rate(n_cert: int, target: float, confidence: float) -> float:
     return lo / n_cert if n_cert else 1.0
 
 
-def objective(cm: CostModel, exits: list[int], reach: np.ndarray, latency_weight: float) -> np.ndarray:
+def batch1_exits(cm: CostModel, exits: list[int], reach: np.ndarray, never_slower: bool = True) -> np.ndarray:
+    """Configurations [...] whose exits also serve batch-1 requests. With `never_slower`, only
+    those whose median batch-1 request is predicted no slower than the original; for the others
+    batch-1 requests run the original model (exact, so the guarantee holds for them trivially),
+    while batches keep the exits."""
+    if not never_slower:
+        return np.ones(reach.shape[:-1], bool)
+    return cm.median_latency(exits, reach) <= cm.p.original.at(1)
+
+
+def objective(cm: CostModel, exits: list[int], reach: np.ndarray, latency_weight: float,
+              never_slower: bool = True) -> np.ndarray:
     """Relative cost to minimise: the deployment batch's cost and the batch-1 latency, each
-    relative to the original, weighted (1 - w, w). 1.0 = the original model."""
+    relative to the original, weighted (1 - w, w). 1.0 = the original model. Where batch-1
+    requests run the original (see batch1_exits), their relative latency is 1.0."""
     p = cm.p
     b = p.batch_size
     rel_b = cm.expected(exits, reach, b) / p.original.at(b)
-    rel_1 = cm.expected(exits, reach, 1) / p.original.at(1)
+    rel_1 = np.where(batch1_exits(cm, exits, reach, never_slower), cm.expected(exits, reach, 1) / p.original.at(1), 1.0)
     return (1.0 - latency_weight) * rel_b + latency_weight * rel_1
 
 
 def not_slower(cm: CostModel, exits: list[int], reach: np.ndarray) -> np.ndarray:
-    """Configurations [...] under which neither the median batch-1 request nor a batch at the
-    deployment size is predicted slower than the original."""
-    p = cm.p
-    b = p.batch_size
-    return (cm.median_latency(exits, reach) <= p.original.at(1)) & (cm.expected(exits, reach, b) <= p.original.at(b))
+    """Configurations [...] under which a batch at the deployment size is predicted no slower than
+    the original (batch-1 requests are kept no slower by batch1_exits)."""
+    b = cm.p.batch_size
+    return cm.expected(exits, reach, b) <= cm.p.original.at(b)
 
 
 def fit_cost(exits: list[int], fit_scores: np.ndarray, fit_agree: np.ndarray, profile: Profile, req: float,
@@ -196,10 +210,10 @@ def fit_cost(exits: list[int], fit_scores: np.ndarray, fit_agree: np.ndarray, pr
     `never_slower`, no slower than the original where the user looks: see not_slower)."""
     cm = CostModel(profile)
     if not exits:
-        return float(objective(cm, [], np.ones((1, 1)), latency_weight)[0])
+        return float(objective(cm, [], np.ones((1, 1)), latency_weight, never_slower)[0])
     th = thresholds_for(cm.saved_share(exits, profile.batch_size), MU_GRID)
     agreement, reach, _ = simulate(fit_scores[:, exits], fit_agree[:, exits], th)
-    cost = objective(cm, exits, reach, latency_weight)
+    cost = objective(cm, exits, reach, latency_weight, never_slower)
     feasible = agreement >= req
     if never_slower:
         feasible &= not_slower(cm, exits, reach)
@@ -282,16 +296,17 @@ def certify_plan(exits: list[int], fit_scores: np.ndarray, fit_agree: np.ndarray
     if accepted <= 0:
         return no_exits("no configuration with exits could be certified at the requested target and confidence", curve)
     # Among accepted configurations take the cheapest (usually the last one).
-    obj = (1.0 - latency_weight) * costs / orig_b + latency_weight * costs1 / orig_1
+    obj = objective(cm, exits, cert_reach, latency_weight, never_slower)
     median = cm.median_latency(exits, cert_reach)
     allowed = not_slower(cm, exits, cert_reach) if never_slower else np.ones(len(obj), bool)
-    for c, m, ok in zip(curve, median, allowed):
+    at_b1 = batch1_exits(cm, exits, cert_reach, never_slower)
+    for c, m, ok, e1 in zip(curve, median, allowed, at_b1):
         c["median_latency_b1"] = float(m)
         c["not_slower"] = bool(ok)
+        c["batch1_exits"] = bool(e1)
     choices = [j for j in range(1, accepted + 1) if allowed[j]]
     if not choices:
-        return no_exits("no certified configuration keeps the median batch-1 request and the batch-"
-                        f"{b} cost at or below the original's", curve)
+        return no_exits(f"no certified configuration keeps the batch-{b} cost at or below the original's", curve)
     i = min(choices, key=lambda j: obj[j])
     if obj[i] >= 1.0:
         return no_exits("no certified configuration is cheaper than the original model", curve)
@@ -301,6 +316,6 @@ def certify_plan(exits: list[int], fit_scores: np.ndarray, fit_agree: np.ndarray
                 agreement_fit=float(fit_agreement[i]), agreement_certify=float(cert_agreement[i]),
                 agreement_bound=clopper_pearson_lower(successes[i], n_cert, confidence),
                 exit_fractions=[float(f) for f in fractions], predicted_cost_batch=float(costs[i]),
-                predicted_cost_b1=float(costs1[i]), original_cost_batch=orig_b, original_cost_b1=orig_1,
-                reason="", curve=curve, predicted_median_b1=float(median[i]),
-                full_depth_overhead=full_depth_overhead(cm, exits))
+                predicted_cost_b1=float(costs1[i] if at_b1[i] else orig_1), original_cost_batch=orig_b, original_cost_b1=orig_1,
+                reason="", curve=curve, predicted_median_b1=float(median[i] if at_b1[i] else orig_1),
+                full_depth_overhead=full_depth_overhead(cm, exits), batch1="exits" if at_b1[i] else "original")

@@ -36,6 +36,7 @@ def _candidate_rows(candidates, heads, profile) -> list[dict]:
             row["head"] = heads[k].kind
             row["head_l2"] = heads[k].l2
             row["head_agreement_oof"] = round(heads[k].agreement, 4)
+            row["head_neighbours"] = heads[k].augmented or None
         rows.append(row)
     return rows
 
@@ -57,6 +58,7 @@ def write_reports(out_dir, manifest, plan, candidates, heads, profile, check, op
                  "predicted_median_speedup_b1": (plan.original_cost_b1 / plan.predicted_median_b1
                                                  if plan.predicted_median_b1 else 1.0),
                  "predicted_full_depth_overhead": plan.full_depth_overhead,
+                 "batch1": plan.batch1,
                  "reason": plan.reason},
         "validation": check.to_json(),
         "speed": [dict(zip(("metric", "predicted", "measured"), r)) for r in speed_rows(plan, profile, check)],
@@ -204,5 +206,10 @@ def print_summary(result, log=print) -> None:
     if plan.exits:
         log(format_table(["speed vs original", "predicted", "measured (held-out rows)"],
                          speed_rows(plan, result.profile, check)))
+        form = check.batch1_form if check is not None else plan.batch1
+        log({"original": "batch-1 requests run the original model (with exits, fewer than half the rows would "
+                         "leave early and the median request would be slower); batches use the exits",
+             "conditional": "batch-1 requests run conditional.onnx (one graph with If nodes)",
+             "segmented": "batch-1 requests run the segments"}.get(form, form))
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in result.stage_seconds.items())
     log(f"compiled in {result.seconds:.1f}s ({stages}) -> {result.out_dir}")

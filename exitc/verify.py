@@ -8,8 +8,9 @@
    beats the segments' (measured, not assumed: ONNX Runtime optimises `If` branches less).
 3. **Never slower**: throughput at the deployment batch and the median (p50) and mean latency at
    batch 1, compiled against the original, measured interleaved on held-out rows, and the cost of
-   a row that runs to the end (heads and per-call costs) against the original's. The driver falls
-   back to the original model where the compiled one measures slower.
+   a row that runs to the end (heads and per-call costs) against the original's. Where the
+   median batch-1 request measures slower, batch-1 requests run the original; where batches
+   measure slower, the driver falls back to the original model.
 
 Measured with the runtime `exitc.load` gives users (the C++ one when built); the full-depth
 overhead with the reference runtime.
@@ -48,17 +49,16 @@ class Verification:
     mean_ratio_b1: float | None = None
     full_depth_overhead_b1: float | None = None
     latency_ms_b1: dict = field(default_factory=dict)  # mean and p50 per form
-    batch1_form: str = "segmented"         # what the artifact runs at batch 1
+    batch1_form: str = "segmented"         # what the artifact runs at batch 1: segmented | conditional | original
     measurements: int = 0
 
-    def slower(self) -> list[str]:
-        """Where the compiled model measured slower than the original (empty: nowhere)."""
-        out = []
-        if self.throughput_ratio is not None and self.throughput_ratio < 1.0:
-            out.append(f"throughput at batch {self.batch_size} {self.throughput_ratio:.2f}x")
-        if self.p50_ratio_b1 is not None and self.p50_ratio_b1 < 1.0:
-            out.append(f"median batch-1 latency {self.p50_ratio_b1:.2f}x")
-        return out
+    notes: list[str] = field(default_factory=list)     # decisions taken on these measurements
+
+    def slower_batch(self) -> bool:
+        return self.throughput_ratio is not None and self.throughput_ratio < 1.0
+
+    def slower_batch1(self) -> bool:
+        return self.p50_ratio_b1 is not None and self.p50_ratio_b1 < 1.0
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -125,8 +125,10 @@ def check_exact(path: str, model: onnx.ModelProto, sig: Signature, data: Dataset
 
 def measure(path: str, model: onnx.ModelProto, data: Dataset, batch_size: int, has_conditional: bool,
             result: Verification) -> None:
-    """Parts 2 and 3 of the module doc (one more measurement each call; ratios are averaged over
-    the calls, so a second call firms up a borderline first one)."""
+    """Part 3 of the module doc (one more measurement each call; ratios are averaged over the
+    calls, so a second call firms up a borderline first one). Batch-1 latencies are measured for
+    the original, the segments, the full-depth path and the artifact's batch-1 form if it has one
+    ("conditional"); :func:`choose_batch1` decides between them."""
     from .runtime import ExitModel
 
     original = make_session(model, "original model")
@@ -156,18 +158,36 @@ def measure(path: str, model: onnx.ModelProto, data: Dataset, batch_size: int, h
         forms["conditional"] = _load(path, use_conditional=True).run
     rows = min(LATENCY_ROWS, data.rows)
     lat = dict(zip(forms, batch1_latencies(list(forms.values()), feeds, rows)))
-    stats = {k: {"mean_ms": float(v.mean() * 1e3), "p50_ms": float(np.median(v) * 1e3)} for k, v in lat.items()}
-    form = "conditional" if has_conditional and lat["conditional"].mean() < lat["segmented"].mean() else "segmented"
 
     k = result.measurements
     avg = (lambda old, new: new if old is None or k == 0 else (old * k + new) / (k + 1))
     result.batch_size = b
     result.throughput_ratio = avg(result.throughput_ratio, float(np.mean(ratios)))
     result.full_depth_overhead_batch = avg(result.full_depth_overhead_batch, float(np.mean(full_ratios)))
-    result.p50_ratio_b1 = avg(result.p50_ratio_b1, float(np.median(lat["original"]) / np.median(lat[form])))
-    result.mean_ratio_b1 = avg(result.mean_ratio_b1, float(lat["original"].mean() / lat[form].mean()))
     result.full_depth_overhead_b1 = avg(result.full_depth_overhead_b1,
                                         float(lat["full_depth"].mean() / lat["original"].mean() - 1.0))
-    result.latency_ms_b1 = stats
-    result.batch1_form = form
+    for name, v in lat.items():
+        old = result.latency_ms_b1.get(name)
+        mean, p50 = float(v.mean() * 1e3), float(np.median(v) * 1e3)
+        result.latency_ms_b1[name] = {"mean_ms": avg(old["mean_ms"] if old else None, mean),
+                                      "p50_ms": avg(old["p50_ms"] if old else None, p50)}
     result.measurements = k + 1
+
+
+def choose_batch1(result: Verification, conditional_form: str | None) -> str:
+    """The batch-1 form to keep, from the measured latencies: with exits at batch 1 (the
+    conditional form is the If-graph, or absent) the faster of the segments and the If-graph by
+    mean; with `conditional_form` "original" (the policy's choice, policy.batch1_exits) the
+    original. Sets the batch-1 ratios of `result` for that form."""
+    lat = result.latency_ms_b1
+    if conditional_form == "original":
+        form = "conditional"
+    elif conditional_form == "if" and lat["conditional"]["mean_ms"] < lat["segmented"]["mean_ms"]:
+        form = "conditional"
+    else:
+        form = "segmented"
+    result.p50_ratio_b1 = lat["original"]["p50_ms"] / lat[form]["p50_ms"]
+    result.mean_ratio_b1 = lat["original"]["mean_ms"] / lat[form]["mean_ms"]
+    result.batch1_form = "original" if conditional_form == "original" else ("conditional" if form == "conditional"
+                                                                           else "segmented")
+    return result.batch1_form

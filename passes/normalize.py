@@ -103,13 +103,21 @@ def name_dims(model: onnx.ModelProto) -> bool:
                     repeated.add(d.dim_param)
                 seen.add(d.dim_param)
     trusted = {n for n, axes in uses.items() if len(axes) == 1 and n not in repeated and not _PLACEHOLDER_DIM.match(n)}
+    # A named dim 0 is the batch if the inputs use that name at dim 0, or if it is a placeholder;
+    # an output whose dim 0 has another real name (time-major [time, batch, classes]) keeps it.
+    input_batch = {v.type.tensor_type.shape.dim[0].dim_param for v in g.input
+                   if v.name not in inits and v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")
+                   and len(v.type.tensor_type.shape.dim) and v.type.tensor_type.shape.dim[0].HasField("dim_param")}
     fixed_one = False
     for v in values:
+        is_input = any(v is i for i in g.input)
         for axis, d in enumerate(v.type.tensor_type.shape.dim):
             if axis == 0:
                 if d.HasField("dim_value") and d.dim_value == 1:
                     fixed_one = True
-                if not d.HasField("dim_value") or d.dim_value <= 1:
+                named_other = (d.HasField("dim_param") and not is_input and bool(input_batch)
+                               and d.dim_param not in input_batch and not _PLACEHOLDER_DIM.match(d.dim_param))
+                if (not d.HasField("dim_value") or d.dim_value <= 1) and not named_other:
                     d.Clear()
                     d.dim_param = BATCH
             elif d.HasField("dim_value") and d.dim_value >= 0:
@@ -152,11 +160,34 @@ def _make_batch_symbolic(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+MIN_OPSET = 11  # exit heads use ops in their opset-11 form (TopK with K as an input; see passes.heads)
+
+
+def _upgrade_opset(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
+    """Models below MIN_OPSET (tf2onnx wrote opset 9 for years) converted up with
+    onnx.version_converter, so heads can be spliced in; a one-line error if that fails."""
+    from onnx import version_converter
+
+    from .graph import default_opset
+
+    opset = default_opset(model)
+    if opset == 0 or opset >= MIN_OPSET:
+        return model
+    try:
+        up = version_converter.convert_version(model, MIN_OPSET)
+        onnx.checker.check_model(up)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExitcError(f"{label}: opset {opset}; exitc needs opset {MIN_OPSET} or newer and "
+                         f"onnx.version_converter could not convert it: {first}") from None
+    return up
+
+
 def prepare(model: onnx.ModelProto, output: str | None = None, label: str = "model") -> tuple[onnx.ModelProto, Signature]:
     """Return (normalised copy, signature) before any run of the model: dims named (name_dims),
     prediction output chosen, shapes inferred. Raises ExitcError if no batch-major classification
     output can be identified."""
-    model = copy.deepcopy(model)
+    model = _upgrade_opset(copy.deepcopy(model), label)
     g = model.graph
     names = [o.name for o in g.output]
     if output is not None and output not in names:
@@ -270,7 +301,7 @@ def observe_shapes(model: onnx.ModelProto, sig: Signature, feeds: dict[str, np.n
         g.output.append(onnx.ValueInfoProto(name=name))
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # see exitc.backends.ort.session_options
     try:
         sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         runs = [_output_shapes(sess, _rows(feeds, b)) for b in (2, 3)]

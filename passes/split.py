@@ -123,6 +123,24 @@ def head_model(model: onnx.ModelProto, head: ExitHead, mask_input: str | None) -
     return helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
 
 
+def original_form(model: onnx.ModelProto, num_exits: int) -> onnx.ModelProto:
+    """The original model with the conditional form's interface: its outputs, then
+    ``exitc_exit_index`` = `num_exits` ("ran the whole model") for every row. The artifact's batch-1
+    form where exits would make the median batch-1 request slower (exitc.policy.batch1_exits)."""
+    m = copy.deepcopy(model)
+    g = m.graph
+    out = g.output[0].name
+    g.initializer.extend([const_tensor("exitc_orig_zero", np.array([0], np.int64))])
+    g.node.extend([
+        helper.make_node("Shape", [out], ["exitc_orig_shape"], name="exitc_orig_shape"),
+        helper.make_node("Gather", ["exitc_orig_shape", "exitc_orig_zero"], ["exitc_orig_b"], axis=0,
+                         name="exitc_orig_b"),
+        helper.make_node("ConstantOfShape", ["exitc_orig_b"], [EXIT_INDEX],
+                         value=helper.make_tensor("v", TensorProto.INT64, [1], [num_exits]), name="exitc_orig_idx")])
+    g.output.append(helper.make_tensor_value_info(EXIT_INDEX, TensorProto.INT64, ["batch"]))
+    return m
+
+
 def conditional_model(segments: list[SegmentGraph], source: onnx.ModelProto) -> onnx.ModelProto:
     """Single graph: segment 0, then ``If(all rows exited)`` whose else-branch holds the rest.
 

@@ -161,3 +161,33 @@ def test_transformer_with_open_sequence_length(tmp_path):
 
     observe_shapes(model, sig, f)
     assert sig.fixed_axes and sig.inputs[0].shape == ["batch", 8]
+
+
+def test_minus_one_batch_value_is_the_batch():
+    """Paddle2ONNX writes unknown dims as dim_value -1, the batch included."""
+    m = with_input_dims(tiny_cnn(), [-1, 3, 16, 16], [-1, 5])
+    model, sig = prepare(m)
+    assert sig.inputs[0].shape[0] == "batch" and sig.output.shape == ["batch", 5]
+
+
+def test_time_major_output_keeps_its_name_and_is_refused():
+    """[time, batch, classes]: dim 0 is not the batch; the one-line refusal shows the real shape."""
+    from exitc.errors import ExitcError
+
+    m = with_input_dims(tiny_cnn(), ["batch", 3, 16, 16], ["time", 5])
+    with pytest.raises(ExitcError, match=r"\['time', 5\]"):
+        prepare(m)
+
+
+def test_opset_9_models_are_converted_for_the_heads(tmp_path):
+    """tf2onnx wrote opset 9 for years; heads need opset-11 ops (TopK with K as an input)."""
+    src = tiny_cnn(opset=9, blocks=4)
+    onnx.save(src, tmp_path / "m.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((1400, 3, 16, 16)).astype(np.float32))
+    out = str(tmp_path / "m.exitc")
+    compile_model(str(tmp_path / "m.onnx"), str(tmp_path / "calib.npz"), out,
+                  CompileOptions(target_acc=0.9, progress=False, never_slower=False), log=lambda *a: None)
+    x = np.random.default_rng(1).standard_normal((9, 3, 16, 16)).astype(np.float32)
+    outs, idx = ExitModel(out).run({"x": x})
+    end = idx == len(idx) * 0 + ExitModel(out).num_exits
+    assert np.allclose(outs[0][end], run(src, {"x": x})[0][end], atol=1e-4)
