@@ -55,6 +55,9 @@ def load_stage(model_path: str, calib_path: str, opts: CompileOptions, log=print
     reference, sig = prepare(load_model(model_path), output=opts.output, label=model_path)
     data = load_dataset(calib_path, sig.inputs)
     model = observe_shapes(reference, sig, {k: v[:OBSERVE_ROWS] for k, v in data.feeds.items()}, label=model_path)
+    if sig.dropped_outputs:
+        log(f"exitc: the compiled model produces only the prediction output {sig.output.name!r}; the original's "
+            f"other outputs ({', '.join(sig.dropped_outputs)}) are not produced (use --output to choose another)")
     if sig.fixed_axes:
         shapes = ", ".join(f"{i.name}{i.shape}" for i in sig.inputs)
         log(f"exitc: {model_path} runs only at the size of the calibration rows; compiled for {shapes}")

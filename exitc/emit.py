@@ -69,6 +69,7 @@ def build_manifest(model, sig, model_path, segments, cond_file, plan, profile, e
         "inputs": [tensor_entry(i) for i in sig.inputs],
         "outputs": [tensor_entry(sig.output)],
         "prediction_output": sig.output.name,
+        "dropped_outputs": list(sig.dropped_outputs),
         "prediction_kind": "probabilities" if emit_probabilities else "logits",
         "num_classes": sig.num_classes,
         "carried": carried,

@@ -37,6 +37,9 @@ class Signature:
     # fixed_axes, if it runs at no other size and the open axes were fixed to the data's sizes.
     resized: dict[str, dict[int, int]] = field(default_factory=dict)
     fixed_axes: bool = False
+    # The original's other outputs: the compiled model produces only the prediction output (an
+    # early exit has no value for, say, a separate label output).
+    dropped_outputs: list[str] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
@@ -215,6 +218,7 @@ def prepare(model: onnx.ModelProto, output: str | None = None, label: str = "mod
                          "exitc needs a batch-major classification output [batch, classes]")
     g = model.graph  # _infer returned a new model
     keep = [o for o in g.output if o.name == output]
+    dropped = [o.name for o in g.output if o.name != output]
     del g.output[:]
     g.output.extend(keep)
     for gi in idx.graph_inputs:
@@ -224,7 +228,8 @@ def prepare(model: onnx.ModelProto, output: str | None = None, label: str = "mod
                              "exitc needs every input to be batch-major")
     model = _infer(model, label)
     idx = GraphIndex.build(model)
-    return model, Signature(inputs=[idx.infos[n] for n in idx.graph_inputs], output=idx.infos[output])
+    return model, Signature(inputs=[idx.infos[n] for n in idx.graph_inputs], output=idx.infos[output],
+                            dropped_outputs=dropped)
 
 
 def normalize(model: onnx.ModelProto, output: str | None = None, label: str = "model",
