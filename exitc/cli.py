@@ -1,4 +1,4 @@
-"""Command line: exitc inspect | compile | bench | run.
+"""Command line: exitc inspect | compile | bench | run | export-triton | backend-dir.
 
 User errors (ExitcError) print one line `exitc: error: ...` and exit with status 2; no traceback.
 """
@@ -58,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--out", required=True, help="output .npz (model outputs + exitc_exit_index)")
     r.add_argument("--batch-size", type=int, default=32)
     r.add_argument("--engine", default="auto", choices=["auto", "cpp", "python"])
+
+    from .triton import add_subcommands as add_triton_subcommands
+
+    p.exitc_extra_handlers = add_triton_subcommands(sub)  # export-triton, backend-dir
     return p
 
 
@@ -153,8 +157,11 @@ def cmd_run(a) -> int:
 def main(argv=None) -> int:
     from .errors import ExitcError
 
-    args = _parser().parse_args(argv)
-    handler = {"inspect": cmd_inspect, "compile": cmd_compile, "bench": cmd_bench, "run": cmd_run}[args.command]
+    parser = _parser()
+    args = parser.parse_args(argv)
+    handlers = {"inspect": cmd_inspect, "compile": cmd_compile, "bench": cmd_bench, "run": cmd_run}
+    handlers.update(parser.exitc_extra_handlers)
+    handler = handlers[args.command]
     try:
         return handler(args)
     except ExitcError as exc:
