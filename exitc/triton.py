@@ -18,7 +18,6 @@ runtime/triton/config.hpp; `--mode continuous` turns on continuous depth-wise ba
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import shutil
@@ -50,7 +49,6 @@ def backend_dir_candidates() -> list[str]:
     cands.append(os.path.join(here, "triton_backends"))
     root = _repo_root()
     cands.append(os.path.join(root, "build", "triton_backends"))
-    cands.extend(sorted(glob.glob(os.path.join(root, "build-*", "triton_backends"))))
     for prefix in dict.fromkeys([sys.prefix, "/usr/local", "/usr"]):
         cands.append(os.path.join(prefix, "lib", "exitc", "triton_backends"))
     return cands

@@ -7,7 +7,9 @@
 #                   version copied into backends/python/
 #   .triton/env.sh  the environment the server needs (PATH, LD_LIBRARY_PATH), sourced by
 #                   tests/triton_server.py's users and by hand:  . .triton/env.sh; tritonserver ...
-# Env: EXITC_TRITON_DIR (default: <repo>/.triton), PYTHON (default: python3).
+#   tritonclient[http,grpc] is also installed into exitc's venv (EXITC_VENV, default <repo>/.venv)
+#   when it exists: tests/test_triton.py runs there.
+# Env: EXITC_TRITON_DIR (default: <repo>/.triton), EXITC_VENV, PYTHON (default: python3).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dir="${EXITC_TRITON_DIR:-$root/.triton}"
@@ -70,5 +72,10 @@ usage="$("$server/bin/tritonserver" --help 2>&1 || true)"
 if [[ "$usage" != *"Usage: tritonserver"* ]]; then
     echo "[setup_triton] error: tritonserver does not start (. $dir/env.sh; tritonserver --help): ${usage:0:300}" >&2
     exit 1
+fi
+main_py="${EXITC_VENV:-$root/.venv}/bin/python"
+if [[ -x "$main_py" ]] && ! "$main_py" -c "import tritonclient.http, tritonclient.grpc" 2>/dev/null; then
+    log "installing tritonclient[http,grpc] into $main_py's venv (for tests/test_triton.py)"
+    "$main_py" -m pip install -q "tritonclient[http,grpc]"
 fi
 log "tritonserver ready at $server/bin/tritonserver (env: $dir/env.sh)"
