@@ -271,12 +271,21 @@ struct ContinuousBatcher::Impl {
                 oldest = s;
         }
         if (oldest < queues.size()) return oldest;
+        // kFullest: fill relative to the segment's ideal batch, i.e. the rows a full segment-0
+        // batch sends to it at the survival rates seen so far (max_batch for segment 0).
         std::size_t best = queues.size();
+        double best_fill = -1.0;
         for (std::size_t s = queues.size(); s-- > 0;) {
             if (queues[s].empty()) continue;
             if (options.policy == ContinuousBatcherOptions::Policy::kDeepest) return s;
-            const std::size_t fill = std::min(queues[s].size(), options.max_batch);
-            if (best == queues.size() || fill > std::min(queues[best].size(), options.max_batch)) best = s;
+            double ideal = static_cast<double>(options.max_batch);
+            if (s > 0 && segment_rows[0] > 0)
+                ideal = std::max(1.0, ideal * static_cast<double>(segment_rows[s]) / static_cast<double>(segment_rows[0]));
+            const double fill = static_cast<double>(std::min(queues[s].size(), options.max_batch)) / ideal;
+            if (fill > best_fill) {
+                best = s;
+                best_fill = fill;
+            }
         }
         return best;
     }

@@ -12,7 +12,9 @@
 // Which queue runs next (Policy):
 //   - a queue whose oldest row has waited longer than `max_wait` (the latency bound) goes first
 //     (the one holding the longest-waiting row);
-//   - else kFullest: the queue with the most rows relative to max_batch (ties: the deeper one);
+//   - else kFullest: the queue fullest relative to its ideal batch (ties: the deeper one), the
+//     ideal batch of segment s being the rows a max_batch run of segment 0 sends to s at the
+//     survival rates observed so far (segment 0: max_batch);
 //     kDeepest: the deepest non-empty queue (finishes started rows first).
 //
 // Results equal Model::run's for every row (same segments, same thresholds, the same per-row
