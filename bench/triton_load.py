@@ -8,8 +8,9 @@ C++ backend, with the same instance count, ORT threads, max_batch_size and dynam
   plain       the early-exit artifact, plain mode (one pass per execute call)
   continuous  the early-exit artifact, continuous depth-wise batching
 
-Closed loop: --threads client threads each send requests of --rows rows back to back, a fixed
-number of requests per model (--requests), split into --rounds rounds that alternate the models
+Closed loop: --threads client threads each send requests of --rows rows back to back; open loop
+(--rate R): request k is due at k/R seconds and sent then by a free thread (latency from its due
+time). A fixed number of requests per model (--requests), split into --rounds rounds that alternate the models
 (so drift of the shared machine hits all three alike); every thread also stops at --max-seconds.
 Reports throughput (rows/s), p50/p99 request latency, and the batch sizes the server actually
 ran: rows per execute call (Triton's nv_inference_count / nv_inference_exec_count) and, for
@@ -49,10 +50,14 @@ def metric_sum(text: str, name: str, **labels) -> float:
     return total
 
 
-def run_load(server, model, input_name, x, rows, threads, requests, deadline, grpc):
+def run_load(server, model, input_name, x, rows, threads, requests, deadline, grpc, rate=0.0):
+    """Closed loop (rate 0: each thread sends back to back) or open loop (request k is due at
+    start + k / rate; a free thread sends it then, and its latency counts from when it was due,
+    so a slow server cannot lower the offered load)."""
     lat, errors = [], []
     lock = threading.Lock()
     counter = [0]
+    start = time.perf_counter() + 0.05
 
     def worker(t):
         c = grpc.InferenceServerClient(server.grpc_url)
@@ -62,7 +67,14 @@ def run_load(server, model, input_name, x, rows, threads, requests, deadline, gr
                 with lock:
                     if counter[0] >= requests:
                         return
+                    k = counter[0]
                     counter[0] += 1
+                due = None
+                if rate > 0:
+                    due = start + k / rate
+                    wait = due - time.perf_counter()
+                    if wait > 0:
+                        time.sleep(wait)
                 s = int(rng.integers(0, len(x) - rows + 1))
                 inp = grpc.InferInput(input_name, [rows, *x.shape[1:]], "FP32")
                 inp.set_data_from_numpy(np.ascontiguousarray(x[s:s + rows]))
@@ -73,14 +85,14 @@ def run_load(server, model, input_name, x, rows, threads, requests, deadline, gr
                     with lock:
                         errors.append(str(exc))
                     continue
-                dt = time.perf_counter() - t0
+                dt = time.perf_counter() - (t0 if due is None else min(t0, due))
                 with lock:
                     lat.append(dt)
         finally:
             c.close()
 
     ths = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
-    t0 = time.perf_counter()
+    t0 = start if rate > 0 else time.perf_counter()
     for th in ths:
         th.start()
     for th in ths:
@@ -97,6 +109,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=16, help="concurrent client threads")
     ap.add_argument("--rows", type=int, default=1, help="rows per request")
+    ap.add_argument("--rate", type=float, default=0.0,
+                    help="open loop: requests per second offered to each model (0: closed loop)")
     ap.add_argument("--max-batch-size", type=int, default=32)
     ap.add_argument("--max-queue-delay-us", type=int, default=2000)
     ap.add_argument("--instances", type=int, default=1)
@@ -148,7 +162,7 @@ def main(argv=None) -> int:
             order = list(models) if r % 2 == 0 else list(reversed(models))
             for name in order:
                 secs, lat, errs = run_load(server, name, input_name, x, a.rows, a.threads, per_round,
-                                           time.monotonic() + a.max_seconds, grpc)
+                                           time.monotonic() + a.max_seconds, grpc, rate=a.rate)
                 results[name]["seconds"] += secs
                 results[name]["latencies"] += lat
                 results[name]["errors"] += errs
@@ -184,7 +198,8 @@ def main(argv=None) -> int:
         report["models"][name] = entry
 
     base = report["models"]["original"]["throughput_rows_s"] or float("nan")
-    print(f"triton_load: {a.threads} client threads x {a.rows} row(s)/request, {a.requests} requests per model in "
+    load = f"open loop at {a.rate:g} requests/s" if a.rate > 0 else "closed loop"
+    print(f"triton_load: {load}, {a.threads} client threads x {a.rows} row(s)/request, {a.requests} requests per model in "
           f"{a.rounds} rounds; max_batch_size {a.max_batch_size}, queue delay {a.max_queue_delay_us} us, "
           f"{a.instances} instance(s), {a.intra_op_threads} ORT thread(s)")
     print(f"{'model':<11} {'rows/s':>8} {'x orig':>7} {'p50 ms':>8} {'p99 ms':>8} {'rows/exec':>9} {'errors':>6}")
