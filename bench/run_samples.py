@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark exitc on both real samples and print one side-by-side table.
+"""Benchmark exitc on the real samples and print one side-by-side table.
 
 For each sample (built by samples/build_*.py): compile it (unless a compiled artifact exists and
 --recompile is not given), then run `exitc bench` on the held-out test split, once per runtime
@@ -9,6 +9,11 @@ segment engines (exit decisions, compaction, scatter) relative to the original m
 ("decide+compact"), for each runtime.
 
     .venv/bin/python bench/run_samples.py [--samples cv,nlp] [--engines cpp,python] [--rounds 3]
+
+Samples (each built by samples/build_<name>.py into samples/.cache/<name>/): cv, nlp (the
+default), and the slower ones kept out of CI: cv_native (MobileNetV2 on preprocessed 3x160x160
+images, 3000 calibration rows) and nlp_austen (6-class MiniLM, 2000 calibration rows).
+`--samples new` runs those two, `--samples all` all four.
 """
 
 from __future__ import annotations
@@ -29,6 +34,21 @@ from exitc.manifest import input_infos  # noqa: E402
 from exitc.data import batches, load_dataset  # noqa: E402
 from exitc.report import format_table  # noqa: E402
 from exitc.runtime import load  # noqa: E402
+
+
+SAMPLE_SETS = {"new": ["cv_native", "nlp_austen"], "all": ["cv", "nlp", "cv_native", "nlp_austen"]}
+
+
+def sample_names(spec: str) -> list[str]:
+    """`--samples` value -> sample names (comma-separated names or sets from SAMPLE_SETS)."""
+    names = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        for name in SAMPLE_SETS.get(part, [part]):
+            if not os.path.exists(os.path.join(ROOT, "samples", f"build_{name}.py")):
+                raise SystemExit(f"run_samples: unknown sample {name!r} (no samples/build_{name}.py)")
+            if name not in names:
+                names.append(name)
+    return names
 
 
 def sample_dir(name: str) -> str:
@@ -64,7 +84,8 @@ def runtime_overhead(artifact: str, engine: str, test_path: str, batch: int, ori
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", default="cv,nlp")
+    ap.add_argument("--samples", default="cv,nlp",
+                    help="comma-separated: cv, nlp, cv_native, nlp_austen, new, all")
     ap.add_argument("--engines", default="cpp,python")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=32)
@@ -74,7 +95,7 @@ def main() -> int:
     ap.add_argument("--json", default=os.path.join(ROOT, "samples", ".cache", "bench_samples.json"))
     a = ap.parse_args()
     rows, results = [], []
-    for name in a.samples.split(","):
+    for name in sample_names(a.samples):
         ensure_built(name)
         artifact, compile_s = ensure_compiled(name, a.recompile, a.target_acc)
         test = os.path.join(sample_dir(name), "test.npz")

@@ -10,16 +10,16 @@ let one run of the same artifact read 1.96x, 2.28x and 2.08x on this 2-core VM.)
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 
 import numpy as np
 from tqdm import tqdm
 
 from .backends import make_session
-from .data import batches, load_dataset
+from .data import load_dataset
 from .errors import ExitcError
 from .manifest import input_infos
+from .measure import batch1_latencies, run_all, run_interleaved
 from .passes.normalize import load_model, normalize
 from .report import format_table
 from .runtime import load
@@ -39,32 +39,6 @@ def original_path(artifact: str, manifest: dict, given: str | None) -> str:
     if not path or not os.path.isfile(path):
         raise ExitcError(f"{artifact}: original model not found at {path!r}; pass --original MODEL.onnx")
     return path
-
-
-CHUNK_BATCHES = 8
-
-
-def run_all(fn, feeds: dict, n: int, batch: int):
-    outs = []
-    t = time.perf_counter()
-    for sl in batches(n, batch):
-        outs.append(fn({k: v[sl] for k, v in feeds.items()}))
-    return time.perf_counter() - t, outs
-
-
-def run_interleaved(fns, feeds: dict, n: int, batch: int, chunk_batches: int = CHUNK_BATCHES):
-    """Run every fn over all rows in batches, alternating between them every `chunk_batches`
-    batches. Returns (seconds per fn, outputs per fn)."""
-    seconds = [0.0] * len(fns)
-    outs: list[list] = [[] for _ in fns]
-    step = batch * chunk_batches
-    for start in range(0, n, step):
-        sub = {k: v[start:start + step] for k, v in feeds.items()}
-        for j, fn in enumerate(fns):
-            t, o = run_all(fn, sub, min(step, n - start), batch)
-            seconds[j] += t
-            outs[j].extend(o)
-    return seconds, outs
 
 
 def bench(artifact: str, data_path: str, opts: BenchOptions, original: str | None = None, log=print) -> dict:
@@ -97,17 +71,9 @@ def bench(artifact: str, data_path: str, opts: BenchOptions, original: str | Non
             ref = np.concatenate(o)
             got = np.concatenate([x[0] for x in c])
             exit_index = np.concatenate([x[1] for x in c])
-    # Batch-1 latency, interleaved row by row.
-    lat_o, lat_c = [], []
     rows = min(opts.latency_rows, n)
-    for i in tqdm(range(rows), desc="bench batch 1", unit="row", disable=not opts.progress, leave=False):
-        f = {k: v[i:i + 1] for k, v in feeds.items()}
-        t = time.perf_counter()
-        run_orig(f)
-        lat_o.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        run_comp(f)
-        lat_c.append(time.perf_counter() - t)
+    with tqdm(total=rows, desc="bench batch 1", unit="row", disable=not opts.progress, leave=False) as bar:
+        lat_o, lat_c = batch1_latencies([run_orig, run_comp], feeds, rows, progress=bar)
     pred_o, pred_c = ref.argmax(1), got.argmax(1)
     k = compiled.num_exits
     result = {

@@ -1,19 +1,31 @@
 """Command line: exitc inspect | compile | bench | run | export-triton | backend-dir.
 
-User errors (ExitcError) print one line `exitc: error: ...` and exit with status 2; no traceback.
+Every failure is one line on stderr and a non-zero exit status, never a traceback:
+user errors (ExitcError) print `exitc: error: ...` (status 2); anything else is a bug and prints
+`exitc: internal error in <stage>: ...; details in <log>` (status 3) with the traceback in that
+log file. `--debug` shows tracebacks and library warnings instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import warnings
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(version: str) -> argparse.ArgumentParser:
+    from .options import CompileOptions as D  # defaults, one definition (imports nothing heavy)
+
     p = argparse.ArgumentParser(prog="exitc", description="Early-exit model compiler.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action="version", version=f"exitc {version}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks and library warnings")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    sub = p.add_subparsers(dest="command", required=True, parser_class=lambda **k: argparse.ArgumentParser(
+        parents=[common], formatter_class=fmt, **k))
 
     i = sub.add_parser("inspect", help="list candidate exits and their measured cost shares")
     i.add_argument("model")
@@ -25,18 +37,22 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("model", help="model.onnx, or FILE.py:NAME for a PyTorch nn.Module/factory (needs torch)")
     c.add_argument("--example-shape", help="FILE.py:NAME only: per-row input shape, e.g. 3,32,32 (checked against --calib)")
     c.add_argument("--calib", required=True, help=".npz calibration data (arrays named after model inputs)")
-    c.add_argument("--target-acc", type=float, default=0.99,
-                   help="minimum agreement with the original's top-1 prediction (default 0.99)")
-    c.add_argument("--confidence", type=float, default=0.95, help="statistical confidence of the guarantee")
-    c.add_argument("--batch-size", type=int, default=32, help="deployment batch size to optimise for")
+    c.add_argument("--target-acc", type=float, default=D.target_acc,
+                   help="minimum agreement with the original's top-1 prediction")
+    c.add_argument("--confidence", type=float, default=D.confidence, help="statistical confidence of the guarantee")
+    c.add_argument("--batch-size", type=int, default=D.batch_size, help="deployment batch size to optimise for")
     c.add_argument("--output", help="prediction output name, if the model has several")
-    c.add_argument("--latency-weight", type=float, default=0.25,
+    c.add_argument("--latency-weight", type=float, default=D.latency_weight,
                    help="weight of batch-1 latency against deployment-batch cost when choosing exits (0..1)")
-    c.add_argument("--certify-fraction", type=float, default=None,
-                   help="share of calibration rows held out to certify the guarantee (default 0.7)")
-    c.add_argument("--max-fit-rows", type=int, default=None,
-                   help="fit the heads on at most this many rows; the rest certify (default 4000)")
-    c.add_argument("--heads", default="linear,mlp", help="head kinds to try (linear,mlp)")
+    c.add_argument("--certify-fraction", type=float, default=D.certify_fraction,
+                   help="share of calibration rows held out to certify the guarantee")
+    c.add_argument("--max-fit-rows", type=int, default=D.max_fit_rows,
+                   help="fit the heads on at most this many rows; the rest certify")
+    c.add_argument("--heads", default=",".join(D.head_kinds), help="head kinds to try (linear, mlp)")
+    c.add_argument("--no-augment", action="store_true",
+                   help="fit heads on the calibration rows only, without synthetic neighbours labelled by the original")
+    c.add_argument("--allow-slower", action="store_true",
+                   help="accept plans whose median batch-1 request or batch cost is slower than the original's")
     c.add_argument("-o", "--out", help="output directory (default: MODEL with suffix .exitc)")
     c.add_argument("--force", action="store_true", help="replace an existing output directory")
     c.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -50,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--original", help="original ONNX model (default: the path recorded at compile time)")
     b.add_argument("--engine", default="auto", choices=["auto", "cpp", "python"])
     b.add_argument("--json", help="write the results as JSON here")
-    b.add_argument("--quiet", action="store_true")
+    b.add_argument("--quiet", action="store_true", help="no progress bars")
 
     r = sub.add_parser("run", help="run a compiled model on an .npz of inputs")
     r.add_argument("artifact")
@@ -61,8 +77,31 @@ def _parser() -> argparse.ArgumentParser:
 
     from .triton import add_subcommands as add_triton_subcommands
 
-    p.exitc_extra_handlers = add_triton_subcommands(sub)  # export-triton, backend-dir
+    p.exitc_extra_handlers = add_triton_subcommands(sub)  # export-triton, backend-dir (exitc/triton.py)
     return p
+
+
+def _progress(a) -> bool:
+    """Progress bars only for a person watching (not under --quiet, not into a pipe or a log)."""
+    return not a.quiet and sys.stderr.isatty()
+
+
+@contextlib.contextmanager
+def _atomic_output(path: str, suffix: str = ""):
+    """Yield a temporary path beside `path`; rename it into place only if the block succeeds, so
+    a failure never leaves a half-written output file."""
+    from .errors import ExitcError
+
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ExitcError(f"{parent}: directory of the output {path} does not exist")
+    tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp-{os.getpid()}{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def cmd_inspect(a) -> int:
@@ -95,17 +134,14 @@ def cmd_inspect(a) -> int:
 def cmd_compile(a) -> int:
     from .driver import CompileOptions, compile_model
 
-    if a.certify_fraction is None:
-        a.certify_fraction = CompileOptions.certify_fraction
-    if a.max_fit_rows is None:
-        a.max_fit_rows = CompileOptions.max_fit_rows
     if ":" in a.model and a.model.split(":", 1)[0].endswith(".py"):
         from .torch_frontend import compile_module_cli
 
         out = a.out or os.path.splitext(a.model.split(":", 1)[0])[0] + ".exitc"
         compile_module_cli(a.model, a.calib, out, example_shape=a.example_shape, force=a.force,
                            target_acc=a.target_acc, confidence=a.confidence, batch_size=a.batch_size,
-                           certify_fraction=a.certify_fraction, max_fit_rows=a.max_fit_rows, progress=not a.quiet,
+                           certify_fraction=a.certify_fraction, max_fit_rows=a.max_fit_rows,
+                           progress=_progress(a), latency_weight=a.latency_weight,
                            head_kinds=tuple(k for k in a.heads.split(",") if k))
         print(f"wrote {out}")
         return 0
@@ -113,12 +149,8 @@ def cmd_compile(a) -> int:
     opts = CompileOptions(target_acc=a.target_acc, confidence=a.confidence, batch_size=a.batch_size, output=a.output,
                           certify_fraction=a.certify_fraction, max_fit_rows=a.max_fit_rows,
                           head_kinds=tuple(k for k in a.heads.split(",") if k),
-                          latency_weight=a.latency_weight, progress=not a.quiet, force=a.force)
-    for k in opts.head_kinds:
-        if k not in ("linear", "mlp"):
-            from .errors import ExitcError
-
-            raise ExitcError(f"--heads: unknown head kind {k!r} (linear, mlp)")
+                          latency_weight=a.latency_weight, progress=_progress(a), force=a.force,
+                          augment=not a.no_augment, never_slower=not a.allow_slower)
     compile_model(a.model, a.calib, out, opts)
     print(f"report: {os.path.join(out, 'report.html')}")
     return 0
@@ -127,11 +159,12 @@ def cmd_compile(a) -> int:
 def cmd_bench(a) -> int:
     from .bench import BenchOptions, bench
 
-    res = bench(a.artifact, a.data, BenchOptions(a.batch_size, a.rounds, a.latency_rows, a.engine, not a.quiet),
+    res = bench(a.artifact, a.data, BenchOptions(a.batch_size, a.rounds, a.latency_rows, a.engine, _progress(a)),
                 original=a.original)
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump(res, f, indent=2)
+        with _atomic_output(a.json) as tmp:
+            with open(tmp, "w") as f:
+                json.dump(res, f, indent=2)
     return 0
 
 
@@ -149,27 +182,48 @@ def cmd_run(a) -> int:
         o, i = model.run({k: v[sl] for k, v in data.feeds.items()})
         outs.append(o[0])
         idxs.append(i)
-    np.savez(a.out, **{model.prediction_output: np.concatenate(outs), "exitc_exit_index": np.concatenate(idxs)})
+    with _atomic_output(a.out, suffix=".npz") as tmp:
+        np.savez(tmp, **{model.prediction_output: np.concatenate(outs), "exitc_exit_index": np.concatenate(idxs)})
     print(f"wrote {a.out}: {data.rows} rows")
     return 0
 
 
 def main(argv=None) -> int:
-    from .errors import ExitcError
+    from . import __version__
+    from .errors import INTERNAL_EXIT_CODE, ExitcError, first_line, write_internal_log
 
-    parser = _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = _parser(__version__)
     args = parser.parse_args(argv)
     handlers = {"inspect": cmd_inspect, "compile": cmd_compile, "bench": cmd_bench, "run": cmd_run}
     handlers.update(parser.exitc_extra_handlers)
     handler = handlers[args.command]
+    if not args.debug:
+        # Library warnings (numpy, onnx, torch) are not the user's problem and would break the
+        # promise of one line per failure; --debug shows them.
+        warnings.simplefilter("ignore")
     try:
         return handler(args)
     except ExitcError as exc:
+        if args.debug:
+            raise
         print(f"exitc: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("exitc: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug: one line for the user, the traceback in a log file
+        if args.debug:
+            raise
+        where = getattr(exc, "exitc_stage", None) or args.command
+        try:
+            log = write_internal_log(exc, where, argv)
+            details = f"details in {log}"
+        except OSError:
+            details = "no log could be written; rerun with --debug"
+        print(f"exitc: internal error in {where}: {type(exc).__name__}: {first_line(exc)}; {details}",
+              file=sys.stderr)
+        return INTERNAL_EXIT_CODE
 
 
 if __name__ == "__main__":

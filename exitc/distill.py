@@ -38,6 +38,7 @@ class FittedHead:
     agreement: float           # mean of oof_agree
     oof_probs: np.ndarray | None = None  # [rows, classes]: OOF head probabilities
     l2: float = 1e-3           # L2 strength it was fitted with
+    augmented: bool = False    # also fitted on synthetic neighbours of the fit rows (exitc.augment)
 
     @property
     def params(self) -> int:
@@ -200,16 +201,34 @@ def head_worth(probs: np.ndarray, pred: np.ndarray) -> float:
 L2_GRID = {"linear": (1e-2, 1e-1, 1.0), "mlp": (1e-2, 1e-1)}
 
 
+@dataclass
+class NeighbourRows:
+    """Synthetic neighbours of the fit rows (exitc.augment) as distillation uses them."""
+
+    features: list[np.ndarray]  # per candidate [n, D_k]
+    targets: np.ndarray         # the original's soft outputs on them [n, classes]
+    source: np.ndarray          # [n] the fit row each came from (its fold is the source's fold)
+
+
+# Neighbours are tried on candidates up to this share of the model's arithmetic: early exits are
+# where a better head pays most (cheap, and every row passes them) and the fits on 5x the rows
+# cost most there too; deep exits' heads already agree well from real rows alone.
+AUG_MAX_FRACTION = 0.6
+AUG_MARGIN = 0.005  # a head takes the neighbours only if its out-of-fold worth rises by more
+
+
 def distill_heads(candidates: list[Candidate], features: list[np.ndarray], targets: np.ndarray,
                   kinds: tuple[str, ...] = ("linear", "mlp"), folds: int = 3, mlp_max_features: int = 800,
                   seed: int = 0, progress: bool = True, l2_grid: dict[str, tuple[float, ...]] | None = None,
-                  workers: int | None = None) -> list[FittedHead]:
+                  workers: int | None = None, neighbours: NeighbourRows | None = None) -> list[FittedHead]:
     """Fit one head per candidate on (features, original soft predictions).
 
     Guarantees: every returned head's out-of-fold arrays (`oof_agree`, `oof_score`, `oof_probs`)
-    come from models that never saw the row; its kind and L2 strength were chosen on those
-    out-of-fold predictions; its final `layers` are refitted on all rows with that choice.
-    The result does not depend on `workers` (each fit is deterministic and independent)."""
+    are on the real fit rows and come from models that never saw the row, nor any neighbour made
+    from it; its kind, L2 strength and whether it uses `neighbours` were chosen on those
+    out-of-fold predictions; its final `layers` are refitted on all rows (and neighbours) with
+    that choice. The result does not depend on `workers` (each fit is deterministic and
+    independent)."""
     # mlp_max_features: MLPs are tried only on features up to this size (their fits dominate the
     # time); 800 admits 384-wide transformer features with two poolings (768). Image-like maps'
     # random-filter features (about 1600) are the exception: fixed random filters are only worth
@@ -221,7 +240,7 @@ def distill_heads(candidates: list[Candidate], features: list[np.ndarray], targe
     # independent fits run side by side in threads: numpy releases the GIL in its matrix products.
     with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
         return _distill_heads(candidates, features, targets, kinds, folds, mlp_max_features, seed, progress,
-                              grid, pool)
+                              grid, pool, neighbours)
 
 
 def _has_random_filters(c: Candidate) -> bool:
@@ -229,7 +248,7 @@ def _has_random_filters(c: Candidate) -> bool:
 
 
 def _distill_heads(candidates, features, targets, kinds, folds, mlp_max_features, seed, progress,
-                   grid, pool) -> list[FittedHead]:
+                   grid, pool, neighbours: NeighbourRows | None = None) -> list[FittedHead]:
     n = len(targets)
     pred = targets.argmax(axis=1)
     fold_of = np.random.default_rng(seed).permutation(n) % folds
@@ -267,11 +286,58 @@ def _distill_heads(candidates, features, targets, kinds, folds, mlp_max_features
         for option in options[1:]:
             if option[2] > best[2] + 0.01:
                 best = option
-        choices.append(best)
-    refitted = pool.map(lambda kc: FITTERS[kc[1][0]](features[kc[0]], targets, l2=kc[1][1]), enumerate(choices))
-    for cand, (kind, l2, _, probs), layers in zip(candidates, choices, refitted):
+        choices.append(best + (False,))
+    if neighbours is not None and len(neighbours.source):
+        choices = _try_neighbours(candidates, features, targets, choices, neighbours, fold_of, folds, grid, pool,
+                                  pred, progress)
+
+    def refit(kc):
+        k, (kind, l2, _, _, aug) = kc
+        x, y = features[k], targets
+        if aug:
+            x, y = np.concatenate([x, neighbours.features[k]]), np.concatenate([y, neighbours.targets])
+        return FITTERS[kind](x, y, l2=l2)
+
+    refitted = pool.map(refit, enumerate(choices))
+    for cand, (kind, l2, _, probs, aug), layers in zip(candidates, choices, refitted):
         agree = probs.argmax(1) == pred
         gw, gb = fit_gate(probs, agree)
         heads.append(FittedHead(cand, kind, layers, gw, gb, agree, gate_scores(probs, gw, gb), float(agree.mean()),
-                                probs, l2))
+                                probs, l2, aug))
     return heads
+
+
+def _try_neighbours(candidates, features, targets, choices, nb: NeighbourRows, fold_of, folds, grid, pool, pred,
+                    progress):
+    """Phase 2 of distillation: the chosen kind of every early candidate refitted with the
+    neighbours of its training folds' rows, at the chosen L2 and the next weaker one (more rows
+    want less regularisation), judged out of fold on the same real rows; kept where worth rises
+    by more than AUG_MARGIN."""
+    nb_fold = fold_of[nb.source]
+    jobs = []
+    for k, (kind, l2, _, _, _) in enumerate(choices):
+        if candidates[k].flops_fraction > AUG_MAX_FRACTION:
+            continue
+        weaker = [g for g in grid[kind] if g < l2]
+        for strength in [l2] + ([max(weaker)] if weaker else [l2 / 10]):
+            jobs += [(k, kind, strength, f) for f in range(folds)]
+
+    def fit_fold(job):
+        k, kind, l2, f = job
+        tr, te = fold_of != f, fold_of == f
+        x = np.concatenate([features[k][tr], nb.features[k][nb_fold != f]])
+        y = np.concatenate([targets[tr], nb.targets[nb_fold != f]])
+        return job, softmax(forward(FITTERS[kind](x, y, l2=l2), features[k][te]))
+
+    oof: dict[tuple[int, float], np.ndarray] = {}
+    jobs.sort(key=lambda j: (-features[j[0]].shape[1] * (4 if j[1] == "mlp" else 1), j))
+    for (k, kind, l2, f), probs_te in tqdm(pool.map(fit_fold, jobs), total=len(jobs), desc="distill: fit with neighbours",
+                                           unit="fit", disable=not progress, leave=False):
+        probs = oof.setdefault((k, l2), np.zeros_like(targets))
+        probs[fold_of == f] = probs_te
+    out = list(choices)
+    for (k, l2), probs in sorted(oof.items()):
+        worth = head_worth(probs, pred)
+        if worth > out[k][2] + AUG_MARGIN:
+            out[k] = (out[k][0], l2, worth, probs, True)
+    return out

@@ -1,6 +1,6 @@
-"""The compiler driver: the pipeline of docs/design, one call per stage.
+"""The compiler driver: the pipeline, one call per stage.
 
-    load -> candidates -> distill -> profile -> policy -> emit
+    load -> candidates -> features -> distill -> profile -> policy -> emit -> verify -> report
 
 Each stage lives in its own module and only exchanges plain values with the others.
 """
@@ -10,16 +10,18 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
-from . import emit, report
+from . import emit, report, verify
 from .data import Dataset, load_dataset
-from .distill import FittedHead, distill_heads, fit_chained_gates, forward, gate_scores
-from .errors import ExitcError
-from .features import collect_features
-from .passes import find_candidates, load_model, normalize
+from .augment import make_neighbours
+from .distill import FittedHead, NeighbourRows, distill_heads, fit_chained_gates, forward, gate_scores
+from .errors import ExitcError, stage
+from .features import FeatureProbe
+from .options import CompileOptions
+from .passes import find_candidates, load_model
+from .passes.normalize import observe_shapes, prepare
 from .passes.candidates import Candidate
 from .passes.graph import GraphIndex
 from .passes.heads import softmax
@@ -27,47 +29,7 @@ from .passes.split import find_mask_input
 from .policy import Plan, certify_plan, fit_cost, required_rate, select_exits
 from .profile import Profile, given_profile, profile_costs
 from .stats import min_rows_for
-
-
-@dataclass
-class CompileOptions:
-    target_acc: float = 0.99
-    confidence: float = 0.95
-    batch_size: int = 32
-    output: str | None = None
-    # Share of the calibration rows kept for certification. The certification split sets how much
-    # agreement the fit split must aim for (Clopper-Pearson at 95%: 0.9949 on 1386 rows, 0.9940
-    # on 1941); the heads lose little from fewer fit rows once L2 is chosen per head. Measured
-    # (certified predicted speedup at batch 32, three/two split seeds): NLP 1.60x at 0.5 vs 1.67x
-    # at 0.7, CV 1.80x vs 1.81x; distillation time falls with the fit split.
-    certify_fraction: float = 0.7
-    # At most this many rows fit the heads; the rest certify. Distillation time grows with the fit
-    # rows (about 100 s for 3000 CV rows here) while certification costs one pass of the heads, and
-    # every certification row lowers the agreement the fit split must aim for.
-    max_fit_rows: int = 4000
-    max_candidates: int = 16
-    head_kinds: tuple[str, ...] = ("linear", "mlp")
-    latency_weight: float = 0.25  # weight of batch-1 latency vs deployment-batch cost in the objective
-    # (candidates, batch size) -> profile.Profile: costs given (e.g. measured on the target machine,
-    # or fixed for reproducible tests) instead of measured here
-    cost_profile: Callable[[list[Candidate], int], Profile] | None = None
-    seed: int = 0
-    progress: bool = True
-    force: bool = False
-
-    def validate(self) -> None:
-        if not (0.0 < self.target_acc <= 1.0):
-            raise ExitcError(f"--target-acc {self.target_acc} is outside (0, 1]")
-        if not (0.0 < self.confidence < 1.0):
-            raise ExitcError(f"--confidence {self.confidence} is outside (0, 1)")
-        if self.batch_size < 1:
-            raise ExitcError(f"--batch-size {self.batch_size} must be >= 1")
-        if not (0.0 <= self.latency_weight <= 1.0):
-            raise ExitcError(f"--latency-weight {self.latency_weight} is outside [0, 1]")
-        if not (0.0 < self.certify_fraction < 1.0):
-            raise ExitcError(f"--certify-fraction {self.certify_fraction} is outside (0, 1)")
-        if self.max_fit_rows < 50:
-            raise ExitcError(f"--max-fit-rows {self.max_fit_rows} must be >= 50")
+from .verify import Verification
 
 
 @dataclass
@@ -79,11 +41,22 @@ class CompileResult:
     profile: Profile | None
     seconds: float
     stage_seconds: dict = field(default_factory=dict)
+    verification: Verification | None = None
 
 
-def load_stage(model_path: str, output: str | None):
-    model = load_model(model_path)
-    return normalize(model, output=output, label=model_path)
+OBSERVE_ROWS = 8
+
+
+def load_stage(model_path: str, calib_path: str, opts: CompileOptions, log=print):
+    """(normalised model, signature, calibration data): the model read and prepared, the data read
+    against its inputs, and every intermediate shape observed on real calibration rows."""
+    model, sig = prepare(load_model(model_path), output=opts.output, label=model_path)
+    data = load_dataset(calib_path, sig.inputs)
+    model = observe_shapes(model, sig, {k: v[:OBSERVE_ROWS] for k, v in data.feeds.items()}, label=model_path)
+    if sig.fixed_axes:
+        shapes = ", ".join(f"{i.name}{i.shape}" for i in sig.inputs)
+        log(f"exitc: {model_path} runs only at the size of the calibration rows; compiled for {shapes}")
+    return model, sig, data
 
 
 def split_rows(n: int, certify_fraction: float, seed: int, max_fit_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -105,6 +78,20 @@ def check_rows(data: Dataset, opts: CompileOptions) -> None:
     if data.rows < need:
         raise ExitcError(f"{data.path}: {data.rows} calibration rows; --target-acc {opts.target_acc} at --confidence "
                          f"{opts.confidence} needs at least {need} ({need_cert} for certification)")
+
+
+def augment_stage(sig, fit: Dataset, fit_pred: np.ndarray, mask_input, probe: FeatureProbe, is_prob: bool,
+                  opts: CompileOptions, log=print) -> NeighbourRows | None:
+    """Synthetic neighbours of the fit rows labelled by the original (exitc.augment), or None."""
+    nb = make_neighbours(sig.inputs, fit, fit_pred, mask_input, probe, is_prob, seed=opts.seed,
+                         progress=opts.progress)
+    tried = ", ".join(f"{k} {v:.2f}" for k, v in nb.stability.items())
+    if nb.cache is None:
+        if tried:
+            log(f"exitc: no perturbation keeps the original's predictions stable ({tried}); no neighbours")
+        return None
+    log(f"exitc: {nb.rows} synthetic neighbours of {fit.rows} fit rows (prediction stability: {tried})")
+    return NeighbourRows(nb.cache.features, nb.cache.probs, nb.source)
 
 
 def certify_stage(heads: list[FittedHead], features: list[np.ndarray], pred: np.ndarray, with_probs: bool = False):
@@ -129,7 +116,7 @@ def policy_stage(heads: list[FittedHead], cert_features: list[np.ndarray], cert_
     fit_agree = np.stack([h.oof_agree for h in heads], axis=1)
     req = required_rate(len(cert_scores), opts.target_acc, opts.confidence)
     w = opts.latency_weight
-    exits = select_exits(fit_scores, fit_agree, profile, req, latency_weight=w)
+    exits = select_exits(fit_scores, fit_agree, profile, req, latency_weight=w, never_slower=opts.never_slower)
     gates: list = []
     if len(exits) >= 2:
         chained = fit_chained_gates(heads, exits)
@@ -138,11 +125,12 @@ def policy_stage(heads: list[FittedHead], cert_features: list[np.ndarray], cert_
             gate_w, gate_b = chained[k]
             fit2[:, k] = gate_scores(heads[k].oof_probs, gate_w, gate_b, heads[prev].oof_probs)
             cert2[:, k] = gate_scores(cert_probs[k], gate_w, gate_b, cert_probs[prev])
-        if fit_cost(exits, fit2, fit_agree, profile, req, w) < fit_cost(exits, fit_scores, fit_agree, profile, req, w):
+        ns = opts.never_slower
+        if fit_cost(exits, fit2, fit_agree, profile, req, w, ns) < fit_cost(exits, fit_scores, fit_agree, profile, req, w, ns):
             fit_scores, cert_scores = fit2, cert2
             gates = [(heads[exits[0]].gate_w, heads[exits[0]].gate_b)] + [chained[k] for k in exits[1:]]
     plan = certify_plan(exits, fit_scores, fit_agree, cert_scores, cert_agree, profile, opts.target_acc,
-                        opts.confidence, w)
+                        opts.confidence, w, opts.never_slower)
     if plan.exits:
         plan.gates = gates
     return plan
@@ -150,6 +138,8 @@ def policy_stage(heads: list[FittedHead], cert_features: list[np.ndarray], cert_
 
 def compile_model(model_path: str, calib_path: str, out_dir: str, opts: CompileOptions | None = None,
                   log=print) -> CompileResult:
+    """The pipeline: load -> candidates -> features -> distill -> profile -> policy -> emit -> verify
+    -> report, one call per stage; each stage names itself for error messages (exitc.errors.stage)."""
     opts = opts or CompileOptions()
     opts.validate()
     emit.check_destination(out_dir, opts.force)
@@ -162,42 +152,111 @@ def compile_model(model_path: str, calib_path: str, out_dir: str, opts: CompileO
         return now
 
     t = time.perf_counter()
-    model, sig = load_stage(model_path, opts.output)
-    data = load_dataset(calib_path, sig.inputs)
-    check_rows(data, opts)
-    mask_input = find_mask_input(model)
-    elem_types = {name: info.elem_type for name, info in GraphIndex.build(model).infos.items()}
+    with stage("load"):
+        model, sig, data = load_stage(model_path, calib_path, opts, log)
+        check_rows(data, opts)
+        mask_input = find_mask_input(model)
+        elem_types = {name: info.elem_type for name, info in GraphIndex.build(model).infos.items()}
     t = mark("load", t)
 
-    candidates = find_candidates(model, max_candidates=opts.max_candidates)
+    with stage("candidates"):
+        candidates = find_candidates(model, max_candidates=opts.max_candidates)
     log(f"exitc: {len(candidates)} candidate exits in {os.path.basename(model_path)}")
     t = mark("candidates", t)
 
     fit_idx, cert_idx = split_rows(data.rows, opts.certify_fraction, opts.seed, opts.max_fit_rows)
+    holdout = data.take(cert_idx) if len(cert_idx) else data
     heads: list[FittedHead] = []
     profile = None
+    emit_probabilities = False
     if candidates and opts.target_acc < 1.0:
-        cache = collect_features(model, candidates, mask_input, data, progress=opts.progress)
-        heads = distill_heads(candidates, [f[fit_idx] for f in cache.features], cache.probs[fit_idx],
-                              kinds=opts.head_kinds, seed=opts.seed, progress=opts.progress)
+        with stage("features"):
+            probe = FeatureProbe(model, candidates, mask_input)
+            cache = probe.collect(data, progress=opts.progress)
+        t = mark("features", t)
+        neighbours = None
+        if opts.augment:
+            with stage("augment"):
+                neighbours = augment_stage(sig, data.take(fit_idx), cache.predictions[fit_idx], mask_input, probe,
+                                           cache.outputs_are_probabilities, opts, log)
+            t = mark("augment", t)
+        with stage("distill"):
+            heads = distill_heads(candidates, [f[fit_idx] for f in cache.features], cache.probs[fit_idx],
+                                  kinds=opts.head_kinds, seed=opts.seed, progress=opts.progress,
+                                  neighbours=neighbours)
+        if neighbours is not None:
+            log(f"exitc: {sum(h.augmented for h in heads)} of {len(heads)} heads fitted with the neighbours too")
         t = mark("distill", t)
-        if opts.cost_profile is not None:
-            profile = given_profile(opts.cost_profile, candidates, min(opts.batch_size, len(fit_idx)))
-        else:
-            profile = profile_costs(model, heads, mask_input, data.take(fit_idx), opts.batch_size, elem_types,
-                                    progress=opts.progress)
+        with stage("profile"):
+            if opts.cost_profile is not None:
+                profile = given_profile(opts.cost_profile, candidates, min(opts.batch_size, len(fit_idx)))
+            else:
+                profile = profile_costs(model, heads, mask_input, data.take(fit_idx), opts.batch_size, elem_types,
+                                        progress=opts.progress)
         t = mark("profile", t)
-        plan = policy_stage(heads, [f[cert_idx] for f in cache.features], cache.predictions[cert_idx], profile, opts)
+        with stage("policy"):
+            plan = policy_stage(heads, [f[cert_idx] for f in cache.features], cache.predictions[cert_idx], profile,
+                                opts)
         emit_probabilities = cache.outputs_are_probabilities
         t = mark("policy", t)
     else:
         reason = "no candidate exit points found" if not candidates else "--target-acc 1.0 admits no early exit"
         plan = Plan.without_exits(opts.target_acc, opts.confidence, reason)
-        emit_probabilities = False
-    validation = emit.write_artifact(out_dir, model, sig, model_path, candidates, heads, plan, profile, mask_input,
-                                     elem_types, emit_probabilities, data.take(cert_idx) if len(cert_idx) else data,
-                                     opts, force=opts.force, report_fn=report.write_reports)
-    mark("emit", t)
-    result = CompileResult(out_dir, plan, candidates, heads, profile, time.perf_counter() - t0, stages)
-    report.print_summary(result, validation, log)
+
+    staging = None
+    try:
+        while True:
+            with stage("emit"):
+                staging, manifest = emit.stage_artifact(out_dir, model, sig, model_path, candidates, heads, plan,
+                                                        profile, mask_input, elem_types, emit_probabilities)
+            with stage("verify"):
+                check = verify_stage(staging, manifest, model, sig, holdout, plan, opts)
+            slower = check.slower() if plan.exits else []
+            if not slower:
+                break
+            # Measured, not predicted: the policy expected this plan to be no slower. The
+            # original is the one plan that needs no new certification.
+            reason = f"measured slower than the original on held-out rows ({', '.join(slower)})"
+            log(f"exitc: {reason}; falling back to the original model")
+            emit.discard(staging)
+            staging = None
+            plan = Plan.without_exits(plan.target, plan.confidence, reason, plan.n_fit, plan.n_certify,
+                                      plan.original_cost_batch, plan.original_cost_b1, plan.curve)
+        t = mark("emit+verify", t)
+        with stage("report"):
+            report.write_reports(staging, manifest, plan, candidates, heads, profile, check, opts)
+            emit.commit(staging, out_dir, opts.force)
+            staging = None
+    finally:
+        emit.discard(staging)
+    mark("report", t)
+    result = CompileResult(out_dir, plan, candidates, heads, profile, time.perf_counter() - t0, stages, check)
+    report.print_summary(result, log)
     return result
+
+
+def verify_stage(staging: str, manifest: dict, model, sig, holdout: Dataset, plan: Plan,
+                 opts: CompileOptions) -> Verification:
+    """Check the staged artifact (exitc.verify): exact at full depth; with exits, measured against
+    the original (twice where the first measurement says slower), the batch-1 form chosen, and
+    the figures recorded in the manifest."""
+    check = Verification(batch_size=opts.batch_size)
+    verify.check_exact(staging, model, sig, holdout, opts.batch_size, check)
+    if not plan.exits:
+        return check
+    has_conditional = manifest.get("conditional") is not None
+    verify.measure(staging, model, holdout, opts.batch_size, has_conditional, check)
+    if check.slower():
+        verify.measure(staging, model, holdout, opts.batch_size, has_conditional, check)
+    if has_conditional and check.batch1_form != "conditional":
+        emit.drop_conditional(staging, manifest)
+    manifest["profile"]["measured"] = {
+        "throughput_ratio": check.throughput_ratio, "p50_ratio_b1": check.p50_ratio_b1,
+        "mean_ratio_b1": check.mean_ratio_b1, "batch_size": check.batch_size,
+        "full_depth_overhead_b1": check.full_depth_overhead_b1,
+        "full_depth_overhead_batch": check.full_depth_overhead_batch,
+        "batch1_latency_ms": check.latency_ms_b1, "batch1_form": check.batch1_form}
+    emit.update_manifest(staging, manifest)
+    if not opts.never_slower:
+        check.throughput_ratio = check.p50_ratio_b1 = None  # the user accepts a slower plan
+    return check

@@ -1,9 +1,10 @@
 """Emission: write the artifact directory (docs/artifact-format.md) atomically.
 
-Everything is written into a staging directory next to the destination and renamed into place
-only once the segments, the conditional form, the manifest and the reports exist and the
-compiled model has been checked against the original; on any failure the staging directory is
-removed, so a failed compile never leaves a half-written output directory.
+Everything is written into a staging directory next to the destination (:func:`stage_artifact`)
+and renamed into place (:func:`commit`) only once the segments, the conditional form, the
+manifest and the reports exist and the compiled model has been checked against the original
+(exitc.verify); on any failure the driver removes the staging directory (:func:`discard`), so a
+failed compile never leaves a half-written output directory.
 """
 
 from __future__ import annotations
@@ -12,13 +13,10 @@ import hashlib
 import json
 import os
 import shutil
-import time
 
-import numpy as np
 import onnx
 
 from . import __version__
-from .data import Dataset, batches
 from .errors import ExitcError
 from .manifest import FORMAT, MANIFEST, SCHEMA_VERSION, tensor_entry
 from .passes.graph import GraphIndex, default_opset
@@ -97,70 +95,16 @@ def plan_sections(plan, profile) -> dict:
     }
 
 
-def validate_artifact(path: str, model: onnx.ModelProto, data: Dataset, batch_size: int, max_rows: int = 256) -> dict:
-    """Run the compiled model (reference runtime) against the original on held-out calibration rows:
-    rows that ran to the end must match the original exactly (up to float tolerance)."""
-    from .backends import make_session
-    from .runtime import load
-
-    compiled = load(path, engine="python")
-    original = make_session(model, "original model")
-    n = min(max_rows, data.rows)
-    warm = {k: v[:batch_size] for k, v in data.feeds.items()}
-    original.run(warm)  # first calls pay for allocations; keep them out of the timing
-    compiled.run(warm)
-    agree = total = 0
-    max_diff = 0.0
-    t_orig = t_comp = 0.0
-    for sl in batches(n, batch_size):
-        feeds = {k: v[sl] for k, v in data.feeds.items()}
-        t = time.perf_counter()
-        ref = original.run(feeds)[0]
-        t_orig += time.perf_counter() - t
-        t = time.perf_counter()
-        outs, exit_index = compiled.run(feeds)
-        t_comp += time.perf_counter() - t
-        got = outs[0]
-        end = exit_index == compiled.num_exits
-        if end.any():
-            max_diff = max(max_diff, float(np.abs(got[end] - ref[end]).max()))
-        agree += int((got.argmax(1) == ref.argmax(1)).sum())
-        total += len(ref)
-    if max_diff > 1e-3:
-        raise RuntimeError(f"internal error: compiled model deviates from the original on full-depth rows ({max_diff})")
-    return {"rows": total, "agreement": agree / max(total, 1), "max_abs_diff_full_depth": max_diff,
-            "seconds_original": t_orig, "seconds_compiled": t_comp,
-            "measured_speedup": t_orig / t_comp if t_comp else None}
-
-
 def _write_manifest(path: str, manifest: dict) -> None:
     with open(os.path.join(path, MANIFEST), "w") as f:
         json.dump(manifest, f, indent=2)
 
 
-def measure_batch1(path: str, data: Dataset, rows: int = 100) -> dict:
-    """Mean batch-1 latency of the segmented and the conditional form, interleaved row by row.
-
-    The mean, not the median: the median row usually leaves at the first exit, where both forms
-    cost the same, so it hides what the deep rows cost (on the CV sample the conditional form
-    had the lower median and a 2x higher mean)."""
-    from .runtime import ExitModel
-
-    forms = {"segmented": ExitModel(path, use_conditional=False), "conditional": ExitModel(path)}
-    times: dict[str, list[float]] = {k: [] for k in forms}
-    n = min(rows, data.rows)
-    for i in range(-2, n):  # two warm-up rows
-        feeds = {k: v[max(i, 0):max(i, 0) + 1] for k, v in data.feeds.items()}
-        for name, m in forms.items():
-            t = time.perf_counter()
-            m.run(feeds)
-            if i >= 0:
-                times[name].append(time.perf_counter() - t)
-    return {k: float(np.mean(v)) for k, v in times.items()}
-
-
-def write_artifact(out_dir, model, sig, model_path, candidates, heads, plan, profile, mask_input, elem_types,
-                   emit_probabilities, holdout: Dataset, opts, force: bool, report_fn) -> dict:
+def stage_artifact(out_dir, model, sig, model_path, candidates, heads, plan, profile, mask_input, elem_types,
+                   emit_probabilities) -> tuple[str, dict]:
+    """Write segments, the conditional form (where there are exits) and the manifest into a new
+    staging directory beside `out_dir`: (staging path, manifest). Nothing is measured here;
+    :func:`commit` puts it in place, :func:`discard` removes it."""
     parent = os.path.dirname(os.path.abspath(out_dir))
     staging = os.path.join(parent, f".{os.path.basename(os.path.abspath(out_dir))}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
@@ -186,26 +130,35 @@ def write_artifact(out_dir, model, sig, model_path, candidates, heads, plan, pro
             onnx.save(cond, os.path.join(staging, cond_file))
         manifest = build_manifest(model, sig, model_path, segments, cond_file, plan, profile, emit_probabilities)
         _write_manifest(staging, manifest)
-        if cond_file:  # measuring loads the artifact, hence the manifest written before and after
-            batch1 = measure_batch1(staging, holdout)
-            manifest["profile"]["batch1_latency_s"] = batch1
-            if batch1["conditional"] >= batch1["segmented"]:
-                # Measured, not assumed: ORT optimises If-subgraphs less, which can make the
-                # single-graph form the slower one. Its CPU layout transformer (NCHWc) does not
-                # reach into branches: the CV sample's Lite0 runs 2.6x slower inside an If
-                # (2.3 ms at ORT_ENABLE_ALL vs 6.0 ms without the layout pass, batch 1); nor does
-                # attention fusion.
-                os.remove(os.path.join(staging, cond_file))
-                manifest["conditional"] = None
-            _write_manifest(staging, manifest)
-        validation = validate_artifact(staging, model, holdout, opts.batch_size)
-        report_fn(staging, manifest, plan, candidates, heads, profile, validation, opts)
-        if os.path.exists(out_dir):
-            if not force:
-                raise ExitcError(f"{out_dir}: output directory already exists (use --force to replace it)")
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-        return validation
+        return staging, manifest
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def drop_conditional(staging: str, manifest: dict) -> None:
+    """Remove the conditional form (measured slower at batch 1 than the segments: ORT optimises
+    If-subgraphs less; its CPU layout transformer (NCHWc) does not reach into branches, which made
+    the CV sample's Lite0 2.6x slower inside an If, nor does attention fusion)."""
+    if manifest.get("conditional"):
+        os.remove(os.path.join(staging, manifest["conditional"]["file"]))
+        manifest["conditional"] = None
+        _write_manifest(staging, manifest)
+
+
+def update_manifest(staging: str, manifest: dict) -> None:
+    _write_manifest(staging, manifest)
+
+
+def commit(staging: str, out_dir: str, force: bool) -> None:
+    """Rename the staged artifact into place (replacing `out_dir` only with `force`)."""
+    if os.path.exists(out_dir):
+        if not force:
+            raise ExitcError(f"{out_dir}: output directory already exists (use --force to replace it)")
+        shutil.rmtree(out_dir)
+    os.replace(staging, out_dir)
+
+
+def discard(staging: str | None) -> None:
+    if staging:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -3,6 +3,7 @@ the original's prediction output and pooled features at every candidate exit."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,18 +33,36 @@ def looks_like_probabilities(out: np.ndarray) -> bool:
     return bool(out.min() >= -1e-6 and out.max() <= 1 + 1e-6 and np.allclose(out.sum(axis=1), 1.0, atol=1e-3))
 
 
+class FeatureProbe:
+    """The original model with pooled-feature outputs at every candidate (passes.split.probe_model),
+    loaded once and run over any rows: the calibration data, and synthetic neighbours of it."""
+
+    def __init__(self, model: onnx.ModelProto, candidates: list[Candidate], mask_input: str | None):
+        self.session = make_session(probe_model(model, candidates, mask_input), "probe model")
+        self.names = [model.graph.output[0].name] + [probe_name(k) for k in range(len(candidates))]
+        self.seconds_per_row = 0.0  # measured on the last collect()
+
+    def collect(self, data: Dataset, batch_size: int = 64, progress: bool = True, desc: str = "features: run original",
+                is_prob: bool | None = None) -> FeatureCache:
+        """Features and the original's outputs on `data`; `is_prob` overrides the detection of
+        probability outputs (neighbours are judged like the calibration rows they came from)."""
+        parts: list[list[np.ndarray]] = [[] for _ in self.names]
+        t = time.perf_counter()
+        for sl in tqdm(list(batches(data.rows, batch_size)), desc=desc, unit="batch", disable=not progress,
+                       leave=False):
+            outs = self.session.run({k: v[sl] for k, v in data.feeds.items()}, self.names)
+            for p, o in zip(parts, outs):
+                p.append(o)
+        self.seconds_per_row = (time.perf_counter() - t) / max(data.rows, 1)
+        out = np.concatenate(parts[0]).astype(np.float32)
+        if is_prob is None:
+            is_prob = looks_like_probabilities(out)
+        probs = out if is_prob else softmax(out)
+        feats = [np.concatenate(p).astype(np.float32) for p in parts[1:]]
+        return FeatureCache(out, probs.astype(np.float32), feats, is_prob)
+
+
 def collect_features(model: onnx.ModelProto, candidates: list[Candidate], mask_input: str | None,
                      data: Dataset, batch_size: int = 64, progress: bool = True) -> FeatureCache:
-    probe = make_session(probe_model(model, candidates, mask_input), "probe model")
-    names = [model.graph.output[0].name] + [probe_name(k) for k in range(len(candidates))]
-    parts: list[list[np.ndarray]] = [[] for _ in names]
-    for sl in tqdm(list(batches(data.rows, batch_size)), desc="distill: run original", unit="batch",
-                   disable=not progress, leave=False):
-        outs = probe.run({k: v[sl] for k, v in data.feeds.items()}, names)
-        for p, o in zip(parts, outs):
-            p.append(o)
-    out = np.concatenate(parts[0]).astype(np.float32)
-    is_prob = looks_like_probabilities(out)
-    probs = out if is_prob else softmax(out)
-    feats = [np.concatenate(p).astype(np.float32) for p in parts[1:]]
-    return FeatureCache(out, probs.astype(np.float32), feats, is_prob)
+    """Features and outputs on `data` (a FeatureProbe used once)."""
+    return FeatureProbe(model, candidates, mask_input).collect(data, batch_size, progress)

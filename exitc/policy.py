@@ -54,6 +54,10 @@ class Plan:
     # Per kept exit: its gate (weights, bias) when it differs from the fitted head's own gate
     # (chained gates reading the previous kept exit); empty: every exit uses its head's gate.
     gates: list[tuple[np.ndarray, float]] = field(default_factory=list)
+    predicted_median_b1: float = 0.0  # seconds: the median request at batch 1 (CostModel.median_latency)
+    # Predicted extra cost of a row that runs to the end (heads, per-call costs), relative to the
+    # original: {"batch1": ..., "batch<N>": ...}
+    full_depth_overhead: dict = field(default_factory=dict)
 
     @property
     def predicted_speedup(self) -> float:
@@ -65,7 +69,14 @@ class Plan:
                       curve: list[dict] | None = None) -> "Plan":
         """The plan that runs the original model (agreement 1 by definition), with the reason."""
         return cls([], [], 0.0, target, confidence, n_fit, n_certify, 1.0, 1.0, 1.0, [1.0], original_cost_batch,
-                   original_cost_b1, original_cost_batch, original_cost_b1, reason, curve or [])
+                   original_cost_b1, original_cost_batch, original_cost_b1, reason, curve or [],
+                   predicted_median_b1=original_cost_b1)
+
+
+# The median request must leave early by this much more than half the rows (see
+# CostModel.median_latency): the exit fractions seen on calibration rows are estimates (binomial
+# noise of +-1.1% on 2000 rows).
+MEDIAN_MARGIN = 0.02
 
 
 class CostModel:
@@ -97,6 +108,16 @@ class CostModel:
         per_row = np.array([s.per_row for s in segs])
         p_run = 1.0 - (1.0 - reach) ** batch
         return (p_run * fixed + reach * batch * per_row).sum(axis=-1)
+
+    def median_latency(self, exits: list[int], reach: np.ndarray, margin: float = MEDIAN_MARGIN) -> np.ndarray:
+        """Predicted batch-1 latency of the median request [...]: the cost of the path to the
+        first exit by which more than half the rows (plus `margin`, for the sampling noise of the
+        exit fractions) have left; the whole path if none. reach as in :meth:`expected`."""
+        path = np.cumsum([s.at(1) for s in self.segments(exits)])          # [E+1]
+        left_by = 1.0 - reach[..., 1:]                                       # [..., E]
+        median_done = left_by >= 0.5 + margin
+        first = np.where(median_done.any(axis=-1), median_done.argmax(axis=-1), len(exits))
+        return path[first]
 
     def saved_share(self, exits: list[int], batch: int) -> np.ndarray:
         segs = self.segments(exits)
@@ -131,6 +152,14 @@ def thresholds_for(saved: np.ndarray, mus: np.ndarray) -> np.ndarray:
     return np.where(mus[:, None] == 0, 2.0, t)
 
 
+def full_depth_overhead(cm: CostModel, exits: list[int]) -> dict:
+    """Relative extra cost of the full-depth path (every head and segment call on the way) over the
+    original, at batch 1 and at the deployment batch."""
+    p = cm.p
+    segs = cm.segments(exits)
+    return {f"batch{b}": float(sum(s.at(b) for s in segs) / p.original.at(b) - 1.0) for b in (1, p.batch_size)}
+
+
 def required_rate(n_cert: int, target: float, confidence: float) -> float:
     """Empirical agreement the certification split must show for the bound to reach target."""
     lo, hi = 0, n_cert
@@ -153,9 +182,18 @@ def objective(cm: CostModel, exits: list[int], reach: np.ndarray, latency_weight
     return (1.0 - latency_weight) * rel_b + latency_weight * rel_1
 
 
+def not_slower(cm: CostModel, exits: list[int], reach: np.ndarray) -> np.ndarray:
+    """Configurations [...] under which neither the median batch-1 request nor a batch at the
+    deployment size is predicted slower than the original."""
+    p = cm.p
+    b = p.batch_size
+    return (cm.median_latency(exits, reach) <= p.original.at(1)) & (cm.expected(exits, reach, b) <= p.original.at(b))
+
+
 def fit_cost(exits: list[int], fit_scores: np.ndarray, fit_agree: np.ndarray, profile: Profile, req: float,
-             latency_weight: float = 0.25) -> float:
-    """Lowest objective of an exit set on the fit split at agreement >= req."""
+             latency_weight: float = 0.25, never_slower: bool = True) -> float:
+    """Lowest objective of an exit set on the fit split at agreement >= req (and, with
+    `never_slower`, no slower than the original where the user looks: see not_slower)."""
     cm = CostModel(profile)
     if not exits:
         return float(objective(cm, [], np.ones((1, 1)), latency_weight)[0])
@@ -163,6 +201,8 @@ def fit_cost(exits: list[int], fit_scores: np.ndarray, fit_agree: np.ndarray, pr
     agreement, reach, _ = simulate(fit_scores[:, exits], fit_agree[:, exits], th)
     cost = objective(cm, exits, reach, latency_weight)
     feasible = agreement >= req
+    if never_slower:
+        feasible &= not_slower(cm, exits, reach)
     return float(cost[feasible].min()) if feasible.any() else float("inf")
 
 
@@ -171,7 +211,7 @@ BEAM_WIDTH = 8
 
 
 def select_exits(fit_scores: np.ndarray, fit_agree: np.ndarray, profile: Profile, req: float,
-                 max_exits: int | None = None, latency_weight: float = 0.25) -> list[int]:
+                 max_exits: int | None = None, latency_weight: float = 0.25, never_slower: bool = True) -> list[int]:
     """The exit set with the lowest objective on the fit split, by beam search over sets of up to
     `max_exits` (default MAX_EXITS) exits: all single exits, then each of the BEAM_WIDTH best sets
     extended by one more exit, and so on.
@@ -188,7 +228,7 @@ def select_exits(fit_scores: np.ndarray, fit_agree: np.ndarray, profile: Profile
 
     def cost_of(e: tuple[int, ...]) -> float:
         if e not in cache:
-            cache[e] = fit_cost(list(e), fit_scores, fit_agree, profile, req, latency_weight)
+            cache[e] = fit_cost(list(e), fit_scores, fit_agree, profile, req, latency_weight, never_slower)
         return cache[e]
 
     beam: list[tuple[int, ...]] = [()]
@@ -203,18 +243,20 @@ def select_exits(fit_scores: np.ndarray, fit_agree: np.ndarray, profile: Profile
 
 def choose_plan(fit_scores: np.ndarray, fit_agree: np.ndarray, cert_scores: np.ndarray, cert_agree: np.ndarray,
                 profile: Profile, target: float, confidence: float, max_exits: int | None = None,
-                latency_weight: float = 0.25) -> Plan:
+                latency_weight: float = 0.25, never_slower: bool = True) -> Plan:
     """fit_*: [n_fit, K] out-of-fold gate scores / agreement per candidate; cert_*: [n_cert, K]."""
     req = required_rate(len(cert_scores), target, confidence) if target < 1.0 else 2.0
-    exits = select_exits(fit_scores, fit_agree, profile, req, max_exits, latency_weight)
+    exits = select_exits(fit_scores, fit_agree, profile, req, max_exits, latency_weight, never_slower)
     return certify_plan(exits, fit_scores, fit_agree, cert_scores, cert_agree, profile, target, confidence,
-                        latency_weight)
+                        latency_weight, never_slower)
 
 
 def certify_plan(exits: list[int], fit_scores: np.ndarray, fit_agree: np.ndarray, cert_scores: np.ndarray,
                  cert_agree: np.ndarray, profile: Profile, target: float, confidence: float,
-                 latency_weight: float = 0.25) -> Plan:
-    """Thresholds for a chosen exit set, certified on the certification split (fixed sequence)."""
+                 latency_weight: float = 0.25, never_slower: bool = True) -> Plan:
+    """Thresholds for a chosen exit set, certified on the certification split (fixed sequence).
+    Among the accepted configurations the cheapest is taken (with `never_slower`, the cheapest
+    predicted no slower than the original on the certification rows; see not_slower)."""
     cm = CostModel(profile)
     b = profile.batch_size
     n_cert = len(cert_scores)
@@ -241,7 +283,16 @@ def certify_plan(exits: list[int], fit_scores: np.ndarray, fit_agree: np.ndarray
         return no_exits("no configuration with exits could be certified at the requested target and confidence", curve)
     # Among accepted configurations take the cheapest (usually the last one).
     obj = (1.0 - latency_weight) * costs / orig_b + latency_weight * costs1 / orig_1
-    i = min(range(1, accepted + 1), key=lambda j: obj[j])
+    median = cm.median_latency(exits, cert_reach)
+    allowed = not_slower(cm, exits, cert_reach) if never_slower else np.ones(len(obj), bool)
+    for c, m, ok in zip(curve, median, allowed):
+        c["median_latency_b1"] = float(m)
+        c["not_slower"] = bool(ok)
+    choices = [j for j in range(1, accepted + 1) if allowed[j]]
+    if not choices:
+        return no_exits("no certified configuration keeps the median batch-1 request and the batch-"
+                        f"{b} cost at or below the original's", curve)
+    i = min(choices, key=lambda j: obj[j])
     if obj[i] >= 1.0:
         return no_exits("no certified configuration is cheaper than the original model", curve)
     fractions = [(cert_exit[i] == e).mean() for e in range(len(exits) + 1)]
@@ -251,4 +302,5 @@ def certify_plan(exits: list[int], fit_scores: np.ndarray, fit_agree: np.ndarray
                 agreement_bound=clopper_pearson_lower(successes[i], n_cert, confidence),
                 exit_fractions=[float(f) for f in fractions], predicted_cost_batch=float(costs[i]),
                 predicted_cost_b1=float(costs1[i]), original_cost_batch=orig_b, original_cost_b1=orig_1,
-                reason="", curve=curve)
+                reason="", curve=curve, predicted_median_b1=float(median[i]),
+                full_depth_overhead=full_depth_overhead(cm, exits))

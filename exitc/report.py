@@ -40,7 +40,9 @@ def _candidate_rows(candidates, heads, profile) -> list[dict]:
     return rows
 
 
-def write_reports(out_dir, manifest, plan, candidates, heads, profile, validation, opts) -> None:
+def write_reports(out_dir, manifest, plan, candidates, heads, profile, check, opts) -> None:
+    """report.json, report.html and plots/ for a staged artifact; `check` is its exitc.verify
+    Verification."""
     rep = {
         "manifest": {k: manifest[k] for k in ("calibration", "profile", "prediction_output", "num_classes")},
         "options": {"target_acc": opts.target_acc, "confidence": opts.confidence, "batch_size": opts.batch_size,
@@ -52,8 +54,12 @@ def write_reports(out_dir, manifest, plan, candidates, heads, profile, validatio
                  "predicted_speedup_batch": plan.predicted_speedup,
                  "predicted_latency_speedup_b1": (plan.original_cost_b1 / plan.predicted_cost_b1
                                                   if plan.predicted_cost_b1 else 1.0),
+                 "predicted_median_speedup_b1": (plan.original_cost_b1 / plan.predicted_median_b1
+                                                 if plan.predicted_median_b1 else 1.0),
+                 "predicted_full_depth_overhead": plan.full_depth_overhead,
                  "reason": plan.reason},
-        "validation": validation,
+        "validation": check.to_json(),
+        "speed": [dict(zip(("metric", "predicted", "measured"), r)) for r in speed_rows(plan, profile, check)],
         "profile": profile.to_json() if profile else None,
         "curve": plan.curve,
     }
@@ -136,6 +142,8 @@ Kept exits (candidate indices): {e(kept)}. Predicted speedup at batch {rep['opti
 <b>{plan['predicted_speedup_batch']:.2f}x</b>; at batch 1: {plan['predicted_latency_speedup_b1']:.2f}x.
 {e(plan['reason'])}</p>
 <p>Method: {e(cal['method'])}.</p>
+<h2>Speed against the original</h2><table><tr><th>metric</th><th>predicted</th><th>measured (held-out rows)</th></tr>
+{''.join('<tr>' + ''.join(f'<td>{e(str(v))}</td>' for v in r.values()) + '</tr>' for r in rep['speed'])}</table>
 {''.join(f'<img src="{p}" alt="{p}"><br>' for p in plots)}
 <h2>Candidates</h2><table><tr><th>#</th><th>tensor</th><th>layout</th><th>FLOPs share</th><th>measured cost share</th>
 <th>head</th><th>head agreement (held-out)</th></tr>{rows}</table>
@@ -153,8 +161,35 @@ def format_table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(out)
 
 
-def print_summary(result, validation, log=print) -> None:
+def speed_rows(plan, profile, check) -> list[list[str]]:
+    """Predicted (policy, from measured costs) and measured (held-out rows, interleaved) speed of
+    the compiled model relative to the original: throughput at batch N, median and mean latency
+    at batch 1, and what a row that runs to the end pays extra."""
+    def ratio(x):
+        return f"{x:.2f}x" if x else "-"
+
+    def pct(x):
+        return f"{x * 100:+.1f}%" if x is not None else "-"
+
+    b = profile.batch_size if profile else (check.batch_size if check else "-")
+    pred_b1 = plan.original_cost_b1 / plan.predicted_cost_b1 if plan.predicted_cost_b1 else None
+    pred_med = plan.original_cost_b1 / plan.predicted_median_b1 if plan.predicted_median_b1 else None
+    over = plan.full_depth_overhead or {}
+    m = check if check is not None and check.measurements else None
+    return [
+        [f"throughput, batch {b}", ratio(plan.predicted_speedup if plan.exits else 1.0),
+         ratio(m.throughput_ratio) if m else "-"],
+        ["median latency, batch 1", ratio(pred_med if plan.exits else 1.0), ratio(m.p50_ratio_b1) if m else "-"],
+        ["mean latency, batch 1", ratio(pred_b1 if plan.exits else 1.0), ratio(m.mean_ratio_b1) if m else "-"],
+        ["full-depth row's extra cost, batch 1", pct(over.get("batch1")), pct(m.full_depth_overhead_b1) if m else "-"],
+        [f"full-depth row's extra cost, batch {b}", pct(over.get(f"batch{b}")),
+         pct(m.full_depth_overhead_batch) if m else "-"],
+    ]
+
+
+def print_summary(result, log=print) -> None:
     plan = result.plan
+    check = result.verification
     rows = []
     for i, c in enumerate(plan.exits):
         h = result.heads[c]
@@ -165,8 +200,9 @@ def print_summary(result, validation, log=print) -> None:
     if plan.reason:
         log(f"exitc: {plan.reason}; the artifact runs the original model as one segment")
     log(f"agreement bound {plan.agreement_bound:.4f} (target {plan.target}, confidence {plan.confidence}, "
-        f"{plan.n_certify} certification rows); predicted speedup {plan.predicted_speedup:.2f}x at batch "
-        f"{result.profile.batch_size if result.profile else '-'}; measured on held-out rows "
-        f"{validation.get('measured_speedup') or 0:.2f}x")
+        f"{plan.n_certify} certification rows)")
+    if plan.exits:
+        log(format_table(["speed vs original", "predicted", "measured (held-out rows)"],
+                         speed_rows(plan, result.profile, check)))
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in result.stage_seconds.items())
     log(f"compiled in {result.seconds:.1f}s ({stages}) -> {result.out_dir}")

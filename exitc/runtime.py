@@ -23,8 +23,11 @@ from .manifest import read_manifest
 class ExitModel:
     """A loaded early-exit model (reference implementation)."""
 
-    def __init__(self, path: str, threads: int | None = None, use_conditional: bool = True):
+    def __init__(self, path: str, threads: int | None = None, use_conditional: bool = True, full_depth: bool = False):
+        """full_depth: no row exits (the heads still run), so every row pays what a row that runs
+        to the end pays; the compiler measures that overhead with it."""
         self.path = path
+        self.full_depth = full_depth
         self.manifest = read_manifest(path)
         m = self.manifest
         self.inputs = m["inputs"]
@@ -37,7 +40,7 @@ class ExitModel:
                           for s in self.segments]
         cond = m.get("conditional")
         self._conditional = (make_session(os.path.join(path, cond["file"]), os.path.join(path, cond["file"]), threads)
-                             if cond and use_conditional else None)
+                             if cond and use_conditional and not full_depth else None)
         self._needed_after = []  # tensor names still needed by segments after segment i
         needed: set[str] = set()
         for s in reversed(self.segments):
@@ -102,7 +105,7 @@ class ExitModel:
                     scatter_rows(results[name], active, outs[name])
                 overhead += time.perf_counter() - t0
                 break
-            leave = outs[ex["score"]] >= np.float32(ex["threshold"])
+            leave = outs[ex["score"]] >= (np.float32(np.inf) if self.full_depth else np.float32(ex["threshold"]))
             if leave.any():
                 scatter_rows(results[self.prediction_output], active[leave], outs[ex["logits"]][leave])
                 exit_index[active[leave]] = ex["index"]

@@ -1,16 +1,19 @@
 """Load and normalise a classifier so the later passes can rely on its shape.
 
-`load_model` turns any unreadable/invalid file into a one-line error. `normalize` returns a new
+`load_model` turns any unreadable/invalid file into a one-line error. `prepare` returns a new
 model whose every input has a symbolic batch dimension named ``batch`` (fixed batch 1 becomes
 symbolic, and Reshape targets that hard-code that 1 are rewritten to copy the dimension instead),
-whose only output is the prediction output, and whose value_info is freshly shape-inferred.
+whose other unknown dims each have a symbol of their own (see `name_dims`), whose only output is
+the prediction output, and whose value_info is freshly shape-inferred. `observe_shapes` then
+records every intermediate tensor's shape as seen when running real rows. `normalize` is both.
 """
 
 from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -29,6 +32,11 @@ class Signature:
 
     inputs: list[TensorInfo]
     output: TensorInfo  # the prediction output: [batch, num_classes]
+    # Set by observe_shapes where an input leaves non-batch axes open: the other sizes the model
+    # was seen to run at (input -> axis -> size), to check derived graphs at a second size; or
+    # fixed_axes, if it runs at no other size and the open axes were fixed to the data's sizes.
+    resized: dict[str, dict[int, int]] = field(default_factory=dict)
+    fixed_axes: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -61,26 +69,62 @@ def _infer(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
         raise ExitcError(f"{label}: ONNX shape inference failed: {first}") from None
 
 
-def _make_batch_symbolic(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Inputs/outputs with leading dim 1 or unnamed get the symbol ``batch``; Reshape shapes that
-    start with a literal 1 computed for that batch become 0 ("copy from input")."""
+# dim_param values exporters write for "unknown" (tf2onnx: unk__N; others: ?, -1, None, ...).
+_PLACEHOLDER_DIM = re.compile(r"^(|\?|-?\d+|unk__\d+|none|null|unknown|dynamic|batch|[a-z])$", re.IGNORECASE)
+
+
+def _dim_symbol(tensor: str, axis: int) -> str:
+    return f"{re.sub(r'[^A-Za-z0-9_]', '_', tensor)}_dim{axis}"
+
+
+def name_dims(model: onnx.ModelProto) -> bool:
+    """Give the graph inputs' and outputs' dims names ONNX Runtime can trust (in place).
+
+    Dim 0 becomes ``batch`` where it is unknown or 1. Every other unknown dim gets a symbol of its
+    own unless its name is a real one: ORT takes two dims with the same name to be equal when it
+    plans buffers, so exporters that write one placeholder (``?``, ``unk__3``, ``-1``, ``N``) for
+    several axes make it reuse an H-sized buffer for W (seen: "Shape mismatch attempting to re-use
+    buffer"). A name is kept only if it is not a placeholder and every use of it is at the same
+    axis position and at most once per tensor (e.g. ``sequence`` in both input_ids and
+    attention_mask). Negative dim values count as unknown. Returns whether a dim 0 was a fixed 1.
+    """
     g = model.graph
     inits = {t.name for t in g.initializer}
+    values = [v for v in list(g.input) + list(g.output)
+              if v.name not in inits and v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")]
+    uses: dict[str, set[int]] = {}
+    repeated: set[str] = set()
+    for v in values:
+        seen: set[str] = set()
+        for axis, d in enumerate(v.type.tensor_type.shape.dim):
+            if axis > 0 and d.HasField("dim_param"):
+                uses.setdefault(d.dim_param, set()).add(axis)
+                if d.dim_param in seen:
+                    repeated.add(d.dim_param)
+                seen.add(d.dim_param)
+    trusted = {n for n, axes in uses.items() if len(axes) == 1 and n not in repeated and not _PLACEHOLDER_DIM.match(n)}
     fixed_one = False
-    for v in list(g.input) + list(g.output):
-        if v.name in inits or not v.type.HasField("tensor_type"):
-            continue
-        dims = v.type.tensor_type.shape.dim
-        if len(dims) == 0:
-            continue
-        d0 = dims[0]
-        if d0.HasField("dim_value") and d0.dim_value == 1:
-            fixed_one = True
-        if not d0.HasField("dim_value") or d0.dim_value == 1:
-            d0.Clear()
-            d0.dim_param = BATCH
-        elif d0.HasField("dim_param") and d0.dim_param != BATCH:
-            d0.dim_param = BATCH
+    for v in values:
+        for axis, d in enumerate(v.type.tensor_type.shape.dim):
+            if axis == 0:
+                if d.HasField("dim_value") and d.dim_value == 1:
+                    fixed_one = True
+                if not d.HasField("dim_value") or d.dim_value <= 1:
+                    d.Clear()
+                    d.dim_param = BATCH
+            elif d.HasField("dim_value") and d.dim_value >= 0:
+                continue
+            elif not (d.HasField("dim_param") and d.dim_param in trusted):
+                d.Clear()
+                d.dim_param = _dim_symbol(v.name, axis)
+    return fixed_one
+
+
+def _make_batch_symbolic(model: onnx.ModelProto) -> onnx.ModelProto:
+    """name_dims, and Reshape shapes that start with a literal 1 computed for a fixed batch of 1
+    become 0 ("copy from input")."""
+    g = model.graph
+    fixed_one = name_dims(model)
     if fixed_one:
         by_name = {t.name: t for t in g.initializer}
         consts = {n.output[0]: n for n in g.node if n.op_type == "Constant" and len(n.output) == 1}
@@ -108,8 +152,9 @@ def _make_batch_symbolic(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def normalize(model: onnx.ModelProto, output: str | None = None, label: str = "model") -> tuple[onnx.ModelProto, Signature]:
-    """Return (normalised copy, signature). Raises ExitcError if no batch-major classification
+def prepare(model: onnx.ModelProto, output: str | None = None, label: str = "model") -> tuple[onnx.ModelProto, Signature]:
+    """Return (normalised copy, signature) before any run of the model: dims named (name_dims),
+    prediction output chosen, shapes inferred. Raises ExitcError if no batch-major classification
     output can be identified."""
     model = copy.deepcopy(model)
     g = model.graph
@@ -148,21 +193,75 @@ def normalize(model: onnx.ModelProto, output: str | None = None, label: str = "m
                              "exitc needs every input to be batch-major")
     model = _infer(model, label)
     idx = GraphIndex.build(model)
-    sig = Signature(inputs=[idx.infos[n] for n in idx.graph_inputs], output=idx.infos[output])
-    model = observe_shapes(model, sig, label)
+    return model, Signature(inputs=[idx.infos[n] for n in idx.graph_inputs], output=idx.infos[output])
+
+
+def normalize(model: onnx.ModelProto, output: str | None = None, label: str = "model",
+              feeds: dict[str, np.ndarray] | None = None) -> tuple[onnx.ModelProto, Signature]:
+    """prepare, then observe_shapes on `feeds` (real rows; random ones of the declared shapes if
+    None, which needs every non-batch input dim to be known)."""
+    model, sig = prepare(model, output, label)
+    model = observe_shapes(model, sig, feeds, label)
     return model, sig
 
 
-def observe_shapes(model: onnx.ModelProto, sig: Signature, label: str = "model") -> onnx.ModelProto:
-    """Record every intermediate tensor's shape as observed by running the model at batch 2 and 3.
+def dynamic_axes(sig: Signature) -> dict[str, list[int]]:
+    """Non-batch input axes whose size the model leaves open, per input."""
+    out = {}
+    for info in sig.inputs:
+        axes = [a for a, d in enumerate(info.shape) if a > 0 and not isinstance(d, int)]
+        if axes:
+            out[info.name] = axes
+    return out
+
+
+def resize_feeds(feeds: dict[str, np.ndarray], sizes: dict[str, dict[int, int]]) -> dict[str, np.ndarray]:
+    """Copies of `feeds` with the given axes cut or edge-padded to new sizes (to run a model whose
+    input size is open at a second size)."""
+    out = dict(feeds)
+    for name, axes in sizes.items():
+        a = feeds[name]
+        for axis, size in axes.items():
+            if size <= a.shape[axis]:
+                a = np.take(a, np.arange(size), axis=axis)
+            else:
+                pad = [(0, 0)] * a.ndim
+                pad[axis] = (0, size - a.shape[axis])
+                a = np.pad(a, pad, mode="edge")
+        out[name] = np.ascontiguousarray(a)
+    return out
+
+
+def _rows(feeds: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    """The first n rows of every feed (rows repeated if there are fewer)."""
+    have = len(next(iter(feeds.values())))
+    idx = np.arange(n) % have
+    return {k: np.ascontiguousarray(v[idx]) for k, v in feeds.items()}
+
+
+def _output_shapes(sess, feeds) -> dict[str, np.ndarray]:
+    return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+
+
+def observe_shapes(model: onnx.ModelProto, sig: Signature, feeds: dict[str, np.ndarray] | None = None,
+                   label: str = "model") -> onnx.ModelProto:
+    """Record every intermediate tensor's shape as observed by running the model on real rows.
 
     Static shape inference loses the batch symbol through ops such as Resize or Reshape with
-    computed shapes (exporters then write ``unk__0``); observation does not. A dimension 0 equal to
-    the batch size in both runs becomes ``batch``; other dims are the observed values. Tensors the
-    runs did not produce keep their inferred info.
+    computed shapes (exporters then write ``unk__0``); observation does not. The model runs at
+    batch 2 and 3: a dimension 0 equal to the batch size in both runs becomes ``batch``. Where an
+    input leaves a non-batch axis open (an image of any size), it also runs once with those axes
+    resized (see resize_feeds): dims that change become unknown, so every derived graph keeps
+    working at other sizes; if the model runs at no other size, the open axes are fixed to the
+    sizes of `feeds` (recorded in `sig.inputs`). Other dims are the observed values. Tensors the
+    runs did not produce keep their inferred info. `feeds` defaults to random rows of the declared
+    shapes. Returns a new model.
     """
     import onnxruntime as ort
 
+    model = copy.deepcopy(model)
+    if feeds is None:
+        feeds = example_feeds(sig, 3)
     probe = copy.deepcopy(model)
     g = probe.graph
     known = {o.name for o in g.output} | {i.name for i in g.input}
@@ -174,19 +273,39 @@ def observe_shapes(model: onnx.ModelProto, sig: Signature, label: str = "model")
     opts.log_severity_level = 3
     try:
         sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        runs = [dict(zip([o.name for o in sess.get_outputs()], sess.run(None, example_feeds(sig, b, seed=b))))
-                for b in (2, 3)]
+        runs = [_output_shapes(sess, _rows(feeds, b)) for b in (2, 3)]
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExitcError(f"{label}: ONNX Runtime cannot run the model: {first}") from None
+    varied = None
+    open_axes = dynamic_axes(sig)
+    if open_axes:
+        base = _rows(feeds, 3)
+        for grow in (True, False):
+            sizes = {n: {a: (base[n].shape[a] + max(1, base[n].shape[a] // 4) if grow
+                             else max(1, base[n].shape[a] - max(1, base[n].shape[a] // 4))) for a in axes}
+                     for n, axes in open_axes.items()}
+            try:
+                varied = _output_shapes(sess, resize_feeds(base, sizes))
+                sig.resized = sizes
+                break
+            except Exception:  # this model does not run at that size; try the other, then fix the axes
+                continue
+        if varied is None:
+            _fix_open_axes(model, sig, base)
     by_name = {v.name: v for v in model.graph.value_info}
     for name in names:
         a, b = runs[0].get(name), runs[1].get(name)
         if not isinstance(a, np.ndarray) or not isinstance(b, np.ndarray) or a.ndim != b.ndim:
             continue
+        c = varied.get(name) if varied is not None else b
+        same_rank = isinstance(c, np.ndarray) and c.ndim == b.ndim
         batch_major = a.ndim >= 1 and a.shape[0] == 2 and b.shape[0] == 3
-        dims = [BATCH if (i == 0 and batch_major) else (int(x) if x == y else None)
+        dims = [BATCH if (i == 0 and batch_major) else (int(x) if x == y and (not same_rank or c.shape[i] == y)
+                                                         else None)
                 for i, (x, y) in enumerate(zip(a.shape, b.shape))]
+        if not same_rank:
+            dims = [BATCH if (i == 0 and batch_major) else None for i in range(a.ndim)]
         elem = onnx.helper.np_dtype_to_tensor_dtype(a.dtype)
         vi = onnx.helper.make_tensor_value_info(name, elem, dims)
         if name in by_name:
@@ -194,6 +313,21 @@ def observe_shapes(model: onnx.ModelProto, sig: Signature, label: str = "model")
         else:
             model.graph.value_info.append(vi)
     return model
+
+
+def _fix_open_axes(model: onnx.ModelProto, sig: Signature, feeds: dict[str, np.ndarray]) -> None:
+    """Fix the open input axes to the sizes of `feeds`, in the model's inputs and in `sig`."""
+    for v in model.graph.input:
+        info = next((i for i in sig.inputs if i.name == v.name), None)
+        if info is None:
+            continue
+        for axis, d in enumerate(v.type.tensor_type.shape.dim):
+            if axis > 0 and not isinstance(info.shape[axis], int):
+                size = int(feeds[v.name].shape[axis])
+                d.Clear()
+                d.dim_value = size
+                info.shape[axis] = size
+    sig.fixed_axes = True
 
 
 def example_feeds(sig: Signature, batch: int, seed: int = 0) -> dict[str, np.ndarray]:

@@ -1,18 +1,23 @@
-"""Shared helpers for the sample builders (``build_cv.py``, ``build_nlp.py``).
+"""Shared helpers for the sample builders (``build_*.py``).
 
 Everything here is deliberately small and dependency-light: ONNX Runtime
 session setup, batched inference with progress bars, a softmax-regression
-head fitter (scipy L-BFGS), cache bookkeeping via ``meta.json`` and a few
+head fitter (scipy L-BFGS), cache bookkeeping via ``meta.json``, a reader for
+R lazy-load databases (the data of Debian ``r-cran-*`` packages) and a few
 utilities for clean one-line error reporting.
 """
 
 from __future__ import annotations
 
+import bz2
 import json
+import lzma
 import os
 import platform
 import sys
 import time
+import warnings
+import zlib
 from importlib import metadata
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
@@ -100,6 +105,58 @@ def save_npz(path: Path, **arrays: np.ndarray) -> None:
     tmp = path.with_name(path.stem + ".tmp.npz")
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------
+# R lazy-load databases (Rdata.rdx / Rdata.rdb of Debian r-cran-* packages)
+# --------------------------------------------------------------------------
+
+def _decompress_rdb_chunk(chunk: bytes, kind: int) -> bytes:
+    """Decompress one object of an R lazy-load database.
+
+    Layout (R's ``R_compress{1,2,3}``): 4-byte big-endian uncompressed length,
+    then for kind 1 a zlib stream; for kinds 2/3 one type byte ('0' = stored,
+    '2' = bzip2, 'Z' = raw LZMA2) followed by the payload.
+    """
+    size = int.from_bytes(chunk[:4], "big")
+    if kind == 1:
+        data = zlib.decompress(chunk[4:])
+    else:
+        tag, payload = chunk[4:5], chunk[5:]
+        if tag == b"0":
+            data = payload
+        elif tag == b"2":
+            data = bz2.decompress(payload)
+        elif tag == b"Z":
+            data = lzma.decompress(payload, format=lzma.FORMAT_RAW,
+                                   filters=[{"id": lzma.FILTER_LZMA2}])
+        else:
+            raise BuildError(f"unknown R lazy-load compression tag {tag!r}")
+    if len(data) != size:
+        raise BuildError("corrupt R lazy-load database entry (size mismatch)")
+    return data
+
+
+def read_r_lazyload(data_dir: Path, names: Sequence[str], hint: str) -> dict:
+    """The named objects of the lazy-load database ``data_dir/Rdata.{rdx,rdb}``, converted
+    by ``rdata`` (data frames to pandas, character vectors to numpy), in ``names`` order."""
+    import rdata
+
+    rdx = require_file(Path(data_dir) / "Rdata.rdx", hint)
+    rdb = require_file(Path(data_dir) / "Rdata.rdb", hint)
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # rdata: unknown tibble classes, RDS guess
+        index = rdata.read_rds(rdx)
+        kind = int(np.asarray(index["compressed"]).ravel()[0])
+        blob = rdb.read_bytes()
+        for name in names:
+            if name not in index["variables"]:
+                raise BuildError(f"{name} missing from {rdx}")
+            offset, length = (int(v) for v in index["variables"][name])
+            raw = _decompress_rdb_chunk(blob[offset:offset + length], kind)
+            out[name] = rdata.conversion.convert(rdata.parser.parse_data(raw))
+    return out
 
 
 # --------------------------------------------------------------------------

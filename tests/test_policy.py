@@ -15,14 +15,14 @@ def _profile(k=3, batch=32):
     return Profile(batch, Cost(4e-4 * (k + 1), 1e-3 * (k + 1)), slices, [Cost(1e-5, 1e-5)] * k, 5e-5)
 
 
-def _heads(n_fit, n_cert, k=3, classes=4, seed=0):
+def _heads(n_fit, n_cert, k=3, classes=4, seed=0, scale=1.0):
     """Heads whose confidence rises with depth and predicts agreement with the original."""
     rng = np.random.default_rng(seed)
     n = n_fit + n_cert
     pred = rng.integers(0, classes, n)
     heads, cert_feats = [], []
     for j in range(k):
-        strength = 1.0 + 1.5 * j
+        strength = (1.0 + 1.5 * j) * scale
         logits = rng.standard_normal((n, classes))
         logits[np.arange(n), pred] += strength * rng.random(n) * 3
         probs = softmax(logits.astype(np.float32))
@@ -90,3 +90,40 @@ def test_split_rows_caps_the_fit_split():
     assert not set(fit) & set(cert) and len(set(fit) | set(cert)) == 20000
     fit_small, _ = split_rows(1000, 0.7, 0, max_fit_rows=4000)  # the cap only ever moves rows to certification
     assert len(fit_small) == 300
+
+
+def test_median_latency_is_the_path_of_the_median_request():
+    from exitc.policy import CostModel
+
+    cm = CostModel(_profile())
+    path = np.cumsum([s.at(1) for s in cm.segments([0, 2])])
+    # reach: all rows reach segment 0; share reaching segments 1 and 2
+    reach = np.array([[1.0, 0.40, 0.20],    # 60% leave at exit 0: the median request leaves there
+                      [1.0, 0.60, 0.30],    # 40% by exit 0, 70% by exit 1: it leaves at exit 1
+                      [1.0, 0.75, 0.55]])   # 45% leave early: the median request runs to the end
+    assert np.allclose(cm.median_latency([0, 2], reach), [path[0], path[1], path[2]])
+    # the margin: exactly half (+1%) is not enough
+    assert np.isclose(cm.median_latency([0, 2], np.array([[1.0, 0.49, 0.49]]))[0], path[2])
+
+
+def test_never_slower_rejects_plans_whose_median_request_runs_to_the_end():
+    """Weak heads that take only a third of the rows: the plan cheapens batches but every median
+    request pays heads and calls on the whole path. With never_slower it is rejected."""
+    heads, cert_feats, cert_pred = _heads(3000, 3000, scale=0.3)
+    # the original costs exactly its slices (as profile.calibrate_slices makes it): a full-depth
+    # row pays heads and calls on top
+    profile = _profile()
+    profile.original = Cost(sum(s.fixed for s in profile.slices), sum(s.per_row for s in profile.slices))
+    fit_scores = np.stack([h.oof_score for h in heads], 1)
+    fit_agree = np.stack([h.oof_agree for h in heads], 1)
+    cert_scores = np.stack([gate_scores(softmax(f), h.gate_w, h.gate_b) for h, f in zip(heads, cert_feats)], 1)
+    cert_agree = np.stack([softmax(f).argmax(1) == cert_pred for f in cert_feats], 1)
+    for ns in (False, True):
+        plan = choose_plan(fit_scores, fit_agree, cert_scores, cert_agree, profile, 0.98, 0.95, never_slower=ns)
+        early = 1.0 - plan.exit_fractions[-1]
+        if ns:
+            assert not plan.exits or early >= 0.5, plan.exit_fractions
+            assert plan.predicted_median_b1 <= plan.original_cost_b1
+        else:
+            slow = plan
+    assert slow.exits and 1.0 - slow.exit_fractions[-1] < 0.5, "the case must have a plan that never_slower rejects"

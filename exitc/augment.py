@@ -1,0 +1,210 @@
+"""Synthetic neighbours of the fit rows, labelled by the original model itself.
+
+Labels are never needed: the heads learn the original's own soft outputs, so the original can
+label as many perturbed copies of the fit rows as the heads need. That matters on small
+calibration sets, where the heads are what limits the early exits (a head on 900 real rows sees
+too few examples of what the original finds easy). Certification never sees these rows: it stays
+on real, untouched calibration rows, so the guarantee is unchanged.
+
+Perturbations are generic, chosen by the input's form, never by its meaning:
+
+* image-like inputs (float, rank 4, at most 4 channels, NCHW or NHWC): small shifts with edge
+  padding, horizontal flips, a little Gaussian noise;
+* token inputs (integer, rank 2, with an attention mask): a few tokens dropped (the rest moved up,
+  the row re-padded) or replaced by tokens drawn from other rows; the first and last real token
+  (e.g. [CLS]/[SEP]) always stay;
+* other float inputs: a little Gaussian noise per feature.
+
+A perturbation is used only if the original's prediction is mostly stable under it (STABLE of the
+rows keep their prediction): one under which the original changes its mind would teach the heads
+a different distribution from the one they serve. Whether the neighbours help a given head is then
+decided by distillation on out-of-fold agreement with real rows (exitc.distill), head by head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .data import Dataset
+from .features import FeatureCache, FeatureProbe
+from .passes.graph import TensorInfo
+
+STABLE = 0.9          # share of rows whose prediction a perturbation must keep
+STABILITY_ROWS = 256  # fit rows each perturbation is tried on
+MAX_COPIES = 4        # neighbours per fit row at most
+MAX_ROWS = 5000       # neighbours at most
+PROBE_SECONDS = 45.0  # time the original may spend labelling neighbours (measured rate)
+SHIFT = 0.08          # image shifts: up to this share of the side
+NOISE = 0.03          # Gaussian noise: this share of the input's standard deviation
+TOKEN_SHARE = 0.1     # tokens dropped or replaced per row
+
+Feeds = dict[str, np.ndarray]
+Perturbation = Callable[[Feeds, np.ndarray, np.random.Generator], Feeds]  # (feeds, rows to change, rng)
+
+
+@dataclass
+class Neighbours:
+    """Synthetic rows: features/outputs (like the calibration rows'), and the fit row each came from."""
+
+    cache: FeatureCache | None
+    source: np.ndarray                                       # [rows] index into the fit rows
+    stability: dict[str, float] = field(default_factory=dict)  # perturbation -> share of kept predictions
+    used: list[str] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return len(self.source)
+
+
+def _image_axes(info: TensorInfo) -> tuple[int, int, int] | None:
+    """(channel, height, width) axes of an image-like input, or None."""
+    if info.rank != 4 or not np.issubdtype(info.dtype, np.floating):
+        return None
+    s = info.shape
+    small = [a for a in (1, 3) if isinstance(s[a], int) and s[a] <= 4]
+    if small == [1] or (small == [1, 3] and not (isinstance(s[2], int) and s[2] <= 4)):
+        return 1, 2, 3
+    if small == [3]:
+        return 3, 1, 2
+    return None
+
+
+def _shift(name: str, h_axis: int, w_axis: int) -> Perturbation:
+    def apply(feeds, rows, rng):
+        x = feeds[name].copy()
+        hs, ws = x.shape[h_axis], x.shape[w_axis]
+        sh, sw = max(1, round(SHIFT * hs)), max(1, round(SHIFT * ws))
+        pad = [(0, 0)] * x.ndim
+        pad[h_axis], pad[w_axis] = (sh, sh), (sw, sw)
+        for r in np.flatnonzero(rows):
+            dy, dx = rng.integers(-sh, sh + 1), rng.integers(-sw, sw + 1)
+            padded = np.pad(x[r:r + 1], pad, mode="edge")
+            idx = [slice(None)] * x.ndim
+            idx[h_axis] = slice(sh + dy, sh + dy + hs)
+            idx[w_axis] = slice(sw + dx, sw + dx + ws)
+            x[r] = padded[tuple(idx)][0]
+        return {**feeds, name: x}
+    return apply
+
+
+def _flip(name: str, w_axis: int) -> Perturbation:
+    def apply(feeds, rows, rng):
+        x = feeds[name].copy()
+        x[rows] = np.flip(x[rows], axis=w_axis)
+        return {**feeds, name: x}
+    return apply
+
+
+def _noise(name: str, scale: np.ndarray) -> Perturbation:
+    def apply(feeds, rows, rng):
+        x = feeds[name].copy()
+        x[rows] = x[rows] + (rng.standard_normal(x[rows].shape) * scale).astype(x.dtype)
+        return {**feeds, name: x}
+    return apply
+
+
+def _token_edit(names: list[str], mask: str, replace: bool, pool: dict[str, np.ndarray]) -> Perturbation:
+    """Drop (replace=False) or replace tokens at the same positions of every token input."""
+    def apply(feeds, rows, rng):
+        out = {k: v.copy() for k, v in feeds.items()}
+        m = feeds[mask]
+        pads = {n: (feeds[n][m == 0][0] if (m == 0).any() else 0) for n in names}
+        for r in np.flatnonzero(rows):
+            length = int((m[r] != 0).sum())
+            inner = np.arange(1, length - 1)
+            if len(inner) < 2:
+                continue
+            k = max(1, round(TOKEN_SHARE * len(inner)))
+            pos = rng.choice(inner, size=k, replace=False)
+            if replace:
+                src = rng.integers(0, len(pool[names[0]]), size=k)
+                for n in names:
+                    if n != mask:
+                        out[n][r, pos] = pool[n][src]
+            else:
+                keep = np.setdiff1d(np.arange(m.shape[1]), pos)
+                for n in names:
+                    row = feeds[n][r, keep]
+                    out[n][r] = np.concatenate([row, np.full(k, pads[n] if n != mask else 0, row.dtype)])
+        return out
+    return apply
+
+
+def perturbations(inputs: list[TensorInfo], feeds: Feeds, mask_input: str | None) -> dict[str, Perturbation]:
+    """The perturbations that suit these inputs (see the module doc), by name."""
+    out: dict[str, Perturbation] = {}
+    for info in inputs:
+        x = feeds[info.name]
+        axes = _image_axes(info)
+        if axes is not None:
+            _, h, w = axes
+            if x.shape[h] >= 8 and x.shape[w] >= 8:
+                out[f"shift:{info.name}"] = _shift(info.name, h, w)
+                out[f"flip:{info.name}"] = _flip(info.name, w)
+            out[f"noise:{info.name}"] = _noise(info.name, np.float32(NOISE * x.std()))
+        elif np.issubdtype(info.dtype, np.floating) and info.rank == 2:
+            out[f"noise:{info.name}"] = _noise(info.name, (NOISE * x.std(axis=0)).astype(np.float32))
+    if mask_input is not None:
+        m = feeds[mask_input]
+        tokens = [i.name for i in inputs if i.rank == 2 and np.issubdtype(i.dtype, np.integer)
+                  and feeds[i.name].shape == m.shape]
+        ids = [n for n in tokens if n != mask_input]
+        if ids:
+            real = m != 0
+            pool = {n: feeds[n][real] for n in tokens}
+            out["drop-tokens"] = _token_edit(tokens, mask_input, False, pool)
+            out["replace-tokens"] = _token_edit(tokens, mask_input, True, pool)
+    return out
+
+
+def _take(feeds: Feeds, idx: np.ndarray) -> Feeds:
+    return {k: np.ascontiguousarray(v[idx]) for k, v in feeds.items()}
+
+
+def make_neighbours(inputs: list[TensorInfo], fit: Dataset, fit_pred: np.ndarray, mask_input: str | None,
+                    probe: FeatureProbe, is_prob: bool, seed: int = 0, progress: bool = True) -> Neighbours:
+    """Neighbours of the fit rows, labelled (and featurised) by the original through `probe`.
+
+    Each perturbation is first tried on STABILITY_ROWS fit rows (those rows are kept as neighbours
+    if it is stable); then up to MAX_COPIES neighbours per fit row (at most MAX_ROWS, and what the
+    original labels in PROBE_SECONDS at the rate measured on the calibration rows) are made by
+    applying each stable perturbation with probability 1/2 (at least one)."""
+    rng = np.random.default_rng(seed + 1)
+    kinds = perturbations(inputs, fit.feeds, mask_input)
+    empty = Neighbours(None, np.zeros(0, np.int64))
+    if not kinds:
+        return empty
+    caches: list[FeatureCache] = []
+    sources: list[np.ndarray] = []
+    stability: dict[str, float] = {}
+    for name, kind in kinds.items():
+        src = rng.choice(fit.rows, size=min(STABILITY_ROWS, fit.rows), replace=False)
+        rows = _take(fit.feeds, src)
+        cache = probe.collect(Dataset(kind(rows, np.ones(len(src), bool), rng), None, fit.path), progress=False,
+                              is_prob=is_prob)
+        stability[name] = float((cache.predictions == fit_pred[src]).mean())
+        if stability[name] >= STABLE:
+            caches.append(cache)
+            sources.append(src)
+    used = [k for k in kinds if stability[k] >= STABLE]
+    if not used:
+        return Neighbours(None, np.zeros(0, np.int64), stability, [])
+    budget = int(PROBE_SECONDS / max(probe.seconds_per_row, 1e-6))
+    n_new = max(0, min(MAX_COPIES * fit.rows, MAX_ROWS, budget) - sum(len(s) for s in sources))
+    if n_new:
+        src = rng.integers(0, fit.rows, size=n_new)
+        feeds = _take(fit.feeds, src)
+        chosen = rng.random((n_new, len(used))) < 0.5
+        chosen[np.arange(n_new), rng.integers(0, len(used), size=n_new)] = True
+        for j, name in enumerate(used):
+            feeds = kinds[name](feeds, chosen[:, j], rng)
+        caches.append(probe.collect(Dataset(feeds, None, fit.path), progress=progress,
+                                    desc="augment: label neighbours", is_prob=is_prob))
+        sources.append(src)
+    cache = FeatureCache(np.concatenate([c.outputs for c in caches]), np.concatenate([c.probs for c in caches]),
+                         [np.concatenate([c.features[k] for c in caches]) for k in range(len(caches[0].features))],
+                         is_prob)
+    return Neighbours(cache, np.concatenate(sources).astype(np.int64), stability, used)

@@ -1,0 +1,173 @@
+"""The compiler's own check of the artifact it staged, before it is put in place.
+
+1. **Exact at full depth**: on held-out calibration rows, at the deployment batch size, at a ragged
+   batch size and at batch 1 (and, where an input's size is open, at a second size), every row that
+   ran the whole compiled model equals the original's output (max abs diff <= FULL_DEPTH_ATOL +
+   FULL_DEPTH_RTOL * |original|). A deviation is a bug in exitc, raised as an internal error.
+2. **Batch-1 form**: the conditional single-graph form is kept only if its mean batch-1 latency
+   beats the segments' (measured, not assumed: ONNX Runtime optimises `If` branches less).
+3. **Never slower**: throughput at the deployment batch and the median (p50) and mean latency at
+   batch 1, compiled against the original, measured interleaved on held-out rows, and the cost of
+   a row that runs to the end (heads and per-call costs) against the original's. The driver falls
+   back to the original model where the compiled one measures slower.
+
+Measured with the runtime `exitc.load` gives users (the C++ one when built); the full-depth
+overhead with the reference runtime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+
+from .backends import make_session
+from .data import Dataset, batches
+from .measure import batch1_latencies, run_all, run_interleaved
+from .passes.normalize import Signature, resize_feeds
+
+FULL_DEPTH_ATOL = 1e-4
+FULL_DEPTH_RTOL = 1e-5
+EXACT_ROWS = 256
+RAGGED_BATCH = 7
+LATENCY_ROWS = 150
+THROUGHPUT_SECONDS = 2.0  # rows measured at batch N: about this long for the original, per round
+
+
+@dataclass
+class Verification:
+    rows: int = 0                          # held-out rows compared
+    agreement: float = 1.0                 # top-1 agreement with the original on them
+    max_abs_diff_full_depth: float = 0.0
+    checked: list[str] = field(default_factory=list)   # what the exactness check ran ("batch 32", ...)
+    batch_size: int = 32
+    throughput_ratio: float | None = None  # original seconds / compiled seconds at batch_size
+    full_depth_overhead_batch: float | None = None  # full-depth path / original - 1 at batch_size
+    p50_ratio_b1: float | None = None      # original p50 / compiled p50 at batch 1
+    mean_ratio_b1: float | None = None
+    full_depth_overhead_b1: float | None = None
+    latency_ms_b1: dict = field(default_factory=dict)  # mean and p50 per form
+    batch1_form: str = "segmented"         # what the artifact runs at batch 1
+    measurements: int = 0
+
+    def slower(self) -> list[str]:
+        """Where the compiled model measured slower than the original (empty: nowhere)."""
+        out = []
+        if self.throughput_ratio is not None and self.throughput_ratio < 1.0:
+            out.append(f"throughput at batch {self.batch_size} {self.throughput_ratio:.2f}x")
+        if self.p50_ratio_b1 is not None and self.p50_ratio_b1 < 1.0:
+            out.append(f"median batch-1 latency {self.p50_ratio_b1:.2f}x")
+        return out
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _load(path: str, use_conditional: bool = True):
+    """The artifact as users load it: the C++ runtime when built, else the reference."""
+    try:
+        from .cpp_runtime import CppExitModel
+
+        return CppExitModel(path, use_conditional=use_conditional)
+    except ImportError:
+        from .runtime import ExitModel
+
+        return ExitModel(path, use_conditional=use_conditional)
+
+
+def _within(got: np.ndarray, ref: np.ndarray) -> float:
+    """Max abs difference, or +inf where it exceeds the tolerance."""
+    diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
+    ok = diff <= FULL_DEPTH_ATOL + FULL_DEPTH_RTOL * np.abs(ref)
+    return float(diff.max()) if ok.all() else float("inf")
+
+
+def check_exact(path: str, model: onnx.ModelProto, sig: Signature, data: Dataset, batch_size: int,
+                result: Verification) -> None:
+    """Part 1 of the module doc; fills `result` and raises RuntimeError on a deviation."""
+    from .runtime import ExitModel
+
+    compiled = ExitModel(path)
+    original = make_session(model, "original model")
+    n = min(EXACT_ROWS, data.rows)
+    feeds = {k: v[:n] for k, v in data.feeds.items()}
+    runs = [(f"batch {batch_size}", feeds, n, batch_size), (f"batch {RAGGED_BATCH}", feeds, min(n, 3 * RAGGED_BATCH),
+                                                            RAGGED_BATCH),
+            ("batch 1", feeds, min(n, 8), 1)]
+    if sig.resized:
+        small = {k: v[:16] for k, v in feeds.items()}
+        sizes = ", ".join(f"{name} axis {a} = {s}" for name, axes in sig.resized.items() for a, s in axes.items())
+        runs.append((f"resized input ({sizes})", resize_feeds(small, sig.resized), len(small[next(iter(small))]), 8))
+    agree = total = 0
+    max_diff = 0.0
+    for what, f, rows, b in runs:
+        for sl in batches(rows, b):
+            part = {k: v[sl] for k, v in f.items()}
+            ref = original.run(part)[0]
+            outs, exit_index = compiled.run(part)
+            got = outs[0]
+            end = exit_index == compiled.num_exits
+            if end.any():
+                d = _within(got[end], ref[end])
+                if not np.isfinite(d):
+                    raise RuntimeError(f"compiled model deviates from the original on full-depth rows at {what} "
+                                       f"(max abs diff {float(np.abs(got[end] - ref[end]).max()):.3g})")
+                max_diff = max(max_diff, d)
+            if what == f"batch {batch_size}":
+                agree += int((got.argmax(1) == ref.argmax(1)).sum())
+                total += len(ref)
+        result.checked.append(what)
+    result.rows = total
+    result.agreement = agree / max(total, 1)
+    result.max_abs_diff_full_depth = max_diff
+
+
+def measure(path: str, model: onnx.ModelProto, data: Dataset, batch_size: int, has_conditional: bool,
+            result: Verification) -> None:
+    """Parts 2 and 3 of the module doc (one more measurement each call; ratios are averaged over
+    the calls, so a second call firms up a borderline first one)."""
+    from .runtime import ExitModel
+
+    original = make_session(model, "original model")
+    compiled = _load(path, use_conditional=False)
+    full = ExitModel(path, use_conditional=False, full_depth=True)
+    feeds = data.feeds
+
+    def run_orig(f):
+        return original.run(f)
+
+    # Rows at batch N: about THROUGHPUT_SECONDS of the original per round, 4 to 16 batches.
+    b = min(batch_size, data.rows)
+    run_all(run_orig, feeds, b, b)
+    t_batch, _ = run_all(run_orig, feeds, b, b)
+    n = int(np.clip(round(THROUGHPUT_SECONDS / max(t_batch, 1e-6)), 4, 16)) * b
+    n = min(n, data.rows)
+    for fn in (compiled.run, full.run):
+        run_all(fn, feeds, b, b)  # warm-up
+    ratios, full_ratios = [], []
+    for _ in range(2):
+        (t_o, t_c, t_f), _ = run_interleaved([run_orig, compiled.run, full.run], feeds, n, b)
+        ratios.append(t_o / t_c)
+        full_ratios.append(t_f / t_o - 1.0)
+
+    forms = {"original": run_orig, "segmented": compiled.run, "full_depth": full.run}
+    if has_conditional:
+        forms["conditional"] = _load(path, use_conditional=True).run
+    rows = min(LATENCY_ROWS, data.rows)
+    lat = dict(zip(forms, batch1_latencies(list(forms.values()), feeds, rows)))
+    stats = {k: {"mean_ms": float(v.mean() * 1e3), "p50_ms": float(np.median(v) * 1e3)} for k, v in lat.items()}
+    form = "conditional" if has_conditional and lat["conditional"].mean() < lat["segmented"].mean() else "segmented"
+
+    k = result.measurements
+    avg = (lambda old, new: new if old is None or k == 0 else (old * k + new) / (k + 1))
+    result.batch_size = b
+    result.throughput_ratio = avg(result.throughput_ratio, float(np.mean(ratios)))
+    result.full_depth_overhead_batch = avg(result.full_depth_overhead_batch, float(np.mean(full_ratios)))
+    result.p50_ratio_b1 = avg(result.p50_ratio_b1, float(np.median(lat["original"]) / np.median(lat[form])))
+    result.mean_ratio_b1 = avg(result.mean_ratio_b1, float(lat["original"].mean() / lat[form].mean()))
+    result.full_depth_overhead_b1 = avg(result.full_depth_overhead_b1,
+                                        float(lat["full_depth"].mean() / lat["original"].mean() - 1.0))
+    result.latency_ms_b1 = stats
+    result.batch1_form = form
+    result.measurements = k + 1

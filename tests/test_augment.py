@@ -1,0 +1,70 @@
+"""Synthetic neighbours (exitc.augment) and how distillation uses them (exitc.distill)."""
+
+import numpy as np
+
+from exitc.augment import perturbations
+from exitc.distill import NeighbourRows, distill_heads
+from exitc.passes.candidates import Candidate
+from exitc.passes.graph import TensorInfo
+from onnx import TensorProto
+
+
+def image_input(shape=("batch", 1, 28, 28)):
+    return TensorInfo("pixels", TensorProto.FLOAT, list(shape))
+
+
+def test_image_perturbations_keep_shape_and_content():
+    rng = np.random.default_rng(0)
+    x = rng.random((6, 1, 28, 28)).astype(np.float32)
+    kinds = perturbations([image_input()], {"pixels": x}, None)
+    assert set(kinds) == {"shift:pixels", "flip:pixels", "noise:pixels"}
+    rows = np.array([True, False, True, False, True, False])
+    for name, kind in kinds.items():
+        y = kind({"pixels": x}, rows, rng)["pixels"]
+        assert y.shape == x.shape and y.dtype == x.dtype
+        assert np.array_equal(y[~rows], x[~rows]), name  # rows not chosen stay untouched
+    flipped = kinds["flip:pixels"]({"pixels": x}, rows, rng)["pixels"]
+    assert np.array_equal(flipped[0], x[0][:, :, ::-1])
+    shifted = kinds["shift:pixels"]({"pixels": x}, np.ones(6, bool), rng)["pixels"]
+    assert set(np.unique(shifted[0])) <= set(np.unique(x[0]))  # a shift only moves (and repeats edge) pixels
+
+
+def test_nhwc_images_flip_along_width():
+    x = np.random.default_rng(0).random((2, 16, 20, 3)).astype(np.float32)
+    kinds = perturbations([image_input(("batch", 16, 20, 3))], {"pixels": x}, None)
+    y = kinds["flip:pixels"]({"pixels": x}, np.ones(2, bool), None)["pixels"]
+    assert np.array_equal(y, x[:, :, ::-1, :])
+
+
+def test_token_drop_keeps_first_and_last_token_and_repads():
+    ids = np.array([[101, 5, 6, 7, 8, 9, 10, 11, 12, 13, 102, 0, 0, 0]], np.int64)
+    mask = (ids != 0).astype(np.int64)
+    types = np.zeros_like(ids)
+    inputs = [TensorInfo(n, TensorProto.INT64, ["batch", 14]) for n in ("input_ids", "attention_mask", "token_type_ids")]
+    feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    kinds = perturbations(inputs, feeds, "attention_mask")
+    assert {"drop-tokens", "replace-tokens"} <= set(kinds)
+    out = kinds["drop-tokens"](feeds, np.array([True]), np.random.default_rng(0))
+    n = int(out["attention_mask"][0].sum())
+    assert n == 10  # 9 inner tokens: one dropped
+    kept = out["input_ids"][0][:n]
+    assert kept[0] == 101 and kept[-1] == 102 and (out["input_ids"][0][n:] == 0).all()
+    assert set(kept) < set(ids[0])
+    rep = kinds["replace-tokens"](feeds, np.array([True]), np.random.default_rng(1))
+    assert rep["input_ids"][0][0] == 101 and rep["input_ids"][0][10] == 102
+    assert np.array_equal(rep["attention_mask"], mask)
+
+
+def test_neighbours_of_a_held_out_row_never_train_its_out_of_fold_head():
+    """Features without signal, so a head can only memorise; neighbours are exact copies of the
+    fit rows. If a row's own copy were in the folds that predict it out of fold, its out-of-fold
+    agreement would be near perfect; kept out, it stays near chance."""
+    rng = np.random.default_rng(0)
+    n, d, classes = 150, 300, 4
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    targets = np.eye(classes, dtype=np.float32)[rng.integers(0, classes, n)]
+    cand = Candidate(cut=1, tensor="t", side=(), layout="bf", features=d, row_elements=d, flops_fraction=0.1)
+    nb = NeighbourRows([x.copy()], targets.copy(), np.arange(n))
+    (head,) = distill_heads([cand], [x], targets, kinds=("linear",), progress=False, l2_grid={"linear": (1e-4,)},
+                            neighbours=nb)
+    assert head.agreement < 0.5, head.agreement

@@ -1,0 +1,163 @@
+"""Dims as exporters write them: every naming style of unknown dims must compile, and every
+derived graph must run at two batch sizes and, where a dim is open, at two spatial sizes."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from exitc.driver import CompileOptions, compile_model
+from exitc.passes.normalize import dynamic_axes, name_dims, normalize, prepare
+from exitc.passes.split import build_segments, probe_model
+from exitc.passes import find_candidates
+from exitc.runtime import ExitModel
+
+from synthetic import tiny_cnn, tiny_transformer, transformer_feeds
+
+
+def with_input_dims(model: onnx.ModelProto, dims: list, output_dims: list | None = None) -> onnx.ModelProto:
+    """The model with its first input's dims (and optionally the output's) replaced. Each entry:
+    an int (dim_value, negative allowed), a str (dim_param) or None (empty dim)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+
+    def set_dims(v, ds):
+        shape = v.type.tensor_type.shape
+        del shape.dim[:]
+        for d in ds:
+            dim = shape.dim.add()
+            if isinstance(d, int):
+                dim.dim_value = d
+            elif isinstance(d, str):
+                dim.dim_param = d
+    set_dims(m.graph.input[0], dims)
+    if output_dims is not None:
+        set_dims(m.graph.output[0], output_dims)
+    return m
+
+
+# Naming styles seen in the wild for [batch, 3, H, W] with H and W unknown.
+STYLES = {
+    "question_marks": ["?", 3, "?", "?"],                 # one placeholder for every unknown axis
+    "tf2onnx_unk": ["unk__12", 3, "unk__13", "unk__14"],
+    "minus_one_param": ["-1", 3, "-1", "-1"],
+    "negative_value": [-1, 3, -1, -1],
+    "empty": [None, 3, None, None],
+    "one_name_for_two_axes": ["N", 3, "size", "size"],    # a real-looking name reused within a tensor
+    "batch_name_reused": ["batch", 3, "batch", "batch"],
+}
+
+
+@pytest.mark.parametrize("style", list(STYLES))
+def test_name_dims_gives_open_axes_their_own_symbols(style):
+    m = with_input_dims(tiny_cnn(), STYLES[style], ["?", 5])
+    name_dims(m)
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch" and dims[1].dim_value == 3
+    assert dims[2].dim_param and dims[3].dim_param and dims[2].dim_param != dims[3].dim_param
+    assert m.graph.output[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+
+def test_real_shared_names_are_kept():
+    """input_ids and attention_mask share `sequence` on the same axis: a real name, kept."""
+    m = tiny_transformer()
+    for v in m.graph.input:
+        v.type.tensor_type.shape.dim[1].Clear()
+        v.type.tensor_type.shape.dim[1].dim_param = "sequence"
+    name_dims(m)
+    assert [v.type.tensor_type.shape.dim[1].dim_param for v in m.graph.input] == ["sequence", "sequence"]
+
+
+def run(model, feeds):
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+@pytest.mark.parametrize("style", list(STYLES))
+def test_derived_graphs_run_at_two_batch_and_two_spatial_sizes(style):
+    """The probe and the segments of a model with open H and W run on non-square images at two
+    batch sizes and two spatial sizes (a shared dim name made ORT reuse an H-sized buffer for W)."""
+    rng = np.random.default_rng(0)
+    src = with_input_dims(tiny_cnn(blocks=3), STYLES[style], ["?", 5])
+    model, sig = prepare(src)
+    assert dynamic_axes(sig) == {"x": [2, 3]}
+    x = rng.standard_normal((8, 3, 16, 24)).astype(np.float32)
+    model = normalize(src, feeds={"x": x})[0]
+    cands = find_candidates(model)
+    assert cands
+    probe = probe_model(model, cands, None)
+    segments = build_segments(model, cands[:2], [None, None])
+    for shape in ((2, 3, 16, 24), (5, 3, 16, 24), (3, 3, 20, 12), (4, 3, 12, 20)):
+        feeds = {"x": rng.standard_normal(shape).astype(np.float32)}
+        ref = run(src, feeds)[0]
+        assert np.allclose(run(probe, feeds)[0], ref, atol=1e-5)
+        state = dict(feeds)
+        for seg in segments:
+            sess = ort.InferenceSession(seg.model.SerializeToString(), providers=["CPUExecutionProvider"])
+            out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {k: state[k] for k in seg.inputs})))
+            state.update(out)
+        assert np.allclose(state["logits"], ref, atol=1e-5)
+
+
+def fixed_size_only(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A model whose input is declared open but that runs at one size only (a Reshape to a fixed
+    number of features, as exporters write after Flatten)."""
+    m = with_input_dims(model, ["?", 3, "?", "?"], ["?", 5])
+    g = m.graph
+    for n in g.node:
+        if n.op_type == "GlobalAveragePool":
+            n.op_type = "Identity"  # keep the whole map: the flat size is 8 * 16 * 16
+    fc = next(t for t in g.initializer if t.name == "fc_w")
+    w = np.random.default_rng(1).standard_normal((5, 8 * 16 * 16)).astype(np.float32) * 0.05
+    fc.CopyFrom(onnx.numpy_helper.from_array(w, "fc_w"))
+    g.initializer.append(onnx.numpy_helper.from_array(np.array([0, 8 * 16 * 16], np.int64), "flat_shape"))
+    flat = next(n for n in g.node if n.op_type == "Flatten")
+    flat.CopyFrom(helper.make_node("Reshape", ["gap", "flat_shape"], ["flat"], name="flatten"))
+    return m
+
+
+def test_model_that_runs_at_one_size_is_compiled_for_it(tmp_path):
+    src = fixed_size_only(tiny_cnn(blocks=3))
+    x = np.random.default_rng(0).standard_normal((6, 3, 16, 16)).astype(np.float32)
+    model, sig = prepare(src)
+    from exitc.passes.normalize import observe_shapes
+
+    observe_shapes(model, sig, {"x": x})
+    assert sig.fixed_axes and sig.inputs[0].shape == ["batch", 3, 16, 16] and not sig.resized
+
+
+@pytest.mark.parametrize("style", ["question_marks", "tf2onnx_unk", "empty"])
+def test_compile_with_open_spatial_dims(tmp_path, style):
+    """End to end on non-square images: compiles, the artifact is exact at full depth at both sizes
+    (the compiler's own check covers a resized input) and runs at a second size."""
+    src = with_input_dims(tiny_cnn(blocks=4), STYLES[style], ["?", 5])
+    onnx.save(src, tmp_path / "m.onnx")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((1400, 3, 16, 24)).astype(np.float32))
+    out = str(tmp_path / "m.exitc")
+    res = compile_model(str(tmp_path / "m.onnx"), str(tmp_path / "calib.npz"), out,
+                        CompileOptions(target_acc=0.9, progress=False, never_slower=False), log=lambda *a: None)
+    assert any("resized input" in c for c in res.verification.checked)
+    model = ExitModel(out)
+    x2 = rng.standard_normal((9, 3, 20, 12)).astype(np.float32)
+    outs, idx = model.run({"x": x2})
+    ref = run(src, {"x": x2})[0]
+    end = idx == model.num_exits
+    assert np.allclose(outs[0][end], ref[end], atol=1e-4)
+
+
+def test_transformer_with_open_sequence_length(tmp_path):
+    """Token models whose sequence axis is open (tf2onnx writes unk__N for it)."""
+    src = tiny_transformer()
+    for v in src.graph.input:
+        d = v.type.tensor_type.shape.dim
+        d[0].dim_param, d[1].dim_param = "unk__1", "unk__2"
+    model, sig = prepare(src)
+    assert dynamic_axes(sig) == {"input_ids": [1], "attention_mask": [1]}
+    # the positional embedding has a fixed length: the model runs only at seq 8
+    f = transformer_feeds(6)
+    from exitc.passes.normalize import observe_shapes
+
+    observe_shapes(model, sig, f)
+    assert sig.fixed_axes and sig.inputs[0].shape == ["batch", 8]
