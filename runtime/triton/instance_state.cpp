@@ -143,6 +143,8 @@ void ModelInstanceState::execute_continuous(std::vector<Request>& requests) {
         const uint64_t submitted = now_ns();
         try {
             batcher_->submit(owned->feeds(), [this, owned, submitted](std::exception_ptr error, exitc::RunResult result) {
+                // Metrics first: once the response is out, a client may read them.
+                publish_continuous_stats();
                 if (!error) {
                     owned->respond(result, 0, submitted, now_ns());
                 } else {
@@ -159,7 +161,6 @@ void ModelInstanceState::execute_continuous(std::vector<Request>& requests) {
                     }
                     owned->respond_error(code, "exitc model '" + model_.name() + "': " + message);
                 }
-                publish_continuous_stats();
             });
         } catch (const exitc::Error& e) {
             owned->respond_error(code_for(e), "exitc model '" + model_.name() + "': " + e.what());
