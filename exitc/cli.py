@@ -1,4 +1,4 @@
-"""Command line: exitc inspect | compile | bench | run.
+"""Command line: exitc inspect | compile | bench | run | export-triton | backend-dir.
 
 Every failure is one line on stderr and a non-zero exit status, never a traceback:
 user errors (ExitcError) print `exitc: error: ...` (status 2); anything else is a bug and prints
@@ -74,6 +74,10 @@ def _parser(version: str) -> argparse.ArgumentParser:
     r.add_argument("-o", "--out", required=True, help="output .npz (model outputs + exitc_exit_index)")
     r.add_argument("--batch-size", type=int, default=32)
     r.add_argument("--engine", default="auto", choices=["auto", "cpp", "python"])
+
+    from .triton import add_subcommands as add_triton_subcommands
+
+    p.exitc_extra_handlers = add_triton_subcommands(sub)  # export-triton, backend-dir (exitc/triton.py)
     return p
 
 
@@ -189,8 +193,11 @@ def main(argv=None) -> int:
     from .errors import INTERNAL_EXIT_CODE, ExitcError, first_line, write_internal_log
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = _parser(__version__).parse_args(argv)
-    handler = {"inspect": cmd_inspect, "compile": cmd_compile, "bench": cmd_bench, "run": cmd_run}[args.command]
+    parser = _parser(__version__)
+    args = parser.parse_args(argv)
+    handlers = {"inspect": cmd_inspect, "compile": cmd_compile, "bench": cmd_bench, "run": cmd_run}
+    handlers.update(parser.exitc_extra_handlers)
+    handler = handlers[args.command]
     if not args.debug:
         # Library warnings (numpy, onnx, torch) are not the user's problem and would break the
         # promise of one line per failure; --debug shows them.

@@ -472,6 +472,77 @@ RunResult Model::Impl::run(const std::vector<NamedTensorView>& feeds) const {
 }
 
 RunResult Model::run(const std::vector<NamedTensorView>& inputs) const { return impl_->run(inputs); }
+
+int64_t Model::check_feeds(const std::vector<NamedTensorView>& inputs, std::vector<TensorView>& by_input) const {
+    return impl_->validate_feeds(inputs, by_input);
+}
+
+ExecutorOutputs Model::run_segment(std::size_t segment, const std::vector<TensorView>& feeds) const {
+    if (segment >= impl_->segments.size())
+        throw Error(ErrorCode::kInvalidArgument, "segment " + std::to_string(segment) + " does not exist (the model has " +
+                                                     std::to_string(impl_->segments.size()) + ")");
+    const SegmentPlan& plan = impl_->segments[segment];
+    if (feeds.size() != plan.feed_names.size())
+        throw Error(ErrorCode::kInvalidArgument, plan.label + ": got " + std::to_string(feeds.size()) +
+                                                     " feeds, the segment reads " + std::to_string(plan.feed_names.size()));
+    int64_t rows = -1;
+    for (std::size_t i = 0; i < feeds.size(); ++i) {
+        const TensorSpec& spec = impl_->slots[static_cast<std::size_t>(plan.feed_slots[i])];
+        const TensorView& v = feeds[i];
+        const auto axis = static_cast<std::size_t>(spec.batch_axis);
+        if (v.dtype != spec.dtype || v.shape.rank() != spec.shape.size())
+            throw Error(ErrorCode::kInvalidArgument, plan.label + ": feed '" + spec.name + "' is " +
+                                                         std::string(dtype_name(v.dtype)) + " " + v.shape.to_string() +
+                                                         ", expected " + std::string(dtype_name(spec.dtype)) +
+                                                         " of rank " + std::to_string(spec.shape.size()));
+        if (rows < 0) rows = v.shape[axis];
+        else if (v.shape[axis] != rows)
+            throw Error(ErrorCode::kInvalidArgument, plan.label + ": feeds disagree on the number of rows");
+    }
+    ExecutorOutputs out = plan.executor->run(plan.feed_names, feeds, plan.output_names);
+    if (out.tensors.size() != plan.output_names.size())
+        throw Error(ErrorCode::kBackend, plan.label + ": engine returned " + std::to_string(out.tensors.size()) +
+                                             " outputs, expected " + std::to_string(plan.output_names.size()));
+    for (std::size_t c = 0; c < plan.carry_slots.size(); ++c) {
+        const TensorSpec& spec = impl_->slots[static_cast<std::size_t>(plan.carry_slots[c])];
+        const TensorView& v = out.tensors[c];
+        if (v.dtype != spec.dtype || v.shape.rank() != spec.shape.size() ||
+            v.shape[static_cast<std::size_t>(spec.batch_axis)] != rows)
+            throw Error(ErrorCode::kBackend, plan.label + ": carried tensor '" + spec.name + "' is " +
+                                                 std::string(dtype_name(v.dtype)) + " " + v.shape.to_string() +
+                                                 ", expected " + std::to_string(rows) + " rows on axis " +
+                                                 std::to_string(spec.batch_axis));
+    }
+    const Manifest& m = impl_->manifest;
+    if (plan.exit) {
+        const TensorView& logits = out.tensors[plan.carry_slots.size()];
+        const TensorView& score = out.tensors[plan.carry_slots.size() + 1];
+        if (score.dtype != DType::kFloat32 || score.num_elements() != rows || score.shape.rank() == 0 ||
+            score.shape[0] != rows)
+            throw Error(ErrorCode::kBackend, plan.label + ": exit score '" + plan.exit->score + "' is " +
+                                                 std::string(dtype_name(score.dtype)) + " " + score.shape.to_string() +
+                                                 ", expected float32 [" + std::to_string(rows) + "]");
+        const TensorSpec& pred = m.outputs[static_cast<std::size_t>(impl_->prediction_output)];
+        const auto axis = static_cast<std::size_t>(pred.batch_axis);
+        if (logits.dtype != pred.dtype || logits.shape.rank() != pred.shape.size() || logits.shape[axis] != rows)
+            throw Error(ErrorCode::kBackend, plan.label + ": exit logits '" + plan.exit->logits + "' are " +
+                                                 std::string(dtype_name(logits.dtype)) + " " + logits.shape.to_string() +
+                                                 ", expected " + std::string(dtype_name(pred.dtype)) + " with " +
+                                                 std::to_string(rows) + " rows");
+    } else {
+        for (std::size_t k = 0; k < m.outputs.size(); ++k) {
+            const TensorSpec& spec = m.outputs[k];
+            const TensorView& v = out.tensors[plan.carry_slots.size() + k];
+            const auto axis = static_cast<std::size_t>(spec.batch_axis);
+            if (v.dtype != spec.dtype || v.shape.rank() != spec.shape.size() || v.shape[axis] != rows)
+                throw Error(ErrorCode::kBackend, plan.label + ": output '" + spec.name + "' is " +
+                                                     std::string(dtype_name(v.dtype)) + " " + v.shape.to_string() +
+                                                     ", expected " + std::string(dtype_name(spec.dtype)) + " with " +
+                                                     std::to_string(rows) + " rows");
+        }
+    }
+    return out;
+}
 const Manifest& Model::manifest() const noexcept { return impl_->manifest; }
 const std::string& Model::artifact_dir() const noexcept { return impl_->artifact_dir; }
 std::size_t Model::num_exits() const noexcept { return impl_->manifest.num_exits(); }

@@ -63,6 +63,17 @@ public:
     // must be present exactly once. Thread-safe.
     RunResult run(const std::vector<NamedTensorView>& inputs) const;
 
+    // Segment-level access for schedulers that batch rows across calls (exitc::ContinuousBatcher).
+    // check_feeds: the feed validation of run(); returns the batch size and fills `by_input` with
+    // the feeds in manifest input order. Throws Error(kInvalidArgument) like run().
+    int64_t check_feeds(const std::vector<NamedTensorView>& inputs, std::vector<TensorView>& by_input) const;
+    // run_segment: runs segment `segment`'s graph alone. `feeds[i]` is the value of
+    // manifest().segments[segment].inputs[i] (all with the same rows on their batch axes).
+    // Outputs, in order: the segment's carry_out, then (logits, score) for an exit segment or the
+    // model outputs for the last one; counts, dtypes and row counts are checked (Error(kBackend)).
+    // Thread-safe; not counted in stats().
+    ExecutorOutputs run_segment(std::size_t segment, const std::vector<TensorView>& feeds) const;
+
     const Manifest& manifest() const noexcept;
     const std::string& artifact_dir() const noexcept;
     std::size_t num_exits() const noexcept;
