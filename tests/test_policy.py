@@ -106,9 +106,10 @@ def test_median_latency_is_the_path_of_the_median_request():
     assert np.isclose(cm.median_latency([0, 2], np.array([[1.0, 0.49, 0.49]]))[0], path[2])
 
 
-def test_never_slower_rejects_plans_whose_median_request_runs_to_the_end():
+def test_batch1_runs_the_original_where_the_median_request_would_run_to_the_end():
     """Weak heads that take only a third of the rows: the plan cheapens batches but every median
-    request pays heads and calls on the whole path. With never_slower it is rejected."""
+    batch-1 request would pay heads and calls on the whole path. With never_slower, batches keep
+    the exits and batch-1 requests run the original."""
     heads, cert_feats, cert_pred = _heads(3000, 3000, scale=0.3)
     # the original costs exactly its slices (as profile.calibrate_slices makes it): a full-depth
     # row pays heads and calls on top
@@ -122,8 +123,10 @@ def test_never_slower_rejects_plans_whose_median_request_runs_to_the_end():
         plan = choose_plan(fit_scores, fit_agree, cert_scores, cert_agree, profile, 0.98, 0.95, never_slower=ns)
         early = 1.0 - plan.exit_fractions[-1]
         if ns:
-            assert not plan.exits or early >= 0.5, plan.exit_fractions
+            assert plan.exits and plan.predicted_cost_batch < plan.original_cost_batch
             assert plan.predicted_median_b1 <= plan.original_cost_b1
+            assert plan.batch1 == "original"
         else:
             slow = plan
-    assert slow.exits and 1.0 - slow.exit_fractions[-1] < 0.5, "the case must have a plan that never_slower rejects"
+    assert slow.exits and 1.0 - slow.exit_fractions[-1] < 0.5 and slow.batch1 == "exits"
+    assert slow.predicted_median_b1 > slow.original_cost_b1, "the case must have a median request slower at batch 1"
