@@ -2,7 +2,8 @@
 
 The outcome is one of
   * "compiled": an artifact whose full-depth rows (exit index == number of exits) equal the
-    original's outputs (every output, max abs diff within TOLERANCE) on both runtimes;
+    original's outputs (every output, max abs diff within TOLERANCE) on both runtimes; an output
+    the manifest lists in `dropped_outputs` may be missing, any other may not;
   * "refused": exitc stopped with exit status 2 and exactly one line on stderr, no output left;
   * "failed": anything else (a traceback, an internal error, several lines, a partial output
     directory, an artifact whose full-depth rows differ); `detail` says which.
@@ -35,6 +36,7 @@ class Outcome:
     full_rows: int = 0          # test rows that ran the whole model
     agreement: float | None = None  # top-1 agreement with the original on the test rows
     exits: int = 0
+    dropped: list = field(default_factory=list)  # original outputs the artifact declares it drops
 
 
 def compile_cli(model: Path, calib: Path, out: Path, target: float, extra: list[str] = (),
@@ -132,6 +134,13 @@ def judge(model: Path, calib: Path, test: Path, out: Path, target: float, extra:
     names, expected = original_outputs(model, feeds)
     result = Outcome("compiled", "", seconds, stderr, exits=len(manifest["segments"]) - 1)
     problems = []
+    declared = [o["name"] for o in manifest["outputs"]]
+    dropped = list(manifest.get("dropped_outputs", []))  # documented: the artifact says it lacks them
+    if declared != [n for n in names if n not in dropped]:
+        problems.append(f"the artifact's outputs {declared} are not the original's {names}"
+                        + (f" less dropped_outputs {dropped}" if dropped else ""))
+    result.dropped = [n for n in names if n not in declared]
+    names, expected = ([n for n in names if n in declared], [e for n, e in zip(names, expected) if n in declared])
     forced = forced_full_depth(out, out.with_name(out.name + ".full-depth"))
     for engine in ("python", "cpp"):
         try:
@@ -159,4 +168,5 @@ def verdict(model_is_classifier: bool, outcome: Outcome) -> tuple[bool, str]:
     if outcome.kind == "refused":
         return True, outcome.detail
     return True, (f"{outcome.exits} exits, full-depth max diff "
-                  + ", ".join(f"{e} {d:.2g}" for e, d in outcome.diffs.items()))
+                  + ", ".join(f"{e} {d:.2g}" for e, d in outcome.diffs.items())
+                  + (f"; drops outputs {outcome.dropped} (declared)" if outcome.dropped else ""))
