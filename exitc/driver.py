@@ -217,7 +217,8 @@ def compile_model(model_path: str, calib_path: str, out_dir: str, opts: CompileO
                                                         profile, mask_input, elem_types, emit_probabilities)
             with stage("verify"):
                 check = verify_stage(staging, manifest, reference, sig, holdout, plan, opts, log)
-            if not (plan.exits and opts.never_slower and check.slower_batch()):
+            # Costs given by the user (measured on the target machine) outrank timings taken here.
+            if not (plan.exits and opts.never_slower and opts.cost_profile is None and check.slower_batch()):
                 break
             # Measured, not predicted: the policy expected this plan to be no slower. The
             # original is the one plan that needs no new certification.
@@ -259,9 +260,11 @@ def verify_stage(staging: str, manifest: dict, model, sig, holdout: Dataset, pla
         return verify.choose_batch1(check, cond["form"] if cond else None)
 
     measure_and_choose()
-    if opts.never_slower and (check.slower_batch() or check.slower_batch1()):
+    if opts.cost_profile is not None:  # costs given for another machine: timings here are informational
+        pass
+    elif opts.never_slower and (check.slower_batch() or check.slower_batch1()):
         measure_and_choose()  # a borderline first measurement: measure again (ratios are averaged)
-    if opts.never_slower and check.batch1_form != "original" and check.slower_batch1():
+    if opts.never_slower and opts.cost_profile is None and check.batch1_form != "original" and check.slower_batch1():
         note = (f"the median batch-1 request measured {check.p50_ratio_b1:.2f}x with exits; batch-1 requests run "
                 "the original model")
         log(f"exitc: {note}")

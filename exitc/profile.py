@@ -39,6 +39,9 @@ class Cost:
         return cls(max(0.0, t1 - per_row), per_row)
 
 
+NO_COST = Cost(0.0, 0.0)  # an empty slice (before an input exit at cut 0)
+
+
 @dataclass
 class Profile:
     batch_size: int
@@ -89,6 +92,8 @@ def _backbone_jobs(model: onnx.ModelProto, cands: list[Candidate], mask_input: s
     jobs = [("original", make_session(model, "original model"), feeds)]
     state = dict(feeds)
     for seg in build_segments(model, cands, [None] * len(cands), mask_input):
+        if not seg.model.graph.node:  # nothing before an input exit at cut 0: costs nothing
+            continue
         sess = make_session(seg.model, f"segment {seg.index}")
         seg_feeds = {k: state[k] for k in seg.inputs}
         jobs.append((f"slice{seg.index}", sess, seg_feeds))
@@ -108,7 +113,7 @@ def profile_backbone(model: onnx.ModelProto, cands: list[Candidate], mask_input:
     b = len(next(iter(feeds.values())))
     jobs, _ = _backbone_jobs(model, cands, mask_input, feeds)
     costs, timings = _measure(jobs, b, reps_b1, reps_bn)
-    return costs["original"], [costs[f"slice{k}"] for k in range(len(cands) + 1)], timings
+    return costs["original"], [costs.get(f"slice{k}", NO_COST) for k in range(len(cands) + 1)], timings
 
 
 def profile_costs(model: onnx.ModelProto, heads: list[FittedHead], mask_input: str | None, data: Dataset,
@@ -128,14 +133,15 @@ def profile_costs(model: onnx.ModelProto, heads: list[FittedHead], mask_input: s
     with tqdm(total=2 * (reps_b1 + reps_bn), desc="profile", unit="round", disable=not progress, leave=False) as bar:
         costs, timings = _measure(jobs, b, reps_b1, reps_bn, bar)
     original = costs["original"]
-    slices = [costs[f"slice{k}"] for k in range(len(cands) + 1)]
+    slices = [costs.get(f"slice{k}", NO_COST) for k in range(len(cands) + 1)]
     head_costs = [costs[f"head{k}"] for k in range(len(heads))]
     # Per-call cost of a segment: at least the smallest fixed cost measured, and at least what the
     # slices, called one by one at batch 1, cost beyond the monolithic model per extra call (on
     # the NLP sample 0.35 ms per call, 40x a trivial graph's; ignoring it predicted a batch-1
     # speedup where there was a slowdown).
-    split_extra = (sum(c.at(1) for c in slices) - original.at(1)) / max(len(slices) - 1, 1)
-    overhead = max(min(c.fixed for c in head_costs + slices), split_extra)
+    timed = [c for c in slices if c is not NO_COST]
+    split_extra = (sum(c.at(1) for c in timed) - original.at(1)) / max(len(timed) - 1, 1)
+    overhead = max(min(c.fixed for c in head_costs + slices if c is not NO_COST), split_extra)
     return Profile(b, original, calibrate_slices(slices, original, overhead),
                    [Cost(max(h.fixed - overhead, 0.0), h.per_row) for h in head_costs], overhead, timings)
 

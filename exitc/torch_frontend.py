@@ -33,6 +33,7 @@ import os
 import shutil
 import tempfile
 import time
+from types import SimpleNamespace
 from typing import Any, Sequence
 
 import numpy as np
@@ -43,10 +44,10 @@ from . import __version__
 from .backends import make_session
 from .data import Dataset, batches
 from .distill import FittedHead, distill_heads
-from .driver import CompileOptions, certify_stage, check_rows, split_rows
+from .driver import CompileOptions, augment_stage, certify_stage, check_rows, split_rows
 from .emit import plan_sections
 from .errors import ExitcError
-from .features import collect_features, looks_like_probabilities
+from .features import FeatureProbe, looks_like_probabilities
 from .manifest import FORMAT, MANIFEST, SCHEMA_VERSION
 from .passes import find_candidates, load_model, normalize
 from .passes.candidates import Candidate
@@ -579,7 +580,9 @@ def onnx_mirror(gm, module_name: str, names: list[str], data: Dataset, output_na
         except ExitcError as exc:
             log(f"exitc: {module_name}: no ONNX mirror ({exc}); candidates from the fx graph, costs measured in torch")
             return None
-    candidates = find_candidates(model, max_candidates=max_candidates)
+    # An input exit on the graph input itself (cut 0) has no fx cut to place it at (its segment
+    # would be an empty module, which the exporters cannot write): the torch path leaves it out.
+    candidates = [c for c in find_candidates(model, max_candidates=max_candidates) if c.cut > 0]
     idx = GraphIndex.build(model)
     elem_types = {name: info.elem_type for name, info in idx.infos.items()}
     # The candidate tensors' values on a few rows, from ONNX Runtime and from the fx graph.
@@ -637,15 +640,23 @@ def compile_traced(gm, module_name: str, names: list[str], data: Dataset, opts: 
     profile = None
     emit_probabilities = False
     if candidates and opts.target_acc < 1.0:
+        neighbours = None
         if twin:
-            cache = collect_features(twin.model, twin.candidates, twin.mask_input, data, progress=opts.progress)
+            probe = FeatureProbe(twin.model, twin.candidates, twin.mask_input)
+            cache = probe.collect(data, progress=opts.progress)
             outputs, features = cache.outputs, cache.features
-        else:
+            if opts.augment:  # the ONNX pipeline's augment stage, on the mirror
+                twin_inputs = [GraphIndex.build(twin.model).infos[n] for n in names]
+                neighbours = augment_stage(SimpleNamespace(inputs=twin_inputs), data.take(fit_idx),
+                                           cache.predictions[fit_idx], twin.mask_input, probe,
+                                           cache.outputs_are_probabilities, opts, log)
+        else:  # features computed in torch: no neighbours (they would need the ONNX probe)
             outputs, features = collect_features_torch(gm, candidates, mask_input, data)
         emit_probabilities = looks_like_probabilities(outputs)
         probs = (outputs if emit_probabilities else softmax(outputs)).astype(np.float32)
         fitted = distill_heads(twin.candidates if twin else candidates, [f[fit_idx] for f in features],
-                               probs[fit_idx], kinds=opts.head_kinds, seed=opts.seed, progress=opts.progress)
+                               probs[fit_idx], kinds=opts.head_kinds, seed=opts.seed, progress=opts.progress,
+                               neighbours=neighbours)
         b = min(opts.batch_size, len(fit_idx))
         if opts.cost_profile is not None:  # given costs (e.g. measured on the target machine): no timing here
             profile = given_profile(opts.cost_profile, candidates, b)

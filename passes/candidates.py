@@ -186,7 +186,9 @@ def find_candidates(model: onnx.ModelProto, max_side: int = 3, max_candidates: i
     Cuts before `min_fraction` of the estimated arithmetic are skipped, except, with `input_exit`,
     one cut before the first heavy op (Conv, MatMul, ...): an exit there reads the model's
     own preprocessed input (a resized, normalised image; a transformer's embeddings) and costs
-    almost nothing, so it pays even if it can take only the most obvious rows. At most
+    almost nothing, so it pays even if it can take only the most obvious rows. Where the first
+    heavy op reads a graph input directly (preprocessing outside the graph), that input is the
+    input exit's tensor (cut 0, nothing carried). At most
     `max_candidates` are returned (spread over the arithmetic; the input exit always stays)."""
     idx = GraphIndex.build(model)
     first_heavy = next((i for i, n in enumerate(idx.nodes) if n.op_type in HEAVY_OPS), len(idx.nodes))
@@ -236,6 +238,8 @@ def find_candidates(model: onnx.ModelProto, max_side: int = 3, max_candidates: i
         heavy_inputs = idx.inputs_of[first_heavy]
         feeds_heavy = set(heavy_inputs) | {t for i in idx.cone(heavy_inputs, ()) for t in idx.inputs_of[i]}
     chosen = min((c for c in early if c.tensor in feeds_heavy), key=lambda c: (c.row_elements, -c.cut), default=None)
+    if input_exit and chosen is None and first_heavy < len(idx.nodes):
+        chosen = _graph_input_exit(idx, idx.inputs_of[first_heavy])
     # It takes no part in the neighbour rules below (its neighbours are of another kind).
     cands = [c for c in cands if c not in early]
     # Keep the cheapest cut among neighbours (block outputs rather than expanded inner tensors).
@@ -268,6 +272,27 @@ def find_candidates(model: onnx.ModelProto, max_side: int = 3, max_candidates: i
                 spread.append(best)
         keep = spread
     return sorted(fixed + keep, key=lambda c: c.cut)[:max_candidates]
+
+
+def _graph_input_exit(idx: GraphIndex, heavy_inputs: list[str]) -> Candidate | None:
+    """The input exit of a model whose first heavy op reads a graph input directly (an image
+    preprocessed outside the graph): a cut before any node (cut 0), its head reading the graph
+    input itself. Nothing is carried: every segment reads the graph inputs anyway."""
+    best = None
+    for name in heavy_inputs:
+        info = idx.infos.get(name)
+        if name not in idx.graph_inputs or info is None:
+            continue
+        layout = _layout(info)
+        if layout is None:
+            continue
+        c = Candidate(cut=0, tensor=name, side=(), layout=layout, features=_features(info, layout),
+                      row_elements=_row_elems(info), flops_fraction=0.0,
+                      spatial=(tuple(info.shape[2:4]) if layout == "nchw"
+                               and all(isinstance(d, int) for d in info.shape[2:4]) else None))
+        if best is None or c.row_elements < best.row_elements:
+            best = c
+    return best
 
 
 def recompute_ok(model: onnx.ModelProto, tensor: str) -> bool:

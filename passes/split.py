@@ -83,7 +83,8 @@ def build_segments(model: onnx.ModelProto, cuts: list[Candidate], heads: list[Ex
     head_infos: dict[str, onnx.ValueInfoProto] = {}  # carried tensors made by heads (chained gates)
     for k in range(len(cuts) + 1):
         last = k == len(cuts)
-        targets = [output] if last else [t for t in cuts[k].carried if t not in available]
+        # Graph inputs are never carried: every segment may read them (an input exit at cut 0).
+        targets = [output] if last else [t for t in cuts[k].carried if t not in available and t not in idx.graph_inputs]
         head = None if last else heads[k]
         extra_nodes, extra_inits, extra_outs = [], [], []
         if head is not None:

@@ -94,6 +94,8 @@ def test_derived_graphs_run_at_two_batch_and_two_spatial_sizes(style):
         assert np.allclose(run(probe, feeds)[0], ref, atol=1e-5)
         state = dict(feeds)
         for seg in segments:
+            if not seg.model.graph.node:  # the slice before an input exit at cut 0
+                continue
             sess = ort.InferenceSession(seg.model.SerializeToString(), providers=["CPUExecutionProvider"])
             out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {k: state[k] for k in seg.inputs})))
             state.update(out)
