@@ -1,6 +1,6 @@
 """The zoo (bench/zoo/): exitc on real third-party classifiers it was not developed on.
 
-For every fast zoo model: `exitc compile` (the CLI, as a subprocess) on 160 rows of inputs that
+For every fast zoo model: `exitc compile` (the CLI, as a subprocess) on 140 rows of inputs that
 resemble its domain, with `--target-acc 0.9` (the fewest rows exitc accepts at 95% confidence is
 129). A batch-major classifier must compile to an artifact whose full-depth rows equal the
 original's outputs within 1e-4 on both runtimes (also with every exit disabled, so that every
