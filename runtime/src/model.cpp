@@ -105,6 +105,8 @@ struct Model::Impl {
     }
 
     RunResult run(const std::vector<NamedTensorView>& feeds) const;
+    // An exit segment's logits and score as the manifest declares them, for `rows` rows.
+    void check_exit_outputs(const SegmentPlan& plan, const ExecutorOutputs& out, int64_t rows) const;
     int64_t validate_feeds(const std::vector<NamedTensorView>& feeds, std::vector<TensorView>& by_input) const;
     // Both add the time spent inside SegmentExecutor::run to `engine_ns`.
     void run_conditional(const std::vector<TensorView>& inputs, RunResult& result, uint64_t& engine_ns) const;
@@ -114,6 +116,23 @@ struct Model::Impl {
                     const int64_t* rows, int64_t batch, const std::string& label) const;
     void finish_unwritten_outputs(RunResult& result, const std::vector<uint8_t>& allocated, int64_t batch) const;
 };
+
+void Model::Impl::check_exit_outputs(const SegmentPlan& plan, const ExecutorOutputs& out, int64_t rows) const {
+    const TensorView& logits = out.tensors[plan.carry_slots.size()];
+    const TensorView& score = out.tensors[plan.carry_slots.size() + 1];
+    if (score.dtype != DType::kFloat32 || score.num_elements() != rows || score.shape.rank() == 0 ||
+        score.shape[0] != rows)
+        throw Error(ErrorCode::kBackend, plan.label + ": exit score '" + plan.exit->score + "' is " +
+                                             std::string(dtype_name(score.dtype)) + " " + score.shape.to_string() +
+                                             ", expected float32 [" + std::to_string(rows) + "]");
+    const TensorSpec& pred = manifest.outputs[static_cast<std::size_t>(prediction_output)];
+    const auto axis = static_cast<std::size_t>(pred.batch_axis);
+    if (logits.dtype != pred.dtype || logits.shape.rank() != pred.shape.size() || logits.shape[axis] != rows)
+        throw Error(ErrorCode::kBackend, plan.label + ": exit logits '" + plan.exit->logits + "' are " +
+                                             std::string(dtype_name(logits.dtype)) + " " + logits.shape.to_string() +
+                                             ", expected " + std::string(dtype_name(pred.dtype)) + " with " +
+                                             std::to_string(rows) + " rows");
+}
 
 Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Model::Model(Model&&) noexcept = default;
@@ -383,17 +402,10 @@ void Model::Impl::run_segments(const std::vector<TensorView>& inputs, int64_t ba
             break;
         }
 
+        check_exit_outputs(plan, out, rows);
         const TensorView& logits = out.tensors[plan.carry_slots.size()];
         const TensorView& score = out.tensors[plan.carry_slots.size() + 1];
-        if (score.dtype != DType::kFloat32 || score.num_elements() != rows || score.shape.rank() == 0 ||
-            score.shape[0] != rows)
-            throw Error(ErrorCode::kBackend, plan.label + ": exit score '" + plan.exit->score + "' is " +
-                                                 std::string(dtype_name(score.dtype)) + " " + score.shape.to_string() +
-                                                 ", expected float32 [" + std::to_string(rows) + "]");
         const auto pred_axis = static_cast<std::size_t>(manifest.outputs[static_cast<std::size_t>(prediction_output)].batch_axis);
-        if (logits.shape.rank() <= pred_axis || logits.shape[pred_axis] != rows)
-            throw Error(ErrorCode::kBackend, plan.label + ": exit logits '" + plan.exit->logits + "' have shape " +
-                                                 logits.shape.to_string() + ", expected " + std::to_string(rows) + " rows");
 
         const std::size_t leaving = exit_mask(score.as<float>(), static_cast<std::size_t>(rows), plan.exit->threshold, ws.exits);
         if (leaving > 0) {
@@ -515,20 +527,7 @@ ExecutorOutputs Model::run_segment(std::size_t segment, const std::vector<Tensor
     }
     const Manifest& m = impl_->manifest;
     if (plan.exit) {
-        const TensorView& logits = out.tensors[plan.carry_slots.size()];
-        const TensorView& score = out.tensors[plan.carry_slots.size() + 1];
-        if (score.dtype != DType::kFloat32 || score.num_elements() != rows || score.shape.rank() == 0 ||
-            score.shape[0] != rows)
-            throw Error(ErrorCode::kBackend, plan.label + ": exit score '" + plan.exit->score + "' is " +
-                                                 std::string(dtype_name(score.dtype)) + " " + score.shape.to_string() +
-                                                 ", expected float32 [" + std::to_string(rows) + "]");
-        const TensorSpec& pred = m.outputs[static_cast<std::size_t>(impl_->prediction_output)];
-        const auto axis = static_cast<std::size_t>(pred.batch_axis);
-        if (logits.dtype != pred.dtype || logits.shape.rank() != pred.shape.size() || logits.shape[axis] != rows)
-            throw Error(ErrorCode::kBackend, plan.label + ": exit logits '" + plan.exit->logits + "' are " +
-                                                 std::string(dtype_name(logits.dtype)) + " " + logits.shape.to_string() +
-                                                 ", expected " + std::string(dtype_name(pred.dtype)) + " with " +
-                                                 std::to_string(rows) + " rows");
+        impl_->check_exit_outputs(plan, out, rows);
     } else {
         for (std::size_t k = 0; k < m.outputs.size(); ++k) {
             const TensorSpec& spec = m.outputs[k];
