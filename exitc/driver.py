@@ -221,7 +221,8 @@ def compile_model(model_path: str, calib_path: str, out_dir: str, opts: CompileO
         while True:
             with stage("emit"):
                 staging, manifest = emit.stage_artifact(out_dir, model, sig, model_path, candidates, heads, plan,
-                                                        profile, mask_input, elem_types, emit_probabilities)
+                                                        profile, mask_input, elem_types, emit_probabilities,
+                                                        original=reference)
             with stage("verify"):
                 check = verify_stage(staging, manifest, reference, sig, holdout, plan, opts, log)
             # Costs given by the user (measured on the target machine) outrank timings taken here.
