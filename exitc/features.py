@@ -1,5 +1,6 @@
-"""Run the original model once over the calibration data and cache what distillation needs:
-the original's prediction output and pooled features at every candidate exit."""
+"""Run the original model over the calibration data (and synthetic neighbours of it) and cache
+what distillation needs: the original's prediction output and pooled features at every candidate
+exit (FeatureProbe)."""
 
 from __future__ import annotations
 
@@ -60,9 +61,3 @@ class FeatureProbe:
         probs = out if is_prob else softmax(out)
         feats = [np.concatenate(p).astype(np.float32) for p in parts[1:]]
         return FeatureCache(out, probs.astype(np.float32), feats, is_prob)
-
-
-def collect_features(model: onnx.ModelProto, candidates: list[Candidate], mask_input: str | None,
-                     data: Dataset, batch_size: int = 64, progress: bool = True) -> FeatureCache:
-    """Features and outputs on `data` (a FeatureProbe used once)."""
-    return FeatureProbe(model, candidates, mask_input).collect(data, batch_size, progress)

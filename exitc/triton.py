@@ -18,12 +18,12 @@ runtime/triton/config.hpp; `--mode continuous` turns on continuous depth-wise ba
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
 
 from .errors import ExitcError
+from .manifest import read_manifest
 
 EXIT_INDEX_OUTPUT = "exitc_exit_index"
 BACKEND_LIB = "libtriton_exitc.so"
@@ -206,14 +206,7 @@ def export_triton(artifact: str, repo: str, name: str | None = None, max_batch_s
                   backend: str = "exitc", mode: str = "plain", max_queue_delay_us: int = 500, force: bool = False,
                   copy_backend: bool = False, extra_parameters: dict[str, str] | None = None) -> str:
     """Writes <repo>/<name>/{config.pbtxt, 1/model.exitc[, 1/model.py]}; returns the model directory."""
-    manifest_path = os.path.join(artifact, "manifest.json")
-    if not os.path.isfile(manifest_path):
-        raise ExitcError(f"{artifact}: not an exitc artifact (no manifest.json)")
-    try:
-        with open(manifest_path) as f:
-            manifest = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise ExitcError(f"{manifest_path}: unreadable: {exc}") from None
+    manifest = read_manifest(artifact)  # the one reader: format, schema version, segment files checked
     if backend not in ("exitc", "python"):
         raise ExitcError(f"--backend {backend!r}: expected exitc or python")
     if mode not in ("plain", "continuous"):
