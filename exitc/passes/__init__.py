@@ -1,4 +1,4 @@
-"""Graph passes of exitc (importable as ``exitc.passes``).
+"""Graph passes of exitc.
 
 Each pass is a function from a model (or graph view) to a new model or a plain description of
 it, with a docstring stating what it guarantees; none mutates its argument.

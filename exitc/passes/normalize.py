@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper, shape_inference
 
-from exitc.errors import ExitcError
+from ..errors import ExitcError
 
 from .graph import BATCH, GraphIndex, TensorInfo
 

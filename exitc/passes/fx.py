@@ -32,7 +32,7 @@ import torch
 import torch.fx as fx
 from onnx import TensorProto, helper
 
-from exitc.errors import ExitcError
+from ..errors import ExitcError
 
 from .candidates import HEAVY_OPS, Candidate, find_candidates
 from .graph import BATCH
