@@ -27,16 +27,28 @@ from .passes.split import build_segments, head_model
 
 @dataclass
 class Cost:
-    fixed: float     # seconds per call
+    """Seconds of one call with `rows` rows: ``fixed + per_row * rows``, the line through the two
+    measured batch sizes (1 and the deployment batch), so both are priced as measured.
+
+    `fixed` may be negative. On CPUs a row can cost more inside a large batch than alone (its
+    activations no longer fit in cache): the cv_native sample's MobileNetV2 at 160 px measured
+    6.3 ms at batch 1 and 16.2 ms a row at batch 32. Clipping the intercept at 0, as exitc did
+    before, priced a batch-1 row at the batch-32 row cost, 2.6x too high, so the extra cost of a
+    full-depth row at batch 1 was predicted +4.4% and measured +25%. For a call of at least one
+    row the line stays positive (it runs through two positive points with a slope >= 0), and the
+    policy's expected cost (exitc.policy.CostModel.expected) prices calls of >= 1 row only."""
+
+    fixed: float     # seconds per call (the line's intercept; may be negative, see above)
     per_row: float   # seconds per row
 
     def at(self, rows: float) -> float:
-        return self.fixed + self.per_row * rows
+        return max(0.0, self.fixed + self.per_row * rows)
 
     @classmethod
     def from_two(cls, t1: float, tb: float, b: int) -> "Cost":
+        """The line through (1, t1) and (b, tb); a slope below 0 (measurement noise) becomes 0."""
         per_row = max(0.0, (tb - t1) / (b - 1)) if b > 1 else t1
-        return cls(max(0.0, t1 - per_row), per_row)
+        return cls(t1 - per_row, per_row)
 
 
 NO_COST = Cost(0.0, 0.0)  # an empty slice (before an input exit at cut 0)
@@ -141,9 +153,16 @@ def profile_costs(model: onnx.ModelProto, heads: list[FittedHead], mask_input: s
     # speedup where there was a slowdown).
     timed = [c for c in slices if c is not NO_COST]
     split_extra = (sum(c.at(1) for c in timed) - original.at(1)) / max(len(timed) - 1, 1)
-    overhead = max(min(c.fixed for c in head_costs + slices if c is not NO_COST), split_extra)
-    return Profile(b, original, calibrate_slices(slices, original, overhead),
-                   [Cost(max(h.fixed - overhead, 0.0), h.per_row) for h in head_costs], overhead, timings)
+    smallest_call = min((min(max(c.fixed, 0.0), c.at(1)) for c in head_costs + timed), default=0.0)
+    overhead = max(smallest_call, split_extra, 0.0)
+    return Profile(b, original, calibrate_slices(slices, original, overhead, b),
+                   [without_call(h, overhead, b) for h in head_costs], overhead, timings)
+
+
+def without_call(cost: Cost, overhead: float, batch: int) -> Cost:
+    """`cost` less one call's overhead at both measured batch sizes (a head fused into a segment
+    makes no call of its own)."""
+    return Cost.from_two(max(cost.at(1) - overhead, 0.0), max(cost.at(batch) - overhead, 0.0), batch)
 
 
 def given_profile(cost_profile, candidates: list[Candidate], batch_size: int) -> Profile:
@@ -158,14 +177,18 @@ def given_profile(cost_profile, candidates: list[Candidate], batch_size: int) ->
     return profile
 
 
-def calibrate_slices(slices: list[Cost], original: Cost, overhead: float) -> list[Cost]:
+def calibrate_slices(slices: list[Cost], original: Cost, overhead: float, batch: int) -> list[Cost]:
     """Work cost of each slice (without the per-call overhead), scaled so that the slices add up to
-    the monolithic model. Timed one by one, thin slices cost more in total than the whole model
-    (each call wakes the thread pool, loses fusions and cache reuse), which would make every exit
-    look unprofitable; their *relative* costs are what locates an exit along the model."""
-    row_total = sum(s.per_row for s in slices)
-    fixed_work = [max(s.fixed - overhead, 0.0) for s in slices]
-    fixed_total = sum(fixed_work)
-    row_scale = original.per_row / row_total if row_total > 0 else 0.0
-    fixed_scale = max(original.fixed - overhead, 0.0) / fixed_total if fixed_total > 0 else 0.0
-    return [Cost(f * fixed_scale, s.per_row * row_scale) for f, s in zip(fixed_work, slices)]
+    the monolithic model at batch 1 and at `batch`, each scaled on its own. Timed one by one, thin
+    slices cost more in total than the whole model (each call wakes the thread pool, loses fusions
+    and cache reuse), which would make every exit look unprofitable; their *relative* costs are
+    what locates an exit along the model. Scaling the two measured points, not the line's
+    intercept and slope, keeps a negative intercept (see Cost) from zeroing the batch-1 cost."""
+    points = []
+    for rows in (1, batch):
+        work = [max(s.at(rows) - overhead, 0.0) if s is not NO_COST else 0.0 for s in slices]
+        total = sum(work)
+        scale = max(original.at(rows) - overhead, 0.0) / total if total > 0 else 0.0
+        points.append([w * scale for w in work])
+    return [NO_COST if s is NO_COST else Cost.from_two(w1, wb, batch)
+            for s, w1, wb in zip(slices, *points)]
