@@ -2,10 +2,10 @@
 
 import numpy as np
 
-from exitc.distill import FittedHead, fit_gate, gate_scores
+from exitc.distill import FittedHead, fit_gate
 from exitc.driver import CompileOptions, policy_stage
 from exitc.passes.candidates import Candidate
-from exitc.passes.heads import softmax
+from exitc.passes.heads import gate_scores, softmax
 from exitc.policy import Plan, choose_plan
 from exitc.profile import Cost, Profile
 
