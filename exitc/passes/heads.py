@@ -244,7 +244,7 @@ def head_nodes(head: ExitHead, mask_elem_type: int | None = None):
               const_tensor(f"{p}_i1", np.array(1, np.int64)),
               const_tensor(f"{p}_col", np.array([-1, 1], np.int64)),
               const_tensor(f"{p}_flat", np.array([-1], np.int64)),
-              const_tensor(f"{p}_eps", np.array(EPS, np.float32)),
+              const_tensor(f"{p}_gate_eps", np.array(EPS, np.float32)),
               const_tensor(f"{p}_ones", np.ones((num_classes, 1), np.float32)),
               const_tensor(f"{p}_gw", head.gate_w.reshape(-1, 1).astype(np.float32)),
               const_tensor(f"{p}_gb", np.array([head.gate_b], np.float32))]
@@ -271,7 +271,7 @@ def head_nodes(head: ExitHead, mask_elem_type: int | None = None):
         helper.make_node("Gather", [f"{p}_top", f"{p}_i0"], [f"{p}_p1"], axis=1, name=f"{p}_p1"),
         helper.make_node("Gather", [f"{p}_top", f"{p}_i1"], [f"{p}_p2"], axis=1, name=f"{p}_p2"),
         helper.make_node("Sub", [f"{p}_p1", f"{p}_p2"], [f"{p}_margin"], name=f"{p}_margin"),
-        helper.make_node("Add", [f"{p}_prob", f"{p}_eps"], [f"{p}_probe"], name=f"{p}_probe"),
+        helper.make_node("Add", [f"{p}_prob", f"{p}_gate_eps"], [f"{p}_probe"], name=f"{p}_probe"),
         helper.make_node("Log", [f"{p}_probe"], [f"{p}_logp"], name=f"{p}_logp"),
         helper.make_node("Mul", [f"{p}_prob", f"{p}_logp"], [f"{p}_plogp"], name=f"{p}_plogp"),
         helper.make_node("MatMul", [f"{p}_plogp", f"{p}_ones"], [f"{p}_negent"], name=f"{p}_negent"),
