@@ -147,6 +147,15 @@ def tiny_mlp(layers: int = 4, width: int = 32, features: int = 16, classes: int 
     return model
 
 
+def preprocessed_cnn(opset: int = 17) -> onnx.ModelProto:
+    """tiny_cnn whose stem reads tanh(x): the cut before the stem is an image-like input exit."""
+    m = tiny_cnn(opset=opset)
+    stem = next(n for n in m.graph.node if n.op_type == "Conv")
+    stem.input[0] = "x_pre"
+    m.graph.node.insert(0, onnx.helper.make_node("Tanh", ["x"], ["x_pre"], name="preprocess"))
+    return m
+
+
 def transformer_feeds(n: int, seq: int = 8, vocab: int = 50, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     ids = rng.integers(1, vocab, size=(n, seq)).astype(np.int64)
