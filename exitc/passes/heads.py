@@ -1,4 +1,10 @@
-"""Exit heads as ONNX subgraphs.
+"""Exit heads: their one definition and their ONNX subgraphs.
+
+:class:`ExitHead` holds a head's parameters; :func:`head_forward` (with :func:`layers_forward`,
+:func:`softmax`, :func:`gate_features`, :func:`gate_scores`) is its numpy forward from pooled
+features, the one distillation and the policy compute with. :func:`head_nodes` builds the same
+function as ONNX nodes, ``passes.fx.ExitHeadModule.from_head`` as a torch module
+(tests/test_heads.py holds the three together).
 
 An exit head reads one activation (``Candidate.tensor``) and produces
 
