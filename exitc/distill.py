@@ -21,9 +21,7 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from .passes.candidates import Candidate
-from .passes.heads import gate_features, softmax
-
-Layers = list[tuple[np.ndarray, np.ndarray]]
+from .passes.heads import ExitHead, Layers, gate_features, gate_scores, layers_forward, softmax
 
 
 @dataclass
@@ -44,14 +42,17 @@ class FittedHead:
     def params(self) -> int:
         return int(sum(w.size + b.size for w, b in self.layers))
 
-
-def forward(layers: Layers, x: np.ndarray) -> np.ndarray:
-    h = x
-    for i, (w, b) in enumerate(layers):
-        h = h @ w + b
-        if i < len(layers) - 1:
-            h = np.maximum(h, 0)
-    return h
+    def exit_head(self, index: int, elem_type: int, mask_input: str | None, emit_probabilities: bool,
+                  threshold: float | None = None) -> ExitHead:
+        """This head as exit `index` of a compiled model (passes.heads.ExitHead) with its own
+        (plain) gate; `mask_input` is kept only for token ("btc") candidates. The one place a
+        fitted head becomes an ExitHead (profiling, emission and the front ends all call it)."""
+        c = self.candidate
+        return ExitHead(index=index, tensor=c.tensor, layout=c.layout, elem_type=elem_type,
+                        mask_input=mask_input if c.layout == "btc" else None, layers=self.layers,
+                        gate_w=self.gate_w, gate_b=self.gate_b, emit_probabilities=emit_probabilities,
+                        kind=self.kind, meta={} if threshold is None else {"threshold": threshold},
+                        pooling=c.pooling)
 
 
 def _standardize(x: np.ndarray):
@@ -153,11 +154,6 @@ def fit_gate(probs: np.ndarray, agree: np.ndarray, prev: np.ndarray | None = Non
 
     res = minimize(obj, np.zeros(d + 1), jac=True, method="L-BFGS-B", options={"maxiter": 300})
     return res.x[:d].astype(np.float32), float(res.x[d])
-
-
-def gate_scores(probs: np.ndarray, w: np.ndarray, b: float, prev: np.ndarray | None = None) -> np.ndarray:
-    z = gate_features(probs, prev) @ w + np.float32(b)
-    return (1 / (1 + np.exp(-z))).astype(np.float32)
 
 
 def fit_chained_gates(heads: list[FittedHead], exits: list[int]) -> dict[int, tuple[np.ndarray, float]]:
@@ -262,7 +258,7 @@ def _distill_heads(candidates, features, targets, kinds, folds, mlp_max_features
     def fit_fold(job):
         k, kind, l2, f = job
         tr, te = fold_of != f, fold_of == f
-        return job, softmax(forward(FITTERS[kind](features[k][tr], targets[tr], l2=l2), features[k][te]))
+        return job, softmax(layers_forward(FITTERS[kind](features[k][tr], targets[tr], l2=l2), features[k][te]))
 
     oof: dict[tuple[int, str, float], np.ndarray] = {}
     # Largest feature sets first, so the slowest fits do not trail at the end.
@@ -332,7 +328,7 @@ def _try_neighbours(candidates, features, targets, choices, nb: NeighbourRows, f
         rows = _group_rows(nb, name) & (nb_fold != f)
         x = np.concatenate([features[k][tr], nb.features[k][rows]])
         y = np.concatenate([targets[tr], nb.targets[rows]])
-        return job, softmax(forward(FITTERS[kind](x, y, l2=l2), features[k][te]))
+        return job, softmax(layers_forward(FITTERS[kind](x, y, l2=l2), features[k][te]))
 
     oof: dict[tuple[int, str], np.ndarray] = {}
     jobs.sort(key=lambda j: (-features[j[0]].shape[1] * (4 if j[1] == "mlp" else 1), j))

@@ -16,7 +16,7 @@ import numpy as np
 from . import emit, report, verify
 from .data import Dataset, load_dataset
 from .augment import make_neighbours
-from .distill import FittedHead, NeighbourRows, distill_heads, fit_chained_gates, forward, gate_scores
+from .distill import FittedHead, NeighbourRows, distill_heads, fit_chained_gates
 from .errors import ExitcError, stage
 from .features import FeatureProbe
 from .options import CompileOptions
@@ -24,7 +24,7 @@ from .passes import find_candidates, load_model
 from .passes.normalize import observe_shapes, prepare
 from .passes.candidates import Candidate
 from .passes.graph import GraphIndex
-from .passes.heads import softmax
+from .passes.heads import gate_scores, layers_forward as forward, softmax
 from .passes.split import find_mask_input
 from .policy import Plan, certify_plan, fit_cost, required_rate, select_exits
 from .profile import Profile, given_profile, profile_costs

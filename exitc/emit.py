@@ -13,6 +13,8 @@ import hashlib
 import json
 import os
 import shutil
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import onnx
 
@@ -20,8 +22,14 @@ from . import __version__
 from .errors import ExitcError
 from .manifest import FORMAT, MANIFEST, SCHEMA_VERSION, tensor_entry
 from .passes.graph import GraphIndex, default_opset
+from .passes.heads import ExitHead
 from .passes.split import EXIT_INDEX, build_segments, conditional_model, original_form
-from .profile import exit_head
+
+if TYPE_CHECKING:  # emission only reads these; importing them would pull in the profiler's backends
+    from .distill import FittedHead
+    from .passes.normalize import Signature
+    from .policy import Plan
+    from .profile import Profile
 
 
 def check_destination(out_dir: str, force: bool) -> None:
@@ -101,37 +109,68 @@ def _write_manifest(path: str, manifest: dict) -> None:
         json.dump(manifest, f, indent=2)
 
 
-def stage_artifact(out_dir, model, sig, model_path, candidates, heads, plan, profile, mask_input, elem_types,
-                   emit_probabilities, original=None) -> tuple[str, dict]:
+@dataclass
+class ArtifactSpec:
+    """What an artifact is written from: the compiled model's parts and the plan that chose them."""
+
+    model: onnx.ModelProto          # the prepared model the segments are cut from (observed shapes)
+    sig: "Signature"
+    model_path: str                 # the user's model file (name and sha256 go into the manifest)
+    heads: "list[FittedHead]"       # one per candidate; plan.exits index into it
+    plan: "Plan"
+    profile: "Profile | None"
+    mask_input: str | None
+    elem_types: dict[str, int]      # ONNX dtype of each candidate tensor (FLOAT where missing)
+    emit_probabilities: bool        # heads output probabilities, like the original's prediction output
+    original: onnx.ModelProto | None = None  # the batch-1 form "original" (default: model)
+
+    def exit_heads(self) -> list[ExitHead]:
+        """The plan's exit heads in order, each with its threshold and the plan's gate: where the
+        plan has chained gates (plan.gates), exit i reads exit i-1's probabilities, which exit i-1
+        then exports."""
+        heads = [self.heads[c].exit_head(i, self.elem_types.get(self.heads[c].candidate.tensor, onnx.TensorProto.FLOAT),
+                                         self.mask_input, self.emit_probabilities, threshold=self.plan.thresholds[i])
+                 for i, c in enumerate(self.plan.exits)]
+        for i, (w, b) in enumerate(self.plan.gates):
+            heads[i].gate_w, heads[i].gate_b = w, b
+            if i > 0 and w.size > 3:
+                heads[i].prev_probs = heads[i - 1].probs_name
+                heads[i - 1].export_probs = True
+        return heads
+
+
+def stage(out_dir: str, spec: ArtifactSpec) -> tuple[str, dict]:
     """Write segments, the conditional form (where there are exits) and the manifest into a new
-    staging directory beside `out_dir`: (staging path, manifest). `original` (default `model`) is
-    the batch-1 form where batch-1 requests run the original (plan.batch1). Nothing is measured
-    here; :func:`commit` puts it in place, :func:`discard` removes it."""
+    staging directory beside `out_dir`: (staging path, manifest). Nothing is measured here and
+    nothing is left behind on failure; :func:`commit` puts it in place, :func:`discard` removes it."""
     parent = os.path.dirname(os.path.abspath(out_dir))
     staging = os.path.join(parent, f".{os.path.basename(os.path.abspath(out_dir))}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
         os.makedirs(os.path.join(staging, "segments"))
-        exit_heads = [exit_head(heads[c], i, elem_types.get(heads[c].candidate.tensor, onnx.TensorProto.FLOAT),
-                                mask_input, emit_probabilities, threshold=plan.thresholds[i])
-                      for i, c in enumerate(plan.exits)]
-        for i, (w, b) in enumerate(plan.gates):  # chained gates: exit i reads exit i-1's probabilities
-            exit_heads[i].gate_w, exit_heads[i].gate_b = w, b
-            if i > 0 and w.size > 3:
-                exit_heads[i].prev_probs = exit_heads[i - 1].probs_name
-                exit_heads[i - 1].export_probs = True
-        cuts = [heads[c].candidate for c in plan.exits]
-        segments = build_segments(model, cuts, exit_heads, mask_input)
+        exit_heads = spec.exit_heads()
+        cuts = [spec.heads[c].candidate for c in spec.plan.exits]
+        segments = build_segments(spec.model, cuts, exit_heads, spec.mask_input)
         for seg in segments:
             onnx.save(seg.model, os.path.join(staging, "segments", f"seg_{seg.index}.onnx"))
-        manifest = build_manifest(model, sig, model_path, segments, None, plan, profile, emit_probabilities)
+        manifest = build_manifest(spec.model, spec.sig, spec.model_path, segments, None, spec.plan, spec.profile,
+                                  spec.emit_probabilities)
         if exit_heads:
-            write_batch1_form(staging, manifest, plan.batch1, model if original is None else original, segments)
+            write_batch1_form(staging, manifest, spec.plan.batch1,
+                              spec.model if spec.original is None else spec.original, segments)
         _write_manifest(staging, manifest)
         return staging, manifest
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def stage_artifact(out_dir, model, sig, model_path, candidates, heads, plan, profile, mask_input, elem_types,
+                   emit_probabilities, original=None) -> tuple[str, dict]:
+    """:func:`stage` with the ArtifactSpec's fields as arguments (the driver's call; `candidates`
+    is unused: the plan's heads carry their candidates)."""
+    return stage(out_dir, ArtifactSpec(model, sig, model_path, heads, plan, profile, mask_input, elem_types,
+                                       emit_probabilities, original))
 
 
 def write_batch1_form(staging: str, manifest: dict, batch1: str, model, segments=None) -> None:

@@ -34,23 +34,33 @@ def looks_like_probabilities(out: np.ndarray) -> bool:
     return bool(out.min() >= -1e-6 and out.max() <= 1 + 1e-6 and np.allclose(out.sum(axis=1), 1.0, atol=1e-3))
 
 
+# Rows per probe run. Only memory and speed depend on it, not the features (the probe is the
+# original model plus pooling, row-independent; tests/test_features.py checks that).
+PROBE_BATCH_ROWS = 64
+
+
 class FeatureProbe:
     """The original model with pooled-feature outputs at every candidate (passes.split.probe_model),
-    loaded once and run over any rows: the calibration data, and synthetic neighbours of it."""
+    loaded once and run over any rows: the calibration data, and synthetic neighbours of it, in
+    batches of `batch_size` rows."""
 
-    def __init__(self, model: onnx.ModelProto, candidates: list[Candidate], mask_input: str | None):
+    def __init__(self, model: onnx.ModelProto, candidates: list[Candidate], mask_input: str | None,
+                 batch_size: int = PROBE_BATCH_ROWS):
         self.session = make_session(probe_model(model, candidates, mask_input), "probe model")
         self.names = [model.graph.output[0].name] + [probe_name(k) for k in range(len(candidates))]
+        self.batch_size = batch_size
         self.seconds_per_row = 0.0  # measured on the last collect()
 
-    def collect(self, data: Dataset, batch_size: int = 64, progress: bool = True, desc: str = "features: run original",
-                is_prob: bool | None = None) -> FeatureCache:
-        """Features and the original's outputs on `data`; `is_prob` overrides the detection of
-        probability outputs (neighbours are judged like the calibration rows they came from)."""
+    def collect(self, data: Dataset, batch_size: int | None = None, progress: bool = True,
+                desc: str = "features: run original", is_prob: bool | None = None) -> FeatureCache:
+        """Features and the original's outputs on `data` (in batches of `batch_size` rows, default
+        the probe's); `is_prob` overrides the detection of probability outputs (neighbours are
+        judged like the calibration rows they came from). Guarantees: row i of every returned
+        array belongs to row i of `data`."""
         parts: list[list[np.ndarray]] = [[] for _ in self.names]
         t = time.perf_counter()
-        for sl in tqdm(list(batches(data.rows, batch_size)), desc=desc, unit="batch", disable=not progress,
-                       leave=False):
+        for sl in tqdm(list(batches(data.rows, batch_size or self.batch_size)), desc=desc, unit="batch",
+                       disable=not progress, leave=False):
             outs = self.session.run({k: v[sl] for k, v in data.feeds.items()}, self.names)
             for p, o in zip(parts, outs):
                 p.append(o)

@@ -21,7 +21,6 @@ from .errors import ExitcError
 from .data import Dataset
 from .distill import FittedHead
 from .passes.candidates import Candidate
-from .passes.heads import ExitHead
 from .passes.split import build_segments, head_model
 
 
@@ -71,15 +70,6 @@ class Profile:
 
 def _rows(feeds: dict, n: int) -> dict:
     return {k: v[:n] for k, v in feeds.items()}
-
-
-def exit_head(fitted: FittedHead, index: int, elem_type: int, mask_input: str | None,
-              emit_probabilities: bool, threshold: float | None = None) -> ExitHead:
-    c = fitted.candidate
-    return ExitHead(index=index, tensor=c.tensor, layout=c.layout, elem_type=elem_type,
-                    mask_input=mask_input if c.layout == "btc" else None, layers=fitted.layers,
-                    gate_w=fitted.gate_w, gate_b=fitted.gate_b, emit_probabilities=emit_probabilities,
-                    kind=fitted.kind, meta={} if threshold is None else {"threshold": threshold}, pooling=c.pooling)
 
 
 def measure_interleaved(jobs: list[tuple[str, OrtSession, dict]], reps: int, bar=None) -> dict[str, float]:
@@ -138,7 +128,7 @@ def profile_costs(model: onnx.ModelProto, heads: list[FittedHead], mask_input: s
     jobs, state = _backbone_jobs(model, cands, mask_input, feeds)
     for k, fitted in enumerate(heads):
         c = fitted.candidate
-        hm = head_model(model, exit_head(fitted, k, elem_types.get(c.tensor, TensorProto.FLOAT), mask_input, False),
+        hm = head_model(model, fitted.exit_head(k, elem_types.get(c.tensor, TensorProto.FLOAT), mask_input, False),
                         mask_input)
         sess = make_session(hm, f"head {k}")
         jobs.append((f"head{k}", sess, {name: state[name] for name in sess.input_names}))

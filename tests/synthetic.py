@@ -147,9 +147,55 @@ def tiny_mlp(layers: int = 4, width: int = 32, features: int = 16, classes: int 
     return model
 
 
+def preprocessed_cnn(opset: int = 17) -> onnx.ModelProto:
+    """tiny_cnn whose stem reads tanh(x): the cut before the stem is an image-like input exit."""
+    m = tiny_cnn(opset=opset)
+    stem = next(n for n in m.graph.node if n.op_type == "Conv")
+    stem.input[0] = "x_pre"
+    m.graph.node.insert(0, onnx.helper.make_node("Tanh", ["x"], ["x_pre"], name="preprocess"))
+    return m
+
+
 def transformer_feeds(n: int, seq: int = 8, vocab: int = 50, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     ids = rng.integers(1, vocab, size=(n, seq)).astype(np.int64)
     lengths = rng.integers(2, seq + 1, size=n)
     mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int64)
     return {"input_ids": ids * mask, "attention_mask": mask}
+
+
+def numpy_pooled(x: np.ndarray, layout: str, mask: np.ndarray | None = None, pooling=None) -> np.ndarray:
+    """Pooled features [batch, D] written out in numpy from the definition in
+    exitc.passes.heads.pooling_nodes, independently of the ONNX nodes and of passes.fx.pool_features
+    (a reference for the tests: global average and max, the grid of averages or the random-filter
+    responses for nchw; masked mean and first token for btc; the features themselves for bf)."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    def avg_pool(a, k):  # AveragePool with kernel = stride, no padding
+        oh, ow = a.shape[2] // k[0], a.shape[3] // k[1]
+        a = a[:, :, :oh * k[0], :ow * k[1]]
+        return a.reshape(a.shape[0], a.shape[1], oh, k[0], ow, k[1]).mean(axis=(3, 5))
+
+    x = x.astype(np.float64)
+    n = len(x)
+    if layout == "nchw":
+        parts = [x.mean(axis=(2, 3)), x.max(axis=(2, 3))]
+        if pooling is not None and pooling.grid is not None:
+            parts.append(avg_pool(x, pooling.grid).reshape(n, -1))
+        if pooling is not None and pooling.filters is not None:
+            rf = pooling.filters
+            small = avg_pool(x, rf.pre)
+            windows = sliding_window_view(small, (rf.size, rf.size), axis=(2, 3))  # [n, c, h, w, s, s]
+            resp = np.maximum(np.einsum("nchwij,kcij->nkhw", windows, rf.weights().astype(np.float64)), 0)
+            parts.append(avg_pool(resp, rf.cell).reshape(n, -1))
+        return np.concatenate(parts, axis=1).astype(np.float32)
+    if layout == "btc":
+        if mask is None:
+            mean = x.mean(axis=1)
+        else:
+            m = mask.astype(np.float64)
+            mean = (m[:, :, None] * x).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)[:, None]
+        return np.concatenate([mean, x[:, 0]], axis=1).astype(np.float32)
+    if layout == "bf":
+        return x.astype(np.float32)
+    raise ValueError(layout)

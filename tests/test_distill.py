@@ -2,10 +2,9 @@
 
 import numpy as np
 
-from exitc.distill import (confident_coverage, distill_heads, fit_gate, fit_linear, fit_mlp, forward,
-                           gate_scores, head_worth)
+from exitc.distill import confident_coverage, distill_heads, fit_gate, fit_linear, fit_mlp, head_worth
 from exitc.passes.candidates import Candidate
-from exitc.passes.heads import softmax
+from exitc.passes.heads import gate_scores, layers_forward, softmax
 
 
 def _teacher(n=1500, d=12, c=4, seed=0):
@@ -19,7 +18,7 @@ def test_heads_learn_the_teachers_predictions_without_labels():
     x, p = _teacher()
     for fit in (fit_linear, fit_mlp):
         layers = fit(x[:1000], p[:1000])
-        agree = (forward(layers, x[1000:]).argmax(1) == p[1000:].argmax(1)).mean()
+        agree = (layers_forward(layers, x[1000:]).argmax(1) == p[1000:].argmax(1)).mean()
         assert agree > 0.9, (fit.__name__, agree)
 
 
@@ -33,7 +32,7 @@ def test_confident_coverage():
 
 def test_gate_ranks_agreeing_rows_higher():
     x, p = _teacher(seed=1)
-    probs = softmax(forward(fit_linear(x, p), x) * 0.5)
+    probs = softmax(layers_forward(fit_linear(x, p), x) * 0.5)
     agree = probs.argmax(1) == p.argmax(1)
     w, b = fit_gate(probs, agree)
     s = gate_scores(probs, w, b)
@@ -66,7 +65,7 @@ def test_distill_heads_choose_l2_on_out_of_fold_rows():
     for f in range(3):
         tr, te = fold_of != f, fold_of == f
         for l2 in grid:
-            oof[l2][te] = softmax(forward(fit_linear(x[tr], p[tr], l2=l2), x[te]))
+            oof[l2][te] = softmax(layers_forward(fit_linear(x[tr], p[tr], l2=l2), x[te]))
     worth = {l2: head_worth(oof[l2], p.argmax(1)) for l2 in grid}
     assert np.allclose(oof[h.l2], h.oof_probs)
     assert h.l2 == 1e-2 and worth[1e-2] == max(worth.values()), worth

@@ -11,7 +11,7 @@ from exitc.passes.candidates import recompute_ok
 from exitc.passes.heads import NchwPooling, grid_kernel, head_forward, nchw_pooling
 from exitc.passes.split import EXIT_INDEX, find_mask_input, head_model, probe_name
 
-from synthetic import tiny_cnn, tiny_mlp, tiny_transformer, transformer_feeds
+from synthetic import preprocessed_cnn, tiny_cnn, tiny_mlp, tiny_transformer, transformer_feeds
 
 
 def run(model, feeds, outputs=None):
@@ -29,15 +29,6 @@ def feeds_for(kind, n, seed=0):
     if kind == "mlp":
         return {"x": rng.standard_normal((n, 16)).astype(np.float32)}
     return {"x": rng.standard_normal((n, 3, 16, 16)).astype(np.float32)}
-
-
-def preprocessed_cnn(opset: int = 17) -> onnx.ModelProto:
-    """tiny_cnn whose stem reads tanh(x): the cut before the stem is an image-like input exit."""
-    m = tiny_cnn(opset=opset)
-    stem = next(n for n in m.graph.node if n.op_type == "Conv")
-    stem.input[0] = "x_pre"
-    m.graph.node.insert(0, onnx.helper.make_node("Tanh", ["x"], ["x_pre"], name="preprocess"))
-    return m
 
 
 MODELS = {

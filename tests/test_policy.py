@@ -1,13 +1,16 @@
-"""Policy stage on simulated heads with a fixed cost profile (no timing involved)."""
+"""The exit policy: thresholds, simulation and the policy stage on simulated heads with a fixed
+cost profile (no timing involved)."""
 
 import numpy as np
+import pytest
 
-from exitc.distill import FittedHead, fit_gate, gate_scores
+from exitc.distill import FittedHead, fit_gate
 from exitc.driver import CompileOptions, policy_stage
 from exitc.passes.candidates import Candidate
-from exitc.passes.heads import softmax
-from exitc.policy import Plan, choose_plan
+from exitc.passes.heads import gate_scores, softmax
+from exitc.policy import Plan, choose_plan, required_rate, simulate, thresholds_for
 from exitc.profile import Cost, Profile
+from exitc.stats import clopper_pearson_lower
 
 
 def _profile(k=3, batch=32):
@@ -130,3 +133,29 @@ def test_batch1_runs_the_original_where_the_median_request_would_run_to_the_end(
             slow = plan
     assert slow.exits and 1.0 - slow.exit_fractions[-1] < 0.5 and slow.batch1 == "exits"
     assert slow.predicted_median_b1 > slow.original_cost_b1, "the case must have a median request slower at batch 1"
+
+
+def test_required_rate_is_tight():
+    r = required_rate(1000, 0.99, 0.95)
+    k = int(round(r * 1000))
+    assert clopper_pearson_lower(k, 1000, 0.95) >= 0.99 > clopper_pearson_lower(k - 1, 1000, 0.95)
+
+
+def test_simulate_first_passing_exit_wins():
+    scores = np.array([[0.9, 0.1], [0.2, 0.95], [0.1, 0.1], [0.99, 0.99]], np.float32)
+    agree = np.array([[True, False], [False, True], [True, True], [False, True]])
+    th = np.array([[0.5, 0.5], [2.0, 2.0]])
+    agreement, reach, exit_at = simulate(scores, agree, th)
+    assert exit_at[0].tolist() == [0, 1, 2, 0]
+    assert agreement[0] == pytest.approx(3 / 4)  # row 3 exits at 0 and disagrees
+    assert reach[0].tolist() == pytest.approx([1.0, 0.5, 0.25])
+    assert exit_at[1].tolist() == [2, 2, 2, 2] and agreement[1] == 1.0
+
+
+def test_threshold_family_is_monotone():
+    saved = np.array([0.8, 0.5, 0.2])
+    mus = np.array([0.0, 0.01, 0.1, 1.0])
+    th = thresholds_for(saved, mus)
+    assert (th[0] > 1).all()
+    assert (np.diff(th[1:], axis=0) <= 0).all()  # larger mu: lower thresholds
+    assert (th[2, 0] < th[2, 1] < th[2, 2])  # earlier exits (more saving) get lower thresholds

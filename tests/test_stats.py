@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-from exitc.policy import required_rate, simulate, thresholds_for
 from exitc.stats import binomial_p_value, clopper_pearson_lower, fixed_sequence, min_rows_for
 
 
@@ -54,29 +53,3 @@ def test_fixed_sequence_controls_family_wise_error():
         if last >= 0 and true[: last + 1].min() < target:
             bad += 1
     assert bad / trials <= (1 - conf) + 0.02
-
-
-def test_required_rate_is_tight():
-    r = required_rate(1000, 0.99, 0.95)
-    k = int(round(r * 1000))
-    assert clopper_pearson_lower(k, 1000, 0.95) >= 0.99 > clopper_pearson_lower(k - 1, 1000, 0.95)
-
-
-def test_simulate_first_passing_exit_wins():
-    scores = np.array([[0.9, 0.1], [0.2, 0.95], [0.1, 0.1], [0.99, 0.99]], np.float32)
-    agree = np.array([[True, False], [False, True], [True, True], [False, True]])
-    th = np.array([[0.5, 0.5], [2.0, 2.0]])
-    agreement, reach, exit_at = simulate(scores, agree, th)
-    assert exit_at[0].tolist() == [0, 1, 2, 0]
-    assert agreement[0] == pytest.approx(3 / 4)  # row 3 exits at 0 and disagrees
-    assert reach[0].tolist() == pytest.approx([1.0, 0.5, 0.25])
-    assert exit_at[1].tolist() == [2, 2, 2, 2] and agreement[1] == 1.0
-
-
-def test_threshold_family_is_monotone():
-    saved = np.array([0.8, 0.5, 0.2])
-    mus = np.array([0.0, 0.01, 0.1, 1.0])
-    th = thresholds_for(saved, mus)
-    assert (th[0] > 1).all()
-    assert (np.diff(th[1:], axis=0) <= 0).all()  # larger mu: lower thresholds
-    assert (th[2, 0] < th[2, 1] < th[2, 2])  # earlier exits (more saving) get lower thresholds

@@ -36,7 +36,7 @@ from ..errors import ExitcError
 
 from .candidates import HEAVY_OPS, Candidate, find_candidates
 from .graph import BATCH
-from .heads import EPS, NchwPooling
+from .heads import EPS, ExitHead, NchwPooling
 
 
 class TraceFailure(ExitcError):
@@ -425,7 +425,10 @@ def pool_features(x: torch.Tensor, layout: str, mask: torch.Tensor | None = None
 
 
 class ExitHeadModule(torch.nn.Module):
-    """Pooling + fitted layers (ReLU between) + exit gate; returns (logits or probs, score [batch])."""
+    """Pooling + fitted layers (ReLU between) + exit gate: the function of
+    :func:`.heads.head_forward` (numpy) and :func:`.heads.head_nodes` (ONNX) in torch.
+    forward(x, mask=None, prev=None) returns (logits or probs, score [batch]); `prev`, the previous
+    exit's probabilities, is needed by a chained gate (6 gate weights) and ignored otherwise."""
 
     def __init__(self, layout: str, layers, gate_w, gate_b: float, threshold: float = 2.0,
                  emit_probabilities: bool = False, pooling: NchwPooling | None = None):
@@ -436,7 +439,10 @@ class ExitHeadModule(torch.nn.Module):
         for i, (w, b) in enumerate(layers):
             self.register_buffer(f"w{i}", torch.from_numpy(np.ascontiguousarray(w, np.float32)))
             self.register_buffer(f"b{i}", torch.from_numpy(np.ascontiguousarray(b, np.float32)))
-        self.register_buffer("gate_w", torch.from_numpy(np.asarray(gate_w, np.float32).reshape(3, 1).copy()))
+        gw = np.asarray(gate_w, np.float32).reshape(-1, 1).copy()
+        if len(gw) not in (3, 6):
+            raise ValueError(f"gate of {len(gw)} weights: 3 (plain) or 6 (chained) expected")
+        self.register_buffer("gate_w", torch.from_numpy(gw))
         self.register_buffer("gate_b", torch.tensor([float(gate_b)], dtype=torch.float32))
         # Built once here, not on every forward call (and moved with the module like the layers).
         rf = pooling.filters if pooling is not None else None
@@ -444,7 +450,18 @@ class ExitHeadModule(torch.nn.Module):
         self.threshold = float(threshold)
         self.emit_probabilities = emit_probabilities
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None):
+    @classmethod
+    def from_head(cls, head: ExitHead) -> "ExitHeadModule":
+        """The torch module of an ExitHead: same layout, pooling, layers, gate and output form;
+        the threshold is head.meta["threshold"] where set (else 2.0: never exits)."""
+        return cls(head.layout, head.layers, head.gate_w, head.gate_b, threshold=head.meta.get("threshold", 2.0),
+                   emit_probabilities=head.emit_probabilities, pooling=head.pooling)
+
+    @property
+    def chained(self) -> bool:
+        return self.gate_w.shape[0] == 6
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, prev: torch.Tensor | None = None):
         h = pool_features(x, self.layout, mask, self.pooling, self.filters)
         for i in range(self.n_layers):
             h = torch.matmul(h, getattr(self, f"w{i}")) + getattr(self, f"b{i}")
@@ -453,6 +470,15 @@ class ExitHeadModule(torch.nn.Module):
         prob = torch.softmax(h, dim=1)
         top = torch.topk(prob, 2, dim=1).values
         ent = -torch.matmul(prob * torch.log(prob + EPS), torch.ones(prob.shape[1], 1))
-        feats = torch.cat([top[:, :1], top[:, :1] - top[:, 1:2], ent], dim=1)
+        cols = [top[:, :1], top[:, :1] - top[:, 1:2], ent]
+        if self.chained:
+            # (agreement mass with the previous exit, its confidence, its probability for this
+            # head's class), as heads.gate_features
+            if prev is None:
+                raise ValueError("a chained gate needs the previous exit's probabilities (prev)")
+            prev = prev.float()
+            cls = prob.argmax(dim=1, keepdim=True)
+            cols += [(prob * prev).sum(dim=1, keepdim=True), prev.amax(dim=1, keepdim=True), prev.gather(1, cls)]
+        feats = torch.cat(cols, dim=1)
         score = torch.sigmoid(torch.matmul(feats, self.gate_w) + self.gate_b).reshape(-1)
         return (prob if self.emit_probabilities else h), score

@@ -1,4 +1,10 @@
-"""Exit heads as ONNX subgraphs.
+"""Exit heads: their one definition and their ONNX subgraphs.
+
+:class:`ExitHead` holds a head's parameters; :func:`head_forward` (with :func:`layers_forward`,
+:func:`softmax`, :func:`gate_features`, :func:`gate_scores`) is its numpy forward from pooled
+features, the one distillation and the policy compute with. :func:`head_nodes` builds the same
+function as ONNX nodes, ``passes.fx.ExitHeadModule.from_head`` as a torch module
+(tests/test_heads.py holds the three together).
 
 An exit head reads one activation (``Candidate.tensor``) and produces
 
@@ -26,6 +32,8 @@ from .graph import const_tensor
 
 EPS = 1e-9
 
+Layers = list[tuple[np.ndarray, np.ndarray]]  # [(W [d_in, d_out], b [d_out]), ...]; ReLU between
+
 
 @dataclass
 class ExitHead:
@@ -36,7 +44,7 @@ class ExitHead:
     layout: str                   # "nchw" | "btc" | "bf"
     elem_type: int                # ONNX dtype of the activation
     mask_input: str | None        # for "btc": graph input holding the attention mask
-    layers: list[tuple[np.ndarray, np.ndarray]]  # [(W, b), ...]; ReLU between layers
+    layers: Layers                # [(W, b), ...]; ReLU between layers (layers_forward)
     gate_w: np.ndarray            # [3] or [6] (chained gate): weights on gate_features
     gate_b: float
     emit_probabilities: bool = False
@@ -242,7 +250,7 @@ def head_nodes(head: ExitHead, mask_elem_type: int | None = None):
               const_tensor(f"{p}_i1", np.array(1, np.int64)),
               const_tensor(f"{p}_col", np.array([-1, 1], np.int64)),
               const_tensor(f"{p}_flat", np.array([-1], np.int64)),
-              const_tensor(f"{p}_eps", np.array(EPS, np.float32)),
+              const_tensor(f"{p}_gate_eps", np.array(EPS, np.float32)),
               const_tensor(f"{p}_ones", np.ones((num_classes, 1), np.float32)),
               const_tensor(f"{p}_gw", head.gate_w.reshape(-1, 1).astype(np.float32)),
               const_tensor(f"{p}_gb", np.array([head.gate_b], np.float32))]
@@ -269,7 +277,7 @@ def head_nodes(head: ExitHead, mask_elem_type: int | None = None):
         helper.make_node("Gather", [f"{p}_top", f"{p}_i0"], [f"{p}_p1"], axis=1, name=f"{p}_p1"),
         helper.make_node("Gather", [f"{p}_top", f"{p}_i1"], [f"{p}_p2"], axis=1, name=f"{p}_p2"),
         helper.make_node("Sub", [f"{p}_p1", f"{p}_p2"], [f"{p}_margin"], name=f"{p}_margin"),
-        helper.make_node("Add", [f"{p}_prob", f"{p}_eps"], [f"{p}_probe"], name=f"{p}_probe"),
+        helper.make_node("Add", [f"{p}_prob", f"{p}_gate_eps"], [f"{p}_probe"], name=f"{p}_probe"),
         helper.make_node("Log", [f"{p}_probe"], [f"{p}_logp"], name=f"{p}_logp"),
         helper.make_node("Mul", [f"{p}_prob", f"{p}_logp"], [f"{p}_plogp"], name=f"{p}_plogp"),
         helper.make_node("MatMul", [f"{p}_plogp", f"{p}_ones"], [f"{p}_negent"], name=f"{p}_negent"),
@@ -295,17 +303,20 @@ def head_nodes(head: ExitHead, mask_elem_type: int | None = None):
     return nodes, inits, outputs
 
 
-def head_forward(head: ExitHead, pooled: np.ndarray, prev: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Numpy reference of `head_nodes` from pooled features (and, for a chained gate, the previous
-    exit's probabilities): (logits or probs, score)."""
-    h = pooled.astype(np.float32)
-    for li, (w, b) in enumerate(head.layers):
+# --------------------------------------------------------------------------------------------
+# The numpy definition of a head. head_nodes (ONNX) and passes.fx.ExitHeadModule (torch) compute
+# the same function; tests/test_heads.py checks all three against each other. Distillation, the
+# policy and the tests call these functions and nothing else.
+
+def layers_forward(layers: Layers, x: np.ndarray) -> np.ndarray:
+    """Logits of a head's layers on pooled features `x` [rows, D]: affine layers with ReLU
+    between them (none after the last). Computes in the dtype of `x` and the weights."""
+    h = x
+    for i, (w, b) in enumerate(layers):
         h = h @ w + b
-        if li < len(head.layers) - 1:
+        if i < len(layers) - 1:
             h = np.maximum(h, 0)
-    prob = softmax(h)
-    score = gate_score(prob, head.gate_w, head.gate_b, prev)
-    return (prob if head.emit_probabilities else h), score
+    return h
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -327,6 +338,17 @@ def gate_features(prob: np.ndarray, prev: np.ndarray | None = None) -> np.ndarra
     return np.stack(cols, axis=1).astype(np.float32)
 
 
-def gate_score(prob: np.ndarray, w: np.ndarray, b: float, prev: np.ndarray | None = None) -> np.ndarray:
+def gate_scores(prob: np.ndarray, w: np.ndarray, b: float, prev: np.ndarray | None = None) -> np.ndarray:
+    """The exit gate's score per row: sigmoid(gate_features(prob, prev) . w + b), float32. `w` has
+    3 weights (plain gate) or 6 (chained gate, which needs `prev`)."""
     z = gate_features(prob, prev) @ w.reshape(-1).astype(np.float32) + np.float32(b)
     return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+
+
+def head_forward(head: ExitHead, pooled: np.ndarray, prev: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """What `head_nodes` computes, from pooled features (and, for a chained gate, the previous
+    exit's probabilities): (logits, or probabilities with emit_probabilities; score), float32."""
+    h = layers_forward(head.layers, pooled.astype(np.float32))
+    prob = softmax(h)
+    score = gate_scores(prob, head.gate_w, head.gate_b, prev)
+    return (prob if head.emit_probabilities else h), score
