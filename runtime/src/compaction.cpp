@@ -64,19 +64,21 @@ TensorView compact_rows(const TensorView& src, int batch_axis, const int64_t* ke
     return TensorView{src.dtype, compacted_shape(src.shape, batch_axis, static_cast<int64_t>(keep_count)), dst};
 }
 
+void copy_row(const TensorView& src, int batch_axis, int64_t src_row, void* dst, const Shape& dst_shape,
+              int64_t dst_row) {
+    const RowLayout from = row_layout(src.shape, batch_axis, src.dtype);
+    if (from.row_bytes == 0) return;
+    const RowLayout to = row_layout(dst_shape, batch_axis, src.dtype);
+    const auto* src_bytes = static_cast<const unsigned char*>(src.data);
+    auto* dst_bytes = static_cast<unsigned char*>(dst);
+    for (int64_t o = 0; o < from.outer; ++o)
+        std::memcpy(dst_bytes + static_cast<std::size_t>(o * to.rows + dst_row) * to.row_bytes,
+                    src_bytes + static_cast<std::size_t>(o * from.rows + src_row) * from.row_bytes, from.row_bytes);
+}
+
 void scatter_rows(const TensorView& src, int batch_axis, const int64_t* rows, void* dst, const Shape& dst_shape) {
-    const RowLayout from_layout = row_layout(src.shape, batch_axis, src.dtype);
-    if (from_layout.row_bytes == 0 || from_layout.rows == 0) return;  // nothing to write
-    const RowLayout to_layout = row_layout(dst_shape, batch_axis, src.dtype);
-    const auto* from = static_cast<const unsigned char*>(src.data);
-    auto* to = static_cast<unsigned char*>(dst);
-    for (int64_t o = 0; o < from_layout.outer; ++o) {
-        const unsigned char* src_block = from + static_cast<std::size_t>(o * from_layout.rows) * from_layout.row_bytes;
-        unsigned char* dst_block = to + static_cast<std::size_t>(o * to_layout.rows) * to_layout.row_bytes;
-        for (int64_t i = 0; i < from_layout.rows; ++i)
-            std::memcpy(dst_block + static_cast<std::size_t>(rows[i]) * to_layout.row_bytes,
-                        src_block + static_cast<std::size_t>(i) * from_layout.row_bytes, from_layout.row_bytes);
-    }
+    const int64_t count = row_layout(src.shape, batch_axis, src.dtype).rows;
+    for (int64_t i = 0; i < count; ++i) copy_row(src, batch_axis, i, dst, dst_shape, rows[i]);
 }
 
 }  // namespace exitc

@@ -23,37 +23,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// A tensor seen as [outer, rows, inner] around its batch axis; inner in bytes.
-struct Layout {
-    int64_t outer = 1;
-    int64_t rows = 0;
-    std::size_t row_bytes = 0;
-};
-
-Layout layout_of(const Shape& shape, int axis, DType dtype) {
-    Layout l;
-    int64_t inner = 1;
-    for (std::size_t a = 0; a < shape.rank(); ++a) {
-        if (static_cast<int>(a) < axis) l.outer *= shape[a];
-        else if (static_cast<int>(a) == axis) l.rows = shape[a];
-        else inner *= shape[a];
-    }
-    l.row_bytes = static_cast<std::size_t>(inner) * dtype_size(dtype);
-    return l;
-}
-
-// Copies row `src_row` of `src` into row `dst_row` of a tensor of layout `dst` (same dtype and
-// non-batch dims) at `dst_data`.
-void copy_row(const TensorView& src, int axis, int64_t src_row, void* dst_data, const Layout& dst, int64_t dst_row) {
-    const Layout s = layout_of(src.shape, axis, src.dtype);
-    if (s.row_bytes == 0) return;
-    const auto* from = static_cast<const unsigned char*>(src.data);
-    auto* to = static_cast<unsigned char*>(dst_data);
-    for (int64_t o = 0; o < s.outer; ++o)
-        std::memcpy(to + static_cast<std::size_t>(o * dst.rows + dst_row) * dst.row_bytes,
-                    from + static_cast<std::size_t>(o * s.rows + src_row) * s.row_bytes, s.row_bytes);
-}
-
 bool same_except_axis(const Shape& a, const Shape& b, int axis) {
     if (a.rank() != b.rank()) return false;
     for (std::size_t i = 0; i < a.rank(); ++i)
@@ -205,7 +174,7 @@ struct ContinuousBatcher::Impl {
                                                  " are inconsistent with earlier rows (result shape " +
                                                  dst.shape().to_string() + ")");
         }
-        copy_row(src, spec.batch_axis, src_row, dst.data(), layout_of(dst.shape(), spec.batch_axis, dst.dtype()), dst_row);
+        copy_row(src, spec.batch_axis, src_row, dst.data(), dst.shape(), dst_row);
     }
 
     void submit(const std::vector<NamedTensorView>& inputs, Callback done) {
@@ -426,10 +395,9 @@ struct ContinuousBatcher::Impl {
             auto& buf = buffers[f];
             if (buf.size() < dense.byte_size()) buf.resize(dense.byte_size());
             dense.data = buf.data();
-            const Layout dst = layout_of(dense.shape, axis, dense.dtype);
             for (int64_t j = 0; j < n; ++j) {
                 const SlotRef& ref = rows[static_cast<std::size_t>(j)].slots[sl];
-                copy_row(ref.view(), axis, ref.row, buf.data(), dst, j);
+                copy_row(ref.view(), axis, ref.row, buf.data(), dense.shape, j);
             }
             feeds.push_back(dense);
         }

@@ -26,6 +26,11 @@ Shape compacted_shape(const Shape& shape, int batch_axis, int64_t keep_count);
 TensorView compact_rows(const TensorView& src, int batch_axis, const int64_t* keep, std::size_t keep_count,
                         void* dst);
 
+// Copies row `src_row` of `src` (along `batch_axis`) into row `dst_row` of `dst`, a tensor of
+// shape `dst_shape` with src's dtype and non-batch dims.
+void copy_row(const TensorView& src, int batch_axis, int64_t src_row, void* dst, const Shape& dst_shape,
+              int64_t dst_row);
+
 // Writes row i of `src` (along `batch_axis`) into row rows[i] of `dst`, for i < src rows.
 // `dst` has the same dtype and non-batch dims as `src`; rows[i] < dst rows.
 void scatter_rows(const TensorView& src, int batch_axis, const int64_t* rows, void* dst, const Shape& dst_shape);
