@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import tempfile
 import threading
@@ -36,18 +35,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, ROOT)
 
-from triton_server import TritonServer, triton_paths  # noqa: E402
+from triton_server import TritonServer, metric_value, triton_paths  # noqa: E402
 
 
 def metric_sum(text: str, name: str, **labels) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{"):
-            continue
-        lab = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
-        if all(lab.get(k) == v for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    return metric_value(text, name, **labels) or 0.0
 
 
 def run_load(server, model, input_name, x, rows, threads, requests, deadline, grpc, rate=0.0):

@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from triton_server import TritonServer, triton_paths  # noqa: E402
+from triton_server import TritonServer, metric_value, triton_paths  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -271,23 +271,11 @@ def test_each_malformed_request_gets_its_error_and_server_keeps_serving(setup, v
         c.close()
 
 
-def _metric(text, name, **labels):
-    total, found = 0.0, False
-    for line in text.splitlines():
-        if not line.startswith(name + "{"):
-            continue
-        lab = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
-        if all(lab.get(k) == v for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-            found = True
-    return total if found else None
-
-
 @pytest.mark.parametrize("variant", ["plain", "cont"])
 def test_metrics_endpoint_counts_rows_per_exit(setup, variant):
     server, arts, models = setup
     model = f"tiny_{variant}"
-    before = _metric(server.metrics(), "exitc_rows_total", model=model) or 0.0
+    before = metric_value(server.metrics(), "exitc_rows_total", model=model) or 0.0
     x = inputs_for("tiny", arts, 7, seed=4)
     c = http.InferenceServerClient(server.http_url)
     try:
@@ -296,18 +284,18 @@ def test_metrics_endpoint_counts_rows_per_exit(setup, variant):
     finally:
         c.close()
     text = server.metrics()
-    assert _metric(text, "exitc_rows_total", model=model) - before == 10
+    assert metric_value(text, "exitc_rows_total", model=model) - before == 10
     _, exit_index = models["tiny"].run({"x": x})
-    assert _metric(text, "exitc_rows_total", model=model, exit="0") is not None
-    assert _metric(text, "exitc_engine_seconds_total", model=model) > 0
-    assert _metric(text, "exitc_overhead_seconds_total", model=model) is not None
+    assert metric_value(text, "exitc_rows_total", model=model, exit="0") is not None
+    assert metric_value(text, "exitc_engine_seconds_total", model=model) > 0
+    assert metric_value(text, "exitc_overhead_seconds_total", model=model) is not None
     if variant == "cont":
-        assert _metric(text, "exitc_queue_rows", model=model, segment="0") == 0
-        runs = _metric(text, "exitc_segment_runs_total", model=model, segment="0")
-        rows = _metric(text, "exitc_segment_rows_total", model=model, segment="0")
+        assert metric_value(text, "exitc_queue_rows", model=model, segment="0") == 0
+        runs = metric_value(text, "exitc_segment_runs_total", model=model, segment="0")
+        rows = metric_value(text, "exitc_segment_rows_total", model=model, segment="0")
         assert runs >= 1 and rows >= runs
     # Triton's own per-model counters see the same model.
-    assert _metric(text, "nv_inference_request_success", model=model) >= 2
+    assert metric_value(text, "nv_inference_request_success", model=model) >= 2
 
 
 def test_bad_config_is_refused_at_load_with_a_clear_message(tmp_path):

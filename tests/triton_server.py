@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -21,6 +22,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TRITON_DIR = Path(os.environ.get("EXITC_TRITON_DIR", ROOT / ".triton"))
+
+
+def metric_value(text: str, name: str, **labels) -> float | None:
+    """Sum of the samples of metric `name` in a Prometheus text page whose labels include
+    `labels`; None where there is no such sample."""
+    total, found = 0.0, False
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        lab = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+        if all(lab.get(k) == v for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+            found = True
+    return total if found else None
 
 
 def triton_paths() -> dict | None:
