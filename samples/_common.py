@@ -9,6 +9,7 @@ utilities for clean one-line error reporting.
 
 from __future__ import annotations
 
+import argparse
 import bz2
 import json
 import lzma
@@ -18,6 +19,7 @@ import sys
 import time
 import warnings
 import zlib
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
@@ -80,6 +82,74 @@ def package_versions(names: Iterable[str]) -> dict[str, str]:
 # --------------------------------------------------------------------------
 # Cache bookkeeping
 # --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RowCount:
+    """A builder's row-count option: its default (None: the builder derives it), bounds and help."""
+
+    default: int | None
+    minimum: int
+    help: str
+    maximum: int | None = None
+
+
+def parse_sample_args(doc: str, out: Path, calib: RowCount, test: RowCount, head: RowCount) -> argparse.Namespace:
+    """Every builder's command line (--out, --calib-rows, --test-rows, --head-rows, --force), each
+    row count checked against its bounds: a BuildError names the option."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=out, help="output directory")
+    counts = {"--calib-rows": calib, "--test-rows": test, "--head-rows": head}
+    for flag, rows in counts.items():
+        p.add_argument(flag, type=int, default=rows.default, help=rows.help)
+    p.add_argument("--force", action="store_true", help="rebuild even if outputs are fresh")
+    args = p.parse_args()
+    for flag, rows in counts.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is None:
+            continue
+        if rows.maximum is not None and not rows.minimum <= value <= rows.maximum:
+            raise BuildError(f"{flag} must be in {rows.minimum}..{rows.maximum}")
+        if value < rows.minimum:
+            raise BuildError(f"{flag} must be >= {rows.minimum}")
+    return args
+
+
+BUILD_PACKAGES = ["torch", "onnx", "onnxruntime", "onnxscript", "numpy", "scipy"]
+
+
+def result_meta(head: Mapping, accuracy: float, max_diff: float, rows_per_s: float, build_s: float,
+                packages: Sequence[str], majority: float | None = None) -> dict:
+    """The meta.json fields every builder writes about what it built: the head fit, test accuracy
+    (and the majority-class baseline where given), ONNX vs torch, ORT throughput, build time and
+    the versions of the packages it was built with (BUILD_PACKAGES + `packages`)."""
+    meta = {"head": {"l2": head["l2"], "holdout_accuracy": head["holdout_accuracy"],
+                     "train_accuracy": head["train_accuracy"]},
+            "test_accuracy": accuracy}
+    if majority is not None:
+        meta["test_majority_baseline"] = majority
+    meta.update({"onnx_vs_torch_max_abs_diff": max_diff, "ort_rows_per_s_batch32": rows_per_s,
+                 "ort_threads": ORT_THREADS, "build_seconds": build_s,
+                 "versions": package_versions(BUILD_PACKAGES + list(packages))})
+    return meta
+
+
+def clear_outputs(out: Path, files: Iterable[str]) -> None:
+    """Create `out` and remove the builder's previous outputs there: a failed build never leaves a
+    half-stale set behind."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        (out / name).unlink(missing_ok=True)
+
+
+def start_torch(seed: int):
+    """torch, seeded, on the builders' thread count, with the exporter's chatter silenced."""
+    import torch
+
+    quiet_exporter()
+    torch.manual_seed(seed)
+    torch.set_num_threads(ORT_THREADS)
+    return torch
+
 
 def cache_is_fresh(out_dir: Path, files: Iterable[str], args: Mapping) -> bool:
     """True if all ``files`` exist in ``out_dir`` and meta.json records ``args``."""
@@ -329,6 +399,17 @@ def set_linear(layer, weight: np.ndarray, bias: np.ndarray) -> None:
     with torch.no_grad():
         layer.weight.copy_(torch.tensor(np.asarray(weight)))
         layer.bias.copy_(torch.tensor(np.asarray(bias)))
+
+
+def fit_and_set_head(layer, x: np.ndarray, y: np.ndarray, n_classes: int, seed: int) -> dict:
+    """Fit the linear head on backbone features `x` (fit_linear_head), load it into `layer`, and
+    say how it fits."""
+    print("fitting linear head ...")
+    head = fit_linear_head(x, y, n_classes, seed=seed)
+    set_linear(layer, head["weight"], head["bias"])
+    print(f"head: l2={head['l2']:g} holdout acc={head['holdout_accuracy']:.4f} "
+          f"train acc={head['train_accuracy']:.4f}")
+    return head
 
 
 def check_against_torch(sess, model, feeds: Mapping[str, np.ndarray], order: Sequence[str]) -> tuple[np.ndarray, float]:

