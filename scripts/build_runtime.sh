@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Configure, build and test the C++ runtime (normal build in build/, ASan+UBSan build in
-# build-asan/), install into build/install, then build and run samples/cpp against the installed
+# build-asan/, ThreadSanitizer build of the threaded parts in build-tsan/), install into build/install, then build and run samples/cpp against the installed
 # package. Run scripts/setup_runtime.sh once first.
 #
-# Env: EXITC_JOBS (default: nproc), EXITC_SKIP_ASAN=1 to skip the sanitizer build,
+# Env: EXITC_JOBS (default: nproc), EXITC_SKIP_ASAN=1 / EXITC_SKIP_TSAN=1 to skip a sanitizer build,
 #      EXITC_PYTHON (default: .venv/bin/python), EXTRA_CMAKE_ARGS (appended to both configures).
 set -euo pipefail
 
@@ -29,6 +29,17 @@ if [[ "${EXITC_SKIP_ASAN:-0}" != 1 ]]; then
     cmake -S . -B build-asan "${common[@]}" -DCMAKE_BUILD_TYPE=Debug -DEXITC_SANITIZE=ON
     cmake --build build-asan -j "$jobs"
     ctest --test-dir build-asan --output-on-failure -j "$jobs"
+fi
+
+if [[ "${EXITC_SKIP_TSAN:-0}" != 1 ]]; then
+    # The code that runs on several threads: one Model shared by callers, the ContinuousBatcher's
+    # worker, the C ABI, and the Triton backend (against its mock of the Triton API).
+    step "build-tsan/ (RelWithDebInfo, -fsanitize=thread; threaded tests)"
+    tsan_tests=(test_concurrency test_continuous test_c_api test_triton_backend)
+    cmake -S . -B build-tsan "${common[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEXITC_TSAN=ON -DEXITC_INSTALL_CXX=OFF
+    cmake --build build-tsan -j "$jobs" --target "${tsan_tests[@]}"
+    ctest --test-dir build-tsan --output-on-failure -j "$jobs" \
+        -R "^(make_tiny_artifacts|$(IFS='|'; echo "${tsan_tests[*]}"))\$"
 fi
 
 step "install into build/install"
