@@ -101,6 +101,20 @@ def _write_manifest(path: str, manifest: dict) -> None:
         json.dump(manifest, f, indent=2)
 
 
+def plan_exit_heads(plan, heads, elem_types, mask_input, emit_probabilities) -> list:
+    """The plan's exits as ExitHeads (passes.heads), thresholds and chained gates included: what
+    the artifact fuses into its segments and what every runtime of it computes."""
+    exit_heads = [exit_head(heads[c], i, elem_types.get(heads[c].candidate.tensor, onnx.TensorProto.FLOAT),
+                            mask_input, emit_probabilities, threshold=plan.thresholds[i])
+                  for i, c in enumerate(plan.exits)]
+    for i, (w, b) in enumerate(plan.gates):  # chained gates: exit i reads exit i-1's probabilities
+        exit_heads[i].gate_w, exit_heads[i].gate_b = w, b
+        if i > 0 and w.size > 3:
+            exit_heads[i].prev_probs = exit_heads[i - 1].probs_name
+            exit_heads[i - 1].export_probs = True
+    return exit_heads
+
+
 def stage_artifact(out_dir, model, sig, model_path, candidates, heads, plan, profile, mask_input, elem_types,
                    emit_probabilities, original=None) -> tuple[str, dict]:
     """Write segments, the conditional form (where there are exits) and the manifest into a new
@@ -112,14 +126,7 @@ def stage_artifact(out_dir, model, sig, model_path, candidates, heads, plan, pro
     shutil.rmtree(staging, ignore_errors=True)
     try:
         os.makedirs(os.path.join(staging, "segments"))
-        exit_heads = [exit_head(heads[c], i, elem_types.get(heads[c].candidate.tensor, onnx.TensorProto.FLOAT),
-                                mask_input, emit_probabilities, threshold=plan.thresholds[i])
-                      for i, c in enumerate(plan.exits)]
-        for i, (w, b) in enumerate(plan.gates):  # chained gates: exit i reads exit i-1's probabilities
-            exit_heads[i].gate_w, exit_heads[i].gate_b = w, b
-            if i > 0 and w.size > 3:
-                exit_heads[i].prev_probs = exit_heads[i - 1].probs_name
-                exit_heads[i - 1].export_probs = True
+        exit_heads = plan_exit_heads(plan, heads, elem_types, mask_input, emit_probabilities)
         cuts = [heads[c].candidate for c in plan.exits]
         segments = build_segments(model, cuts, exit_heads, mask_input)
         for seg in segments:

@@ -370,15 +370,18 @@ class FxSegment:
 def build_fx_segments(gm: fx.GraphModule, cuts: Sequence[Candidate]) -> list[FxSegment]:
     """Segments for exits at `cuts` (graph order), like :func:`.split.build_segments`.
 
-    Guarantees: len(cuts)+1 segments; segment k returns the carried tensors of cut k not produced
-    earlier; the last returns the model output. Running them in order, feeding each the graph
+    Guarantees: len(cuts)+1 segments; segment k returns the carried tensors of cut k neither
+    produced earlier nor graph inputs (possibly none); the last returns the model output. Running them in order, feeding each the graph
     inputs and earlier carried tensors, computes exactly the ops of `gm`.
     """
     final = output_node(gm).name
+    graph_inputs = set(input_names(gm))
     segments, available = [], []
     for k in range(len(cuts) + 1):
         last = k == len(cuts)
-        targets = [final] if last else [t for t in cuts[k].carried if t not in available]
+        # Graph inputs are never carried (as in .split.build_segments): every segment may read
+        # them, and an input exit (cut 0) has an empty segment whose head reads the graph input.
+        targets = [final] if last else [t for t in cuts[k].carried if t not in available and t not in graph_inputs]
         mod = extract_segment(gm, available, targets, f"segment_{k}")
         segments.append(FxSegment(k, mod, list(mod.input_names), [] if last else targets, targets))
         if not last:
