@@ -372,7 +372,7 @@ def test_torch_runtime_and_the_artifact_runtimes_take_the_same_exits(cnn_compile
     np.testing.assert_allclose(outs[0][end.numpy()], ref[end].numpy(), rtol=1e-4, atol=1e-4)
 
 
-def test_without_the_onnx_mirror_candidates_come_from_the_fx_graph():
+def test_without_the_onnx_mirror_candidates_come_from_the_fx_graph(tmp_path):
     from exitc.driver import CompileOptions
 
     m = make_cnn()
@@ -385,6 +385,14 @@ def test_without_the_onnx_mirror_candidates_come_from_the_fx_graph():
     y, ref = c(xt), m(xt).detach()
     end = full_depth_rows(c)
     assert torch.allclose(y[end], ref[end], rtol=0, atol=1e-6)
+    # The same policy stage as the ONNX pipeline (driver.analyse): its gates are the runtime's.
+    assert len(c.plan.gates) in (0, len(c.plan.exits))
+    if c.plan.gates:
+        assert [h.prev_probs is not None for h in c.heads] == [w.size > 3 for w, _ in c.plan.gates]
+    # Without an ONNX export there is no artifact: a one-line error, not a half-written directory.
+    with pytest.raises(ExitcError, match="no ONNX export"):
+        c.save(str(tmp_path / "nomirror.exitc"))
+    assert not (tmp_path / "nomirror.exitc").exists()
 
 
 def test_match_tensors_places_values_not_names():
@@ -426,3 +434,77 @@ def test_torch_pooling_mirrors_the_onnx_pooling(spatial, channels):
     head = ExitHeadModule("nchw", [(w, np.zeros(4, np.float32))], np.zeros(3, np.float32), 0.0, pooling=pooling)
     logits, _ = head(torch.from_numpy(x))
     np.testing.assert_allclose(logits.numpy(), want @ w, rtol=1e-3, atol=1e-3)
+
+
+CLI_MODULE = """
+import torch
+nn = torch.nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.fc(self.body(x).mean(dim=(2, 3)))
+
+
+def build():
+    torch.manual_seed(0)
+    return Net()
+"""
+
+
+@pytest.fixture
+def cli_module(tmp_path):
+    f = tmp_path / "net.py"
+    f.write_text(CLI_MODULE)
+    x = cnn_data(600)
+    np.savez(tmp_path / "calib.npz", x=x)
+    return f, tmp_path / "calib.npz"
+
+
+def test_cli_compile_options_reach_the_pipeline_on_the_torch_path(cli_module, tmp_path, monkeypatch, capsys):
+    """`exitc compile FILE.py:NAME` takes every compile option the ONNX path takes (issue 11: it
+    dropped --latency-weight and --output and skipped the --heads check)."""
+    from exitc import cli
+
+    seen = []
+    real = tf.run_pipeline
+    monkeypatch.setattr(tf, "run_pipeline", lambda front, out, opts, *a, **k: seen.append(opts) or real(front, out, opts, *a, **k))
+    f, calib = cli_module
+    out = tmp_path / "net.exitc"
+    code = cli.main(["compile", f"{f}:build", "--calib", str(calib), "--target-acc", "0.9", "--batch-size", "16",
+                     "--latency-weight", "0.5", "--output", "scores", "--heads", "linear", "--no-augment",
+                     "--allow-slower", "--certify-fraction", "0.6", "--max-fit-rows", "300", "-o", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    (opts,) = seen
+    assert (opts.latency_weight, opts.output, opts.head_kinds, opts.augment, opts.never_slower) == \
+        (0.5, "scores", ("linear",), False, False)
+    assert (opts.target_acc, opts.batch_size, opts.certify_fraction, opts.max_fit_rows) == (0.9, 16, 0.6, 300)
+    manifest = exitc.load(str(out), engine="python").manifest
+    assert manifest["prediction_output"] == "scores" and manifest["source"]["framework"] == "pytorch"
+    import json
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["candidates"] and {r["head"] for r in report["candidates"]} == {"linear"}
+    assert report["manifest"]["prediction_output"] == "scores"
+    assert "report.html" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,needle", [(["--heads", "linear,tree"], "unknown head kind 'tree'"),
+                                         (["--latency-weight", "2"], "--latency-weight 2.0 is outside"),
+                                         (["--example-shape", "3,x,y"], "--example-shape")])
+def test_cli_bad_options_on_the_torch_path_are_one_line(cli_module, tmp_path, args, needle, capsys):
+    from exitc import cli
+
+    f, calib = cli_module
+    out = tmp_path / "bad.exitc"
+    code = cli.main(["compile", f"{f}:build", "--calib", str(calib), "-o", str(out), "--quiet"] + args)
+    err = capsys.readouterr().err
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("exitc: error: ") and needle in lines[0], err
+    assert not out.exists()
