@@ -441,20 +441,11 @@ import torch
 nn = torch.nn
 
 
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
-                                  nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
-        self.fc = nn.Linear(8, 5)
-
-    def forward(self, x):
-        return self.fc(self.body(x).mean(dim=(2, 3)))
-
-
 def build():
-    torch.manual_seed(0)
-    return Net()
+    torch.manual_seed(0)  # nn.Sequential: its forward argument is named `input`, a builtin's name
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 5))
 """
 
 
@@ -487,6 +478,7 @@ def test_cli_compile_options_reach_the_pipeline_on_the_torch_path(cli_module, tm
     assert (opts.target_acc, opts.batch_size, opts.certify_fraction, opts.max_fit_rows) == (0.9, 16, 0.6, 300)
     manifest = exitc.load(str(out), engine="python").manifest
     assert manifest["prediction_output"] == "scores" and manifest["source"]["framework"] == "pytorch"
+    assert [i["name"] for i in manifest["inputs"]] == ["input"]  # the forward's argument, not fx's `input_1`
     import json
 
     report = json.loads((out / "report.json").read_text())
