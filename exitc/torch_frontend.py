@@ -607,11 +607,15 @@ def torch_front_end(gm, module_name: str, names: list[str], data: Dataset, opts:
         log(f"exitc: {module_name}: none of the {len(candidates)} candidates of the ONNX export could be placed in "
             "the fx graph; candidates from the fx graph, costs measured in torch")
         return None
-    front.label = module_name
-    front.place = lambda cands: [c for c in cands if c.tensor in placement]
-    front.source = {"file": module_name, "framework": "pytorch", "path": None, "sha256": None,
-                    "torch": torch.__version__, "exporter": kind}
+    front = dataclasses.replace(front, label=module_name, place=lambda cands: [c for c in cands if c.tensor in placement],
+                                source=_source(module_name, kind))
     return TorchFrontEnd(front, placement, len(candidates) - len(placement))
+
+
+def _source(module_name: str, exporter: str) -> dict:
+    """The manifest's "source" section for a module (there is no original ONNX file to point at)."""
+    return {"file": module_name, "framework": "pytorch", "path": None, "sha256": None, "torch": torch.__version__,
+            "exporter": exporter}
 
 
 # --------------------------------------------------------------------------------------------
@@ -781,9 +785,8 @@ def compile_via_onnx(module: torch.nn.Module, names: list[str], data: Dataset, o
     kind = export_onnx(module, args, names, [output_name], model_path, exporter)
     log(f"exitc: exported {name} to ONNX ({kind} exporter, opset {OPSET})")
     opts = dataclasses.replace(opts, output=output_name)
-    front = normalise_stage(load_model(model_path), _data_reader(data, names, name), opts, model_path, name, log)
-    front.source = {"file": name, "framework": "pytorch", "path": None, "sha256": None, "torch": torch.__version__,
-                    "exporter": kind}
+    front = dataclasses.replace(normalise_stage(load_model(model_path), _data_reader(data, names, name), opts,
+                                                model_path, name, log), source=_source(name, kind))
     result = run_pipeline(front, os.path.join(work.name, "model.exitc"), opts, log)
     return OnnxCompiled(result.out_dir, names, work, reason, result)
 
