@@ -2,11 +2,13 @@
 """The CV sample compiled twice, from its ONNX file and from its PyTorch module, side by side.
 
 Issue 4 asks that `exitc.compile(module, ...)` give the same exit choices and agreement (within
-the statistical tolerance) as `exitc compile model.onnx`. Both compiles run here in one process on
-the same calibration rows; the table shows candidates, chosen exits (as tensors of the ONNX
-graph), agreement with the original on the held-out test split, the certified bound and the
-compile time. With --shared-profile the torch compile is given the ONNX compile's measured cost
-profile, which takes timing noise out of the comparison: the remaining difference is the pipeline's.
+the statistical tolerance) as `exitc compile model.onnx`; since issue 11 both run the one pipeline
+(the module through its ONNX mirror). Both compiles run here in one process on the same calibration
+rows; the table shows candidates, chosen exits (as tensors of each ONNX graph), agreement with the
+original on the held-out test split, the certified bound and the compile time, then whether the
+candidates, exits, thresholds and gates (chained gates included) are the same. With
+--shared-profile the torch compile is given the ONNX compile's measured cost profile, which takes
+timing noise out of the comparison: the remaining difference is the pipeline's.
 
     .venv/bin/python bench/compare_frontends.py [--shared-profile] [--test-rows 2000]
 """
@@ -99,9 +101,17 @@ def main() -> int:
           f"{os.cpu_count()} cores")
     print(format_table(["front end", "candidates", "exits (ONNX tensors)", "agreement (test)", "bound",
                         "exit fractions", "predicted", "compile s"], rows))
-    same_candidates = onnx_result.candidates and names == [c.tensor for c in onnx_result.candidates]
-    print(f"same candidates: {'yes' if same_candidates else 'no'}; "
-          f"same exits: {'yes' if onnx_exits == torch_exits else 'no'}")
+    shape = lambda cands: [(c.cut, c.layout, c.features, c.spatial, round(c.flops_fraction, 3)) for c in cands]  # noqa: E731
+    same_candidates = bool(onnx_result.candidates) and shape(compiled.candidates) == shape(onnx_result.candidates)
+    same_exits = compiled.plan.exits == onnx_result.plan.exits
+    same_thresholds = same_exits and np.allclose(compiled.plan.thresholds, onnx_result.plan.thresholds, atol=1e-5)
+    same_gates = len(compiled.plan.gates) == len(onnx_result.plan.gates) and all(
+        a.shape == b.shape and np.allclose(a, b, atol=1e-4) and abs(ab - bb) < 1e-4
+        for (a, ab), (b, bb) in zip(compiled.plan.gates, onnx_result.plan.gates))
+    chained = sum(w.size > 3 for w, _ in onnx_result.plan.gates)
+    yes = lambda v: "yes" if v else "no"  # noqa: E731
+    print(f"same candidates: {yes(same_candidates)}; same exits: {yes(same_exits)}; same thresholds: "
+          f"{yes(same_thresholds)}; same gates: {yes(same_gates)} ({chained} chained)")
     print(f"artifacts: {work}")
     return 0
 

@@ -132,26 +132,25 @@ def cmd_inspect(a) -> int:
 
 
 def cmd_compile(a) -> int:
-    from .driver import CompileOptions, compile_model
+    from .options import CompileOptions
 
-    if ":" in a.model and a.model.split(":", 1)[0].endswith(".py"):
-        from .torch_frontend import compile_module_cli
-
-        out = a.out or os.path.splitext(a.model.split(":", 1)[0])[0] + ".exitc"
-        compile_module_cli(a.model, a.calib, out, example_shape=a.example_shape, force=a.force,
-                           target_acc=a.target_acc, confidence=a.confidence, batch_size=a.batch_size,
-                           certify_fraction=a.certify_fraction, max_fit_rows=a.max_fit_rows,
-                           progress=_progress(a), latency_weight=a.latency_weight,
-                           head_kinds=tuple(k for k in a.heads.split(",") if k))
-        print(f"wrote {out}")
-        return 0
-    out = a.out or os.path.splitext(a.model)[0] + ".exitc"
+    torch_module = ":" in a.model and a.model.split(":", 1)[0].endswith(".py")
+    source = a.model.split(":", 1)[0] if torch_module else a.model
+    out = a.out or os.path.splitext(source)[0] + ".exitc"
+    # One set of options for both front ends: every option applies to an ONNX file and to a module.
     opts = CompileOptions(target_acc=a.target_acc, confidence=a.confidence, batch_size=a.batch_size, output=a.output,
                           certify_fraction=a.certify_fraction, max_fit_rows=a.max_fit_rows,
                           head_kinds=tuple(k for k in a.heads.split(",") if k),
                           latency_weight=a.latency_weight, progress=_progress(a), force=a.force,
                           augment=not a.no_augment, never_slower=not a.allow_slower)
-    compile_model(a.model, a.calib, out, opts)
+    if torch_module:
+        from .torch_frontend import compile_module_cli
+
+        compile_module_cli(a.model, a.calib, out, opts, example_shape=a.example_shape)
+    else:
+        from .driver import compile_model
+
+        compile_model(a.model, a.calib, out, opts)
     print(f"report: {os.path.join(out, 'report.html')}")
     return 0
 

@@ -1,8 +1,13 @@
 """The compiler driver: the pipeline, one call per stage.
 
-    load -> candidates -> features -> distill -> profile -> policy -> emit -> verify -> report
+    front end (load) -> candidates -> features -> augment -> distill -> profile -> policy
+      -> emit -> verify -> report
 
-Each stage lives in its own module and only exchanges plain values with the others.
+A front end produces a :class:`FrontEnd` (a normalised ONNX model with observed shapes, its
+signature, the calibration data, and for PyTorch the candidates its runtime can place):
+:func:`load_stage` for an ONNX file, :mod:`exitc.torch_frontend` for an nn.Module. Everything after
+it is :func:`run_pipeline`, the same for both. Each stage lives in its own module and only exchanges
+plain values with the others.
 """
 
 from __future__ import annotations
@@ -10,18 +15,20 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
+import onnx
 
 from . import emit, report, verify
 from .data import Dataset, load_dataset
 from .augment import make_neighbours
 from .distill import FittedHead, NeighbourRows, distill_heads, fit_chained_gates
 from .errors import ExitcError, stage
-from .features import FeatureProbe
+from .features import FeatureCache, FeatureProbe
 from .options import CompileOptions
 from .passes import find_candidates, load_model
-from .passes.normalize import observe_shapes, prepare
+from .passes.normalize import Signature, observe_shapes, prepare
 from .passes.candidates import Candidate
 from .passes.graph import GraphIndex
 from .passes.heads import gate_scores, layers_forward as forward, softmax
@@ -42,26 +49,53 @@ class CompileResult:
     seconds: float
     stage_seconds: dict = field(default_factory=dict)
     verification: Verification | None = None
+    manifest: dict | None = None       # the artifact's manifest as written
+    emit_probabilities: bool = False   # the exits output probabilities (the original does)
+    mask_input: str | None = None      # the attention-mask input the btc heads read
 
 
 OBSERVE_ROWS = 8
 
 
-def load_stage(model_path: str, calib_path: str, opts: CompileOptions, log=print):
-    """(normalised model, signature, calibration data, reference): the model read and prepared, the
-    data read against its inputs, and every intermediate shape observed on real calibration rows.
-    The reference is the prepared model before observation (batch symbolic, nothing observed):
-    what the artifact is checked and measured against."""
-    reference, sig = prepare(load_model(model_path), output=opts.output, label=model_path)
-    data = load_dataset(calib_path, sig.inputs)
-    model = observe_shapes(reference, sig, {k: v[:OBSERVE_ROWS] for k, v in data.feeds.items()}, label=model_path)
+@dataclass
+class FrontEnd:
+    """What a front end hands the pipeline: a normalised ONNX model with every intermediate shape
+    observed on calibration rows, and everything the stages after it need. The ONNX front end is
+    :func:`load_stage`; the PyTorch one (exitc.torch_frontend) exports the traced module and also
+    says which candidates its runtime can place (`place`)."""
+
+    model: onnx.ModelProto             # normalised, shapes observed
+    sig: Signature
+    data: Dataset                      # calibration rows, keyed by the model's input names
+    reference: onnx.ModelProto         # prepared, nothing observed: what the artifact is checked against
+    path: str                          # the ONNX file (the manifest's source section hashes it)
+    label: str                         # the model as log lines name it
+    # Candidates the front end's own runtime can place (in graph order, a subset); None: all.
+    place: Callable[[list[Candidate]], list[Candidate]] | None = None
+    source: dict | None = None         # entries that replace the manifest's "source" section
+
+
+def normalise_stage(raw: onnx.ModelProto, read_data: Callable[[Signature], Dataset], opts: CompileOptions,
+                    path: str, label: str, log=print) -> FrontEnd:
+    """The model prepared (passes.normalize.prepare), the data read against its inputs by
+    `read_data`, and every intermediate shape observed on real calibration rows."""
+    reference, sig = prepare(raw, output=opts.output, label=label)
+    data = read_data(sig)
+    model = observe_shapes(reference, sig, {k: v[:OBSERVE_ROWS] for k, v in data.feeds.items()}, label=label)
     if sig.dropped_outputs:
         log(f"exitc: the compiled model produces only the prediction output {sig.output.name!r}; the original's "
             f"other outputs ({', '.join(sig.dropped_outputs)}) are not produced (use --output to choose another)")
     if sig.fixed_axes:
         shapes = ", ".join(f"{i.name}{i.shape}" for i in sig.inputs)
-        log(f"exitc: {model_path} runs only at the size of the calibration rows; compiled for {shapes}")
-    return model, sig, data, reference
+        log(f"exitc: {label} runs only at the size of the calibration rows; compiled for {shapes}")
+    return FrontEnd(model, sig, data, reference, path, label)
+
+
+def load_stage(model_path: str, calib_path: str, opts: CompileOptions, log=print) -> FrontEnd:
+    """The ONNX front end: the file read and normalised (:func:`normalise_stage`), the .npz
+    calibration data read against its inputs."""
+    return normalise_stage(load_model(model_path), lambda sig: load_dataset(calib_path, sig.inputs), opts,
+                           model_path, model_path, log)
 
 
 def split_rows(n: int, certify_fraction: float, seed: int, max_fit_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -148,81 +182,135 @@ def policy_stage(heads: list[FittedHead], cert_features: list[np.ndarray], cert_
     return plan
 
 
+@dataclass
+class Analysis:
+    """What the analysis stages (features -> augment -> distill -> profile -> policy) decide."""
+
+    plan: Plan
+    heads: list[FittedHead]
+    profile: Profile | None
+    emit_probabilities: bool           # the original outputs probabilities: so do the exits
+
+
+class OnnxMeasurements:
+    """The measuring stages on an ONNX model: features from the probe model (exitc.features),
+    synthetic neighbours (exitc.augment), costs on ONNX Runtime (exitc.profile). The torch front
+    end's no-mirror case plugs in its own measurements with the same three methods."""
+
+    measured_in = "onnxruntime"
+
+    def __init__(self, model: onnx.ModelProto, sig: Signature, mask_input: str | None, elem_types: dict[str, int]):
+        self.model, self.sig, self.mask_input, self.elem_types = model, sig, mask_input, elem_types
+        self.probe: FeatureProbe | None = None
+
+    def features(self, candidates: list[Candidate], data: Dataset, opts: CompileOptions) -> FeatureCache:
+        self.probe = FeatureProbe(self.model, candidates, self.mask_input)
+        return self.probe.collect(data, progress=opts.progress)
+
+    def neighbours(self, fit: Dataset, fit_pred: np.ndarray, is_prob: bool, opts: CompileOptions,
+                   log=print) -> NeighbourRows | None:
+        return augment_stage(self.sig, fit, fit_pred, self.mask_input, self.probe, is_prob, opts, log)
+
+    def profile(self, heads: list[FittedHead], fit: Dataset, opts: CompileOptions) -> Profile:
+        return profile_costs(self.model, heads, self.mask_input, fit, opts.batch_size, self.elem_types,
+                             progress=opts.progress)
+
+
+def analyse(measure, candidates: list[Candidate], data: Dataset, fit_idx: np.ndarray, cert_idx: np.ndarray,
+            opts: CompileOptions, log=print, mark=lambda name: None) -> Analysis:
+    """features -> augment -> distill -> profile -> policy, one call per stage, on `measure`'s
+    measurements (:class:`OnnxMeasurements` or the torch front end's). Guarantees: the heads are fitted
+    on the fit rows only, the plan certified on the certification rows only; no exit where there is no
+    candidate or --target-acc is 1.0."""
+    if not candidates or opts.target_acc >= 1.0:
+        reason = "no candidate exit points found" if not candidates else "--target-acc 1.0 admits no early exit"
+        return Analysis(Plan.without_exits(opts.target_acc, opts.confidence, reason), [], None, False)
+    with stage("features"):
+        cache = measure.features(candidates, data, opts)
+    mark("features")
+    neighbours = None
+    if opts.augment:
+        with stage("augment"):
+            neighbours = measure.neighbours(data.take(fit_idx), cache.predictions[fit_idx],
+                                            cache.outputs_are_probabilities, opts, log)
+        mark("augment")
+    with stage("distill"):
+        heads = distill_heads(candidates, [f[fit_idx] for f in cache.features], cache.probs[fit_idx],
+                              kinds=opts.head_kinds, seed=opts.seed, progress=opts.progress, neighbours=neighbours)
+    if neighbours is not None:
+        taken = ", ".join(f"exit candidate {k}: {h.augmented}" for k, h in enumerate(heads) if h.augmented)
+        log(f"exitc: heads fitted with neighbours too: {taken or 'none (no head gained from them)'}")
+    mark("distill")
+    with stage("profile"):
+        if opts.cost_profile is not None:  # given costs (e.g. measured on the target machine): no timing here
+            profile = given_profile(opts.cost_profile, candidates, min(opts.batch_size, len(fit_idx)))
+        else:
+            profile = measure.profile(heads, data.take(fit_idx), opts)
+    mark("profile")
+    with stage("policy"):
+        plan = policy_stage(heads, [f[cert_idx] for f in cache.features], cache.predictions[cert_idx], profile, opts)
+    mark("policy")
+    return Analysis(plan, heads, profile, cache.outputs_are_probabilities)
+
+
 def compile_model(model_path: str, calib_path: str, out_dir: str, opts: CompileOptions | None = None,
                   log=print) -> CompileResult:
-    """The pipeline: load -> candidates -> features -> distill -> profile -> policy -> emit -> verify
-    -> report, one call per stage; each stage names itself for error messages (exitc.errors.stage)."""
+    """`exitc compile model.onnx`: the ONNX front end (:func:`load_stage`), then :func:`run_pipeline`."""
     opts = opts or CompileOptions()
     opts.validate()
     emit.check_destination(out_dir, opts.force)
     t0 = time.perf_counter()
-    stages: dict[str, float] = {}
-
-    def mark(name: str, since: float) -> float:
-        now = time.perf_counter()
-        stages[name] = now - since
-        return now
-
-    t = time.perf_counter()
     with stage("load"):
-        model, sig, data, reference = load_stage(model_path, calib_path, opts, log)
+        front = load_stage(model_path, calib_path, opts, log)
+    return run_pipeline(front, out_dir, opts, log, started=t0)
+
+
+def run_pipeline(front: FrontEnd, out_dir: str, opts: CompileOptions, log=print,
+                 started: float | None = None) -> CompileResult:
+    """The pipeline after a front end: candidates -> features -> augment -> distill -> profile ->
+    policy -> emit -> verify -> report, one call per stage; each stage names itself for error
+    messages (exitc.errors.stage). Every front end's model goes through exactly this."""
+    opts.validate()
+    emit.check_destination(out_dir, opts.force)
+    t0 = time.perf_counter() if started is None else started
+    stages: dict[str, float] = {"load": time.perf_counter() - t0}
+    t = time.perf_counter()
+
+    def mark(name: str) -> None:
+        nonlocal t
+        now = time.perf_counter()
+        stages[name] = now - t
+        t = now
+
+    model, sig, data, reference = front.model, front.sig, front.data, front.reference
+    with stage("load"):
         check_rows(data, opts)
         mask_input = find_mask_input(model)
         elem_types = {name: info.elem_type for name, info in GraphIndex.build(model).infos.items()}
-    t = mark("load", t)
 
     with stage("candidates"):
         candidates = find_candidates(model, max_candidates=opts.max_candidates)
-    log(f"exitc: {len(candidates)} candidate exits in {os.path.basename(model_path)}")
-    t = mark("candidates", t)
+        if front.place is not None:
+            candidates = front.place(candidates)
+    log(f"exitc: {len(candidates)} candidate exits in {os.path.basename(front.label)}")
+    mark("candidates")
 
     fit_idx, cert_idx = split_rows(data.rows, opts.certify_fraction, opts.seed, opts.max_fit_rows)
     holdout = data.take(cert_idx) if len(cert_idx) else data
-    heads: list[FittedHead] = []
-    profile = None
-    emit_probabilities = False
-    if candidates and opts.target_acc < 1.0:
-        with stage("features"):
-            probe = FeatureProbe(model, candidates, mask_input)
-            cache = probe.collect(data, progress=opts.progress)
-        t = mark("features", t)
-        neighbours = None
-        if opts.augment:
-            with stage("augment"):
-                neighbours = augment_stage(sig, data.take(fit_idx), cache.predictions[fit_idx], mask_input, probe,
-                                           cache.outputs_are_probabilities, opts, log)
-            t = mark("augment", t)
-        with stage("distill"):
-            heads = distill_heads(candidates, [f[fit_idx] for f in cache.features], cache.probs[fit_idx],
-                                  kinds=opts.head_kinds, seed=opts.seed, progress=opts.progress,
-                                  neighbours=neighbours)
-        if neighbours is not None:
-            taken = ", ".join(f"exit candidate {k}: {h.augmented}" for k, h in enumerate(heads) if h.augmented)
-            log(f"exitc: heads fitted with neighbours too: {taken or 'none (no head gained from them)'}")
-        t = mark("distill", t)
-        with stage("profile"):
-            if opts.cost_profile is not None:
-                profile = given_profile(opts.cost_profile, candidates, min(opts.batch_size, len(fit_idx)))
-            else:
-                profile = profile_costs(model, heads, mask_input, data.take(fit_idx), opts.batch_size, elem_types,
-                                        progress=opts.progress)
-        t = mark("profile", t)
-        with stage("policy"):
-            plan = policy_stage(heads, [f[cert_idx] for f in cache.features], cache.predictions[cert_idx], profile,
-                                opts)
-        emit_probabilities = cache.outputs_are_probabilities
-        t = mark("policy", t)
-    else:
-        reason = "no candidate exit points found" if not candidates else "--target-acc 1.0 admits no early exit"
-        plan = Plan.without_exits(opts.target_acc, opts.confidence, reason)
+    found = analyse(OnnxMeasurements(model, sig, mask_input, elem_types), candidates, data, fit_idx, cert_idx, opts,
+                    log, mark)
+    plan, heads, profile = found.plan, found.heads, found.profile
 
     staging = None
     try:
         while True:
             with stage("emit"):
-                staging, manifest = emit.stage_artifact(out_dir, model, sig, model_path, candidates, heads, plan,
-                                                        profile, mask_input, elem_types, emit_probabilities,
-                                                        original=reference)
+                staging, manifest = emit.stage(out_dir, emit.ArtifactSpec(
+                    model, sig, front.path, heads, plan, profile, mask_input, elem_types, found.emit_probabilities,
+                    original=reference))
+                if front.source:
+                    manifest["source"].update(front.source)
+                    emit.update_manifest(staging, manifest)
             with stage("verify"):
                 check = verify_stage(staging, manifest, reference, sig, holdout, plan, opts, log)
             # Costs given by the user (measured on the target machine) outrank timings taken here.
@@ -237,15 +325,16 @@ def compile_model(model_path: str, calib_path: str, out_dir: str, opts: CompileO
             staging = None
             plan = Plan.without_exits(plan.target, plan.confidence, reason, plan.n_fit, plan.n_certify,
                                       plan.original_cost_batch, plan.original_cost_b1, plan.curve)
-        t = mark("emit+verify", t)
+        mark("emit+verify")
         with stage("report"):
             report.write_reports(staging, manifest, plan, candidates, heads, profile, check, opts)
             emit.commit(staging, out_dir, opts.force)
             staging = None
     finally:
         emit.discard(staging)
-    mark("report", t)
-    result = CompileResult(out_dir, plan, candidates, heads, profile, time.perf_counter() - t0, stages, check)
+    mark("report")
+    result = CompileResult(out_dir, plan, candidates, heads, profile, time.perf_counter() - t0, stages, check,
+                           manifest, found.emit_probabilities, mask_input)
     report.print_summary(result, log)
     return result
 

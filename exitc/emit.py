@@ -1,6 +1,6 @@
 """Emission: write the artifact directory (docs/artifact-format.md) atomically.
 
-Everything is written into a staging directory next to the destination (:func:`stage_artifact`)
+Everything is written into a staging directory next to the destination (:func:`stage`)
 and renamed into place (:func:`commit`) only once the segments, the conditional form, the
 manifest and the reports exist and the compiled model has been checked against the original
 (exitc.verify); on any failure the driver removes the staging directory (:func:`discard`), so a
@@ -125,18 +125,25 @@ class ArtifactSpec:
     original: onnx.ModelProto | None = None  # the batch-1 form "original" (default: model)
 
     def exit_heads(self) -> list[ExitHead]:
-        """The plan's exit heads in order, each with its threshold and the plan's gate: where the
-        plan has chained gates (plan.gates), exit i reads exit i-1's probabilities, which exit i-1
-        then exports."""
-        heads = [self.heads[c].exit_head(i, self.elem_types.get(self.heads[c].candidate.tensor, onnx.TensorProto.FLOAT),
-                                         self.mask_input, self.emit_probabilities, threshold=self.plan.thresholds[i])
-                 for i, c in enumerate(self.plan.exits)]
-        for i, (w, b) in enumerate(self.plan.gates):
-            heads[i].gate_w, heads[i].gate_b = w, b
-            if i > 0 and w.size > 3:
-                heads[i].prev_probs = heads[i - 1].probs_name
-                heads[i - 1].export_probs = True
-        return heads
+        """The plan's exit heads (:func:`plan_exit_heads`)."""
+        return plan_exit_heads(self.plan, self.heads, self.elem_types, self.mask_input, self.emit_probabilities)
+
+
+def plan_exit_heads(plan: "Plan", heads: "list[FittedHead]", elem_types: dict[str, int], mask_input: str | None,
+                    emit_probabilities: bool) -> list[ExitHead]:
+    """The plan's exits as ExitHeads (passes.heads), in order, each with its threshold and the
+    plan's gate: what the artifact fuses into its segments and what every runtime of it computes.
+    Where the plan has chained gates (plan.gates), exit i reads exit i-1's probabilities, which
+    exit i-1 then exports."""
+    exit_heads = [heads[c].exit_head(i, elem_types.get(heads[c].candidate.tensor, onnx.TensorProto.FLOAT),
+                                     mask_input, emit_probabilities, threshold=plan.thresholds[i])
+                  for i, c in enumerate(plan.exits)]
+    for i, (w, b) in enumerate(plan.gates):
+        exit_heads[i].gate_w, exit_heads[i].gate_b = w, b
+        if i > 0 and w.size > 3:
+            exit_heads[i].prev_probs = exit_heads[i - 1].probs_name
+            exit_heads[i - 1].export_probs = True
+    return exit_heads
 
 
 def stage(out_dir: str, spec: ArtifactSpec) -> tuple[str, dict]:
@@ -163,14 +170,6 @@ def stage(out_dir: str, spec: ArtifactSpec) -> tuple[str, dict]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-
-
-def stage_artifact(out_dir, model, sig, model_path, candidates, heads, plan, profile, mask_input, elem_types,
-                   emit_probabilities, original=None) -> tuple[str, dict]:
-    """:func:`stage` with the ArtifactSpec's fields as arguments (the driver's call; `candidates`
-    is unused: the plan's heads carry their candidates)."""
-    return stage(out_dir, ArtifactSpec(model, sig, model_path, heads, plan, profile, mask_input, elem_types,
-                                       emit_probabilities, original))
 
 
 def write_batch1_form(staging: str, manifest: dict, batch1: str, model, segments=None) -> None:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from typing import Mapping
 
 import numpy as np
 
 from .backends import make_session
-from .compaction import compact_rows, scatter_rows
 from .errors import ExitcError
+from .exit_loop import NUMPY, ExitSpec, Step, needed_after, run_exits
 from .manifest import read_manifest
 
 
@@ -41,11 +40,8 @@ class ExitModel:
         cond = m.get("conditional")
         self._conditional = (make_session(os.path.join(path, cond["file"]), os.path.join(path, cond["file"]), threads)
                              if cond and use_conditional and not full_depth else None)
-        self._needed_after = []  # tensor names still needed by segments after segment i
-        needed: set[str] = set()
-        for s in reversed(self.segments):
-            self._needed_after.insert(0, set(needed))
-            needed |= set(s["inputs"])
+        self._steps = steps_of_manifest(m)
+        self._needed_after = needed_after(self._steps)  # tensor names still needed after segment i
         self._batch_axes = {t["name"]: int(t.get("batch_axis", 0)) for t in list(m["inputs"]) + list(m["carried"])}
         self._lock = threading.Lock()
         self._exit_counts = np.zeros(self.num_exits + 1, np.int64)
@@ -90,34 +86,9 @@ class ExitModel:
         for spec in self.manifest["outputs"]:  # exited rows of non-prediction outputs stay zero
             if spec["name"] == self.prediction_output:
                 results[spec["name"]] = np.zeros((batch, self.num_classes), np.dtype(spec["dtype"]))
-        exit_index = np.full(batch, self.num_exits, np.int64)
-        active = np.arange(batch)
-        overhead = 0.0
-        for i, (seg, sess) in enumerate(zip(self.segments, self._sessions)):
-            ex = seg["exit"]
-            wanted = list(seg["carry_out"]) + ([ex["logits"], ex["score"]] if ex else list(seg["outputs"]))
-            outs = dict(zip(wanted, sess.run({k: state[k] for k in seg["inputs"]}, wanted)))
-            t0 = time.perf_counter()
-            if ex is None:
-                for name in seg["outputs"]:
-                    if name not in results:
-                        results[name] = np.zeros((batch,) + outs[name].shape[1:], outs[name].dtype)
-                    scatter_rows(results[name], active, outs[name])
-                overhead += time.perf_counter() - t0
-                break
-            leave = outs[ex["score"]] >= (np.float32(np.inf) if self.full_depth else np.float32(ex["threshold"]))
-            if leave.any():
-                scatter_rows(results[self.prediction_output], active[leave], outs[ex["logits"]][leave])
-                exit_index[active[leave]] = ex["index"]
-            keep = ~leave
-            if not keep.any():
-                overhead += time.perf_counter() - t0
-                break
-            state.update({k: outs[k] for k in seg["carry_out"]})
-            live = {k: v for k, v in state.items() if k in self._needed_after[i]}
-            state = compact_rows(live, keep, self._batch_axes) if leave.any() else live
-            active = active[keep]
-            overhead += time.perf_counter() - t0
+        loop = run_exits(self._steps, self._run_segment, state, batch, results, self.prediction_output, NUMPY,
+                         self._needed_after, self._batch_axes, self.full_depth)
+        exit_index, overhead = loop.exit_index, loop.overhead_seconds
         self._count(exit_index)
         with self._lock:
             self.overhead_seconds += overhead
@@ -128,6 +99,11 @@ class ExitModel:
         return [results[n] for n in self.output_names], exit_index
 
     __call__ = run
+
+    def _run_segment(self, i: int, state: dict) -> dict:
+        step = self._steps[i]
+        wanted = list(step.carry_out) + ([step.exit.logits, step.exit.score] if step.exit else list(step.outputs))
+        return dict(zip(wanted, self._sessions[i].run({k: state[k] for k in step.inputs}, wanted)))
 
     def _count(self, exit_index: np.ndarray) -> None:
         counts = np.bincount(exit_index, minlength=self.num_exits + 1)
@@ -140,6 +116,17 @@ class ExitModel:
         total = int(counts.sum())
         return {"rows": total, "exit_counts": counts.tolist(),
                 "exit_fractions": (counts / total).tolist() if total else [0.0] * len(counts)}
+
+
+def steps_of_manifest(manifest: dict) -> list[Step]:
+    """The manifest's segments as exit-loop steps (exitc.exit_loop)."""
+    steps = []
+    for seg in manifest["segments"]:
+        ex = seg["exit"]
+        spec = ExitSpec(int(ex["index"]), ex["logits"], ex["score"], float(ex["threshold"])) if ex else None
+        steps.append(Step(tuple(seg["inputs"]), tuple(seg["carry_out"]), spec,
+                          () if ex else tuple(seg["outputs"])))
+    return steps
 
 
 def load(path: str, engine: str = "auto", threads: int | None = None) -> ExitModel:

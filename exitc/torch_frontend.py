@@ -1,19 +1,28 @@
 """PyTorch front end: ``exitc.compile(module, example_inputs, calib=...)``.
 
-Pipeline (the ONNX driver's stages, sharing its code wherever the stage is not torch-specific):
+A front end only produces what the pipeline consumes; after it, a module goes through the same
+pipeline as an ONNX file (:func:`exitc.driver.run_pipeline`), so every option and every stage
+(chained gates, augment, verify with its never-slower fallback, report) applies to both:
 
-    trace (torch.fx) -> observe shapes -> ONNX mirror -> candidates -> features -> distill
-      -> profile -> policy (exitc.policy.choose_plan) -> TorchCompiled (runs in torch; .save()
-      writes the artifact, whose segments run on ONNX Runtime)
+    trace (torch.fx) -> observe shapes -> ONNX mirror (export, normalised like an ONNX file)
+      + placement (ONNX candidate tensor -> fx node)
+      -> exitc.driver.run_pipeline: candidates (the placeable ones) -> features -> augment -> distill
+         -> profile -> policy -> emit -> verify -> report: the artifact
+      -> TorchCompiled: a torch runtime of that artifact (its manifest's exits, thresholds and
+         gates, the fx graph split at the placed cuts, the exit loop of exitc.exit_loop)
 
-The *ONNX mirror* is the traced module exported once to ONNX (dynamo exporter). Candidates, the
-feature cache and the cost profile come from the ONNX passes and stages run on it, exactly as
-``exitc compile model.onnx`` would do, and each candidate tensor is placed in the fx graph by
-value (:func:`exitc.passes.fx.match_tensors`). So a module and its ONNX export get the same
-candidates, the same heads and the same exit choices, and costs are measured on the backend the
-artifact runs on. Where the export or the matching fails, candidates come from the ONNX cut rule on
-a shadow graph of the fx graph (:func:`exitc.passes.fx.find_fx_candidates`) and features and
-costs are measured in torch.
+The *ONNX mirror* is the traced module exported once to ONNX (dynamo exporter, the legacy one if
+that fails). Each candidate tensor is placed in the fx graph by value
+(:func:`exitc.passes.fx.match_tensors`); a cut is placeable if splitting the fx graph there
+recomputes no heavy op. An input exit on the graph input itself (cut 0) is placed at the fx
+placeholder: its segment is empty and its head reads the input. ``save()`` copies the artifact.
+
+Without a mirror (neither exporter writes the module, or no candidate can be placed), there is no
+ONNX model for the pipeline: candidates come from the ONNX cut rule on a shadow graph of the fx
+graph (:func:`exitc.passes.fx.find_fx_candidates`), and the same analysis stages
+(:func:`exitc.driver.analyse`: features, distill, profile, policy with chained gates) run on
+measurements taken in torch (:class:`TorchMeasurements`). The result runs in torch only: with no
+ONNX export there is no artifact to save.
 
 If symbolic tracing fails (e.g. Python control flow on tensor values or shapes), the failure names
 the submodule, the whole module is exported to ONNX (torch.onnx.export, dynamo exporter at opset
@@ -28,37 +37,35 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import inspect
-import json
 import os
 import shutil
 import tempfile
 import time
-from types import SimpleNamespace
 from typing import Any, Sequence
 
 import numpy as np
 import onnx
 import torch
 
-from . import __version__
 from .backends import make_session
 from .data import Dataset, batches
-from .distill import FittedHead, distill_heads
-from .driver import CompileOptions, augment_stage, certify_stage, check_rows, split_rows
-from .emit import plan_sections
+from .distill import FittedHead
+from .driver import (CompileOptions, CompileResult, FrontEnd, analyse, check_rows, normalise_stage, run_pipeline,
+                     split_rows)
+from .emit import plan_exit_heads
 from .errors import ExitcError
-from .features import FeatureProbe, looks_like_probabilities
-from .manifest import FORMAT, MANIFEST, SCHEMA_VERSION
-from .passes import find_candidates, load_model, normalize
+from .exit_loop import ArrayOps, ExitSpec, Step, needed_after, run_exits
+from .features import FeatureCache, looks_like_probabilities
+from .manifest import read_manifest
+from .passes import load_model
 from .passes.candidates import Candidate
 from .passes.fx import (ExitHeadModule, FxSegment, Observed, TraceFailure, build_fx_segments, cut_recomputes_nothing,
                         extract_segment, find_fx_candidates, input_names, match_tensors, observe, output_node,
                         pool_features, record_values, trace)
 from .passes.graph import GraphIndex
-from .passes.heads import ExitHead, head_nodes, softmax
-from .passes.split import find_mask_input as onnx_mask_input
-from .policy import Plan, choose_plan
-from .profile import Cost, Profile, given_profile, profile_costs
+from .passes.heads import ExitHead, softmax
+from .policy import Plan
+from .profile import Cost, Profile
 
 OPSET = 18
 LABEL_KEYS = ("labels", "label", "targets", "target", "y")
@@ -174,11 +181,61 @@ def _torch_feeds(feeds: dict[str, np.ndarray], sl=slice(None)) -> dict[str, torc
 
 
 # --------------------------------------------------------------------------------------------
-# the compiled model (torch)
+# the torch runtime of an artifact
+
+
+def _compact(tensors: dict[str, torch.Tensor], keep: torch.Tensor, batch_axes) -> dict[str, torch.Tensor]:
+    idx = torch.nonzero(keep).reshape(-1)
+    return {k: v.index_select(batch_axes.get(k, 0), idx) for k, v in tensors.items()}
+
+
+def _scatter(dest: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> None:
+    dest[rows] = values.to(dest.dtype)
+
+
+# exitc.exit_loop's array operations on torch tensors (scores compared in float32, as numpy does).
+TORCH_OPS = ArrayOps(
+    arange=lambda n: torch.arange(n),
+    full=lambda n, v: torch.full((n,), v, dtype=torch.int64),
+    zeros_rows=lambda n, like: torch.zeros((n,) + tuple(like.shape[1:]), dtype=like.dtype),
+    at_least=lambda score, t: score >= torch.tensor(t, dtype=torch.float32),
+    any=lambda m: bool(m.any()),
+    compact=_compact,
+    scatter=_scatter,
+)
+
+
+class TorchExitHead(torch.nn.Module):
+    """An :class:`ExitHead` (passes.heads) in torch: ExitHeadModule.from_head (pooling, layers,
+    gate, chained gate included) with the names the exit loop needs. Returns (logits or
+    probabilities, score [batch], probabilities)."""
+
+    def __init__(self, head: ExitHead):
+        super().__init__()
+        self.module = ExitHeadModule.from_head(head)
+        self.layout = head.layout
+        self.tensor = head.tensor
+        self.mask_input = head.mask_input
+        self.prev_probs = head.prev_probs
+        self.export_probs = head.export_probs
+        self.emit_probabilities = head.emit_probabilities
+        self.logits_name, self.score_name, self.probs_name = head.logits_name, head.score_name, head.probs_name
+        self.threshold = float(head.meta.get("threshold", 2.0))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, prev: torch.Tensor | None = None):
+        out, score = self.module(x, mask, prev if self.module.chained else None)
+        return out, score, (out if self.emit_probabilities else torch.softmax(out, dim=1))
+
+
+def torch_exit_head(head: ExitHead) -> TorchExitHead:
+    """The one place the torch runtime builds a head from an ExitHead."""
+    return TorchExitHead(head)
 
 
 class TorchCompiled(torch.nn.Module):
-    """An early-exit model running in torch with batch compaction.
+    """A torch runtime of a compiled artifact: the fx graph split at the exits' cuts, the exits'
+    heads (thresholds and chained gates as in the artifact), run by :func:`exitc.exit_loop.run_exits`
+    with batch compaction, the loop the reference runtime runs.
 
     ``compiled(*inputs)`` takes the module's inputs and returns its prediction output; rows that
     ran to the end get exactly the original's ops (so the same values), exited rows the exit head's
@@ -186,36 +243,46 @@ class TorchCompiled(torch.nn.Module):
     ``num_exits`` means "ran the whole model"). :meth:`save` writes the artifact.
     """
 
-    def __init__(self, module_name: str, gm, segments: list[FxSegment], heads: list[ExitHeadModule],
-                 cut_tensors: list[str], mask_input: str | None, inputs: dict[str, Observed],
-                 output: Observed, output_name: str, emit_probabilities: bool, plan: Plan, profile: Profile | None,
-                 candidates, fitted: list[FittedHead], example_feeds: dict[str, np.ndarray],
-                 measured_in: str = "torch", onnx_candidates: list[str] | None = None):
+    def __init__(self, module_name: str, gm, cuts: list[Candidate], heads: list[ExitHead], mask_input: str | None,
+                 inputs: dict[str, Observed], output: Observed, output_name: str, plan: Plan, profile: Profile | None,
+                 candidates: list[Candidate], fitted: list[FittedHead], measured_in: str,
+                 artifact: str | None = None, workdir=None, onnx_candidates: list[str] | None = None,
+                 result: CompileResult | None = None):
         super().__init__()
-        self.measured_in = measured_in          # where the cost profile was measured
-        self.onnx_candidates = onnx_candidates  # candidate tensors in the ONNX mirror, if one was used
         self.module_name = module_name
         self.graph_module = gm
-        self.segments = segments
-        self.segment_modules = torch.nn.ModuleList([s.module for s in segments])
-        self.heads = torch.nn.ModuleList(heads)
-        self.cut_tensors = cut_tensors
+        self.cut_tensors = [c.tensor for c in cuts]  # fx node each exit's head reads
+        self.segments: list[FxSegment] = build_fx_segments(gm, cuts)
+        self.segment_modules = torch.nn.ModuleList([s.module for s in self.segments])
+        # The heads read the fx node of their cut (an ExitHead names the ONNX tensor).
+        self.heads = torch.nn.ModuleList([torch_exit_head(dataclasses.replace(h, tensor=c.tensor))
+                                          for h, c in zip(heads, cuts)])
         self.mask_input = mask_input
         self.input_specs = inputs
         self.input_names = list(inputs)
         self.output_spec = output
         self.output_name = output_name
-        self.emit_probabilities = emit_probabilities
+        self.emit_probabilities = bool(heads and heads[0].emit_probabilities)
         self.plan, self.profile, self.candidates, self.fitted = plan, profile, candidates, fitted
-        self.example_feeds = example_feeds
+        self.measured_in = measured_in              # where the cost profile was measured
+        self.onnx_candidates = onnx_candidates      # candidate tensors in the ONNX mirror, if one was used
+        self.artifact = artifact                    # the emitted artifact (None without a mirror)
+        self.result = result                        # the pipeline's CompileResult (None without a mirror)
+        self._workdir = workdir                     # keeps the mirror and the artifact alive
         self.num_exits = len(heads)
         self.num_classes = int(output.shape[1])
         self.last_exit_index: torch.Tensor | None = None
-        needed: set[str] = set()
-        self._needed_after: list[set[str]] = []
-        for s in reversed(segments):
-            self._needed_after.insert(0, set(needed))
-            needed |= set(s.inputs) | ({mask_input} if mask_input else set())
+
+    @classmethod
+    def from_artifact(cls, artifact: str, heads: list[ExitHead], cuts: list[Candidate], **kwargs) -> "TorchCompiled":
+        """The torch runtime of `artifact`: its manifest's exits (candidate tensor, threshold, head
+        outputs) must be `heads`' (the plan's ExitHeads, exitc.emit.plan_exit_heads); a mismatch is
+        a bug, not bad input."""
+        exits = [s["exit"] for s in read_manifest(artifact)["segments"] if s["exit"]]
+        if [(e["candidate"], e["logits"], e["score"], float(e["threshold"])) for e in exits] != \
+                [(h.tensor, h.logits_name, h.score_name, float(h.meta["threshold"])) for h in heads]:
+            raise RuntimeError(f"{artifact}: the manifest's exits are not the plan's")
+        return cls(heads=heads, cuts=cuts, artifact=artifact, **kwargs)
 
     def _bind(self, args, kwargs) -> dict[str, torch.Tensor]:
         if len(args) == 1 and isinstance(args[0], dict) and not kwargs:
@@ -227,162 +294,71 @@ class TorchCompiled(torch.nn.Module):
             raise ExitcError(f"missing input {missing[0]!r} (inputs: {self.input_names})")
         return {k: torch.as_tensor(feeds[k]) for k in self.input_names}
 
+    def steps(self) -> list[Step]:
+        """The segments as exit-loop steps (thresholds read from the heads at each call)."""
+        steps = []
+        for seg, head in zip(self.segments, self.heads):
+            reads = [head.tensor] + [n for n in (head.mask_input, head.prev_probs) if n]
+            steps.append(Step(tuple(dict.fromkeys(seg.inputs + [r for r in reads if r not in seg.outputs])),
+                              tuple(seg.carry_out) + ((head.probs_name,) if head.export_probs else ()),
+                              ExitSpec(seg.index, head.logits_name, head.score_name, head.threshold)))
+        last = self.segments[-1]
+        steps.append(Step(tuple(last.inputs), (), None, (self.output_name,)))
+        return steps
+
+    def _run_segment(self, i: int, state: dict) -> dict:
+        seg = self.segments[i]
+        outs = dict(zip(seg.outputs, seg.module(*[state[n] for n in seg.inputs])))
+        if i == self.num_exits:
+            return {self.output_name: outs[seg.outputs[0]]}
+        head = self.heads[i]
+        x = outs[head.tensor] if head.tensor in outs else state[head.tensor]
+        out, score, prob = head(x, state[head.mask_input] if head.mask_input else None,
+                                state[head.prev_probs] if head.prev_probs else None)
+        outs.update({head.logits_name: out, head.score_name: score})
+        if head.export_probs:
+            outs[head.probs_name] = prob
+        return outs
+
     @torch.no_grad()
     def forward(self, *args, **kwargs) -> torch.Tensor:
         state = self._bind(args, kwargs)
         batch = state[self.input_names[0]].shape[0]
-        result = torch.zeros(batch, self.num_classes, dtype=self.output_spec.dtype)
-        exit_index = torch.full((batch,), self.num_exits, dtype=torch.int64)
-        active = torch.arange(batch)
-        for i, seg in enumerate(self.segments):
-            outs = dict(zip(seg.outputs, seg.module(*[state[n] for n in seg.inputs])))
-            if i == self.num_exits:
-                result[active] = outs[seg.outputs[0]].to(result.dtype)
-                break
-            head = self.heads[i]
-            main = outs[self.cut_tensors[i]] if self.cut_tensors[i] in outs else state[self.cut_tensors[i]]
-            logits, score = head(main, state.get(self.mask_input) if head.layout == "btc" else None)
-            leave = score >= torch.tensor(head.threshold, dtype=torch.float32)
-            if bool(leave.any()):
-                result[active[leave]] = logits[leave].to(result.dtype)
-                exit_index[active[leave]] = i
-            keep = ~leave
-            if not bool(keep.any()):
-                break
-            state.update({k: outs[k] for k in seg.carry_out})
-            state = {k: v for k, v in state.items() if k in self._needed_after[i]}
-            if bool(leave.any()):
-                idx = torch.nonzero(keep).reshape(-1)
-                state = {k: v.index_select(0, idx) for k, v in state.items()}
-                active = active[idx]
-        self.last_exit_index = exit_index
-        return result
+        results = {self.output_name: torch.zeros(batch, self.num_classes, dtype=self.output_spec.dtype)}
+        steps = self.steps()
+        loop = run_exits(steps, self._run_segment, state, batch, results, self.output_name, TORCH_OPS,
+                         needed_after(steps))
+        self.last_exit_index = loop.exit_index
+        return results[self.output_name]
 
-    # -- artifact -------------------------------------------------------------------------
     def save(self, path: str, force: bool = False, exporter: str = "auto") -> str:
-        """Write the artifact of docs/artifact-format.md (ONNX segments with fused ONNX exit heads
-        from :func:`exitc.passes.heads.head_nodes`, manifest.json, report.json); atomic like the CLI."""
-        if os.path.exists(path) and not force:
-            raise ExitcError(f"{path}: output directory already exists (use force=True to replace it)")
-        parent = os.path.dirname(os.path.abspath(path))
-        staging = os.path.join(parent, f".{os.path.basename(os.path.abspath(path))}.tmp-{os.getpid()}")
+        """Copy the artifact (docs/artifact-format.md) emitted by the pipeline to `path`, atomically.
+        `exporter` is accepted for compatibility: the artifact's segments come from the ONNX mirror."""
+        if self.artifact is None:
+            raise ExitcError(f"{self.module_name}: no artifact to save: the module has no ONNX export (no mirror), "
+                             "so it was compiled for the torch runtime only")
+        return copy_artifact(self.artifact, path, force)
+
+
+def copy_artifact(src: str, path: str, force: bool) -> str:
+    """Copy an artifact directory to `path` through a staging directory beside it (a failure
+    leaves nothing behind; `path` is replaced only with `force`)."""
+    if os.path.exists(path) and not force:
+        raise ExitcError(f"{path}: output directory already exists (use force=True to replace it)")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ExitcError(f"{parent}: parent directory of the output does not exist")
+    staging = os.path.join(parent, f".{os.path.basename(os.path.abspath(path))}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        shutil.copytree(src, staging)
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        os.replace(staging, path)
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        try:
-            os.makedirs(os.path.join(staging, "segments"))
-            seg_entries, carried = self._write_segments(staging, exporter)
-            manifest = self._manifest(seg_entries, carried)
-            with open(os.path.join(staging, MANIFEST), "w") as f:
-                json.dump(manifest, f, indent=2)
-            with open(os.path.join(staging, "report.json"), "w") as f:
-                json.dump(self.report(), f, indent=2)
-            if os.path.exists(path):
-                shutil.rmtree(path)
-            os.replace(staging, path)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return path
-
-    def _segment_examples(self) -> dict[str, torch.Tensor]:
-        """Every segment input at the example batch (all rows, no exits)."""
-        state = _torch_feeds(self.example_feeds)
-        with torch.no_grad():
-            for seg in self.segments[:-1]:
-                state.update(zip(seg.outputs, seg.module(*[state[n] for n in seg.inputs])))
-        return state
-
-    def _write_segments(self, staging: str, exporter: str):
-        state = self._segment_examples()
-        entries, carried = [], []
-        for seg in self.segments:
-            last = seg.index == self.num_exits
-            out_names = [self.output_name] if last else list(seg.outputs)
-            file = os.path.join(staging, "segments", f"seg_{seg.index}.onnx")
-            export_onnx(seg.module, [state[n] for n in seg.inputs], seg.inputs, out_names, file, exporter)
-            model = onnx.load(file)
-            entry = {"index": seg.index, "file": f"segments/seg_{seg.index}.onnx", "carry_out": list(seg.carry_out)}
-            if last:
-                entry.update(exit=None, outputs=[self.output_name])
-            else:
-                h = self.heads[seg.index]
-                fitted = self._fitted_for(seg.index)
-                eh = ExitHead(index=seg.index, tensor=self.cut_tensors[seg.index], layout=h.layout,
-                              elem_type=onnx.helper.np_dtype_to_tensor_dtype(
-                                  state[self.cut_tensors[seg.index]].numpy().dtype),
-                              mask_input=self.mask_input if h.layout == "btc" else None,
-                              layers=fitted.layers, gate_w=fitted.gate_w, gate_b=fitted.gate_b,
-                              emit_probabilities=self.emit_probabilities, kind=fitted.kind,
-                              pooling=fitted.candidate.pooling, meta={"threshold": h.threshold})
-                model = _fuse_head(model, eh, self.input_specs, state)
-                onnx.save(model, file)
-                entry["exit"] = {"index": seg.index, "logits": eh.logits_name, "score": eh.score_name,
-                                 "threshold": h.threshold, "candidate": eh.tensor, "head": eh.kind}
-                for name in seg.carry_out:
-                    t = state[name]
-                    carried.append({"name": name, "dtype": str(t.numpy().dtype),
-                                    "shape": ["batch"] + list(t.shape[1:]), "batch_axis": 0})
-            graph_inputs = {i.name for i in model.graph.input} - {t.name for t in model.graph.initializer}
-            entry["inputs"] = [n for n in seg.inputs if n in graph_inputs] + sorted(graph_inputs - set(seg.inputs))
-            entries.append(entry)
-        return entries, carried
-
-    def _fitted_for(self, exit_index: int) -> FittedHead:
-        return self.fitted[self.plan.exits[exit_index]]
-
-    def _manifest(self, segments: list[dict], carried: list[dict]) -> dict:
-        plan, profile = self.plan, self.profile
-
-        def spec(name, o: Observed):
-            return {"name": name, "dtype": str(torch.empty((), dtype=o.dtype).numpy().dtype),
-                    "shape": list(o.shape), "batch_axis": 0}
-
-        sections = plan_sections(plan, profile)
-        sections["profile"]["measured_in"] = self.measured_in
-        return {
-            "format": FORMAT, "schema_version": SCHEMA_VERSION, "exitc_version": __version__,
-            "source": {"file": self.module_name, "framework": "pytorch", "path": None, "sha256": None,
-                       "opset": OPSET, "torch": torch.__version__},
-            "backend": "onnxruntime-cpu",
-            "inputs": [spec(n, o) for n, o in self.input_specs.items()],
-            "outputs": [spec(self.output_name, self.output_spec)],
-            "prediction_output": self.output_name,
-            "prediction_kind": "probabilities" if self.emit_probabilities else "logits",
-            "num_classes": self.num_classes,
-            "carried": carried,
-            "segments": segments,
-            "conditional": None,
-            **sections,
-        }
-
-    def report(self) -> dict:
-        plan = self.plan
-        return {"frontend": "torch.fx",
-                "candidates": [{"index": k, "tensor": c.tensor, "layout": c.layout, "side": list(c.side),
-                                **({"onnx_tensor": self.onnx_candidates[k]} if self.onnx_candidates else {}),
-                                "flops_fraction": round(c.flops_fraction, 4),
-                                **({"head": self.fitted[k].kind, "head_agreement_oof": round(self.fitted[k].agreement, 4)}
-                                   if self.fitted else {})} for k, c in enumerate(self.candidates)],
-                "plan": {"exits": plan.exits, "thresholds": plan.thresholds, "mu": plan.mu,
-                         "exit_fractions_certify": plan.exit_fractions, "agreement_certify": plan.agreement_certify,
-                         "agreement_bound": plan.agreement_bound, "predicted_speedup_batch": plan.predicted_speedup,
-                         "reason": plan.reason},
-                "profile": self.profile.to_json() if self.profile else None, "curve": plan.curve}
-
-
-def _fuse_head(model: onnx.ModelProto, head: ExitHead, input_specs: dict[str, Observed], state) -> onnx.ModelProto:
-    """Append the ONNX exit head (passes.heads.head_nodes) to an exported segment."""
-    g = model.graph
-    mask_type = None
-    if head.mask_input:
-        m = state[head.mask_input].numpy()
-        mask_type = onnx.helper.np_dtype_to_tensor_dtype(m.dtype)
-        if head.mask_input not in {i.name for i in g.input}:
-            g.input.append(onnx.helper.make_tensor_value_info(head.mask_input, mask_type, input_specs[head.mask_input].shape))
-    nodes, inits, outs = head_nodes(head, mask_type)
-    g.node.extend(nodes)
-    g.initializer.extend(inits)
-    g.output.extend(outs)
-    return model
+        raise
+    return path
 
 
 def export_onnx(module: torch.nn.Module, args: Sequence[torch.Tensor], in_names: Sequence[str],
@@ -423,7 +399,7 @@ def export_onnx(module: torch.nn.Module, args: Sequence[torch.Tensor], in_names:
 
 
 # --------------------------------------------------------------------------------------------
-# stages
+# measurements in torch (no mirror)
 
 
 def collect_features_torch(gm, candidates, mask_input: str | None, data: Dataset, batch_size: int = 64):
@@ -455,7 +431,7 @@ def _time(fn, reps: int, warmup: int = 2) -> float:
     return float(np.median(times))
 
 
-def profile_torch(gm, candidates, heads: list[ExitHeadModule], mask_input: str | None,
+def profile_torch(gm, candidates, heads: list[TorchExitHead], mask_input: str | None,
                   feeds: dict[str, torch.Tensor], reps_b1: int = 20, reps_bn: int = 5) -> Profile:
     """Measured torch costs, as :class:`exitc.profile.Profile`: call overhead (a trivial fx call),
     the original, every backbone slice between consecutive candidates and every head, each
@@ -500,32 +476,173 @@ def find_mask_input(obs: dict[str, Observed], names: list[str]) -> str | None:
     return None
 
 
+class TorchMeasurements:
+    """The analysis stages' measurements taken in torch, for a traced module without an ONNX
+    mirror (see :class:`exitc.driver.OnnxMeasurements` for the methods' contract): features from
+    :func:`collect_features_torch`, costs from :func:`profile_torch`, no synthetic neighbours
+    (their features would need the ONNX probe)."""
+
+    measured_in = "torch"
+
+    def __init__(self, gm, mask_input: str | None):
+        self.gm, self.mask_input = gm, mask_input
+
+    def features(self, candidates: list[Candidate], data: Dataset, opts: CompileOptions) -> FeatureCache:
+        outputs, features = collect_features_torch(self.gm, candidates, self.mask_input, data)
+        is_prob = looks_like_probabilities(outputs)
+        probs = (outputs if is_prob else softmax(outputs)).astype(np.float32)
+        return FeatureCache(outputs, probs, features, is_prob)
+
+    def neighbours(self, fit, fit_pred, is_prob, opts, log=print):
+        return None
+
+    def profile(self, heads: list[FittedHead], fit: Dataset, opts: CompileOptions) -> Profile:
+        b = min(opts.batch_size, fit.rows)
+        torch_heads = [torch_exit_head(h.exit_head(k, onnx.TensorProto.FLOAT, self.mask_input, False))
+                       for k, h in enumerate(heads)]
+        return profile_torch(self.gm, [h.candidate for h in heads], torch_heads, self.mask_input,
+                             _torch_feeds(fit.feeds, slice(0, b)))
+
+
+# --------------------------------------------------------------------------------------------
+# the front end: the ONNX mirror and the placement of its candidates in the fx graph
+
+
+@dataclasses.dataclass
+class TorchFrontEnd:
+    """The front end's result: what the pipeline consumes (the mirror as a :class:`FrontEnd`),
+    and where each placeable candidate of the mirror lies in the fx graph."""
+
+    front: FrontEnd
+    placement: dict[str, Candidate]    # ONNX candidate tensor -> the same cut in the fx graph
+    unplaced: int                      # candidates of the mirror with no equivalent fx cut
+
+
+def place_candidates(gm, model: onnx.ModelProto, candidates: list[Candidate], data: Dataset,
+                     label: str) -> dict[str, Candidate]:
+    """For each candidate of the normalised mirror `model` that the fx graph can be split at,
+    the same cut in the fx graph (tensor = fx node name, no side tensors: those are recomputed
+    from the graph inputs in the fx segments).
+
+    Guarantees: a candidate is placed only if some fx node holds its tensor's value on three
+    calibration rows (:func:`match_tensors`) and splitting there recomputes no heavy op
+    (:func:`cut_recomputes_nothing`). An input exit (its tensor a graph input: cut 0) is placed
+    at the fx placeholder of the same name (the mirror keeps the forward's argument names)."""
+    graph_inputs = set(input_names(gm))
+    inner = [c for c in candidates if c.tensor not in graph_inputs]
+    rows = {k: v[:3] for k, v in data.feeds.items()}
+    placed_names = {c.tensor: c.tensor for c in candidates if c.tensor in graph_inputs}
+    if inner:
+        elem_types = {name: info.elem_type for name, info in GraphIndex.build(model).infos.items()}
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        for c in inner:
+            probe.graph.output.append(onnx.helper.make_tensor_value_info(c.tensor, elem_types.get(c.tensor, 1), None))
+        values = make_session(probe, label).run(rows, [c.tensor for c in inner])
+        placed_names.update(match_tensors(record_values(gm, _torch_feeds(rows)),
+                                          {c.tensor: v for c, v in zip(inner, values)}))
+    placement = {}
+    for c in candidates:
+        fx_name = placed_names.get(c.tensor)
+        if fx_name is None:
+            continue
+        fx_cut = dataclasses.replace(c, tensor=fx_name, side=())
+        if cut_recomputes_nothing(gm, fx_cut):
+            placement[c.tensor] = fx_cut
+    return placement
+
+
+def _data_reader(data: Dataset, names: list[str], module_name: str):
+    """normalise_stage's data reader for an export of the module: the calibration rows, already
+    keyed by the forward's argument names (the exporters keep them as the ONNX input names)."""
+
+    def read(sig) -> Dataset:
+        declared = [i.name for i in sig.inputs]
+        if declared != names:  # a bug, not bad input
+            raise RuntimeError(f"{module_name}: the ONNX export's inputs {declared} are not the forward's {names}")
+        return data
+
+    return read
+
+
+def torch_front_end(gm, module_name: str, names: list[str], data: Dataset, opts: CompileOptions, output_name: str,
+                    workdir: str, log=print) -> TorchFrontEnd | None:
+    """Export `gm` (the ONNX mirror), normalise it like an ONNX file (:func:`exitc.driver.normalise_stage`)
+    and place its candidates in the fx graph; None (and a log line saying why) if the module does
+    not export or no candidate can be placed."""
+    file = os.path.join(workdir, f"{module_name}.onnx")
+    n = min(8, data.rows)
+    args = [torch.from_numpy(np.ascontiguousarray(data.feeds[k][:n])) for k in names]
+
+    label = f"{module_name} (exported)"
+    try:
+        kind = export_onnx(gm, args, names, [output_name], file, "auto")
+        front = normalise_stage(load_model(file), _data_reader(data, names, module_name), dataclasses.replace(opts, output=output_name), file,
+                                label, log)
+    except ExitcError as exc:
+        log(f"exitc: {module_name}: no ONNX mirror ({exc}); candidates from the fx graph, costs measured in torch")
+        return None
+    from .passes import find_candidates  # the candidates stage's own rule, to know what can be placed
+
+    candidates = find_candidates(front.model, max_candidates=opts.max_candidates)
+    placement = place_candidates(gm, front.model, candidates, data, label)
+    if not placement:
+        log(f"exitc: {module_name}: none of the {len(candidates)} candidates of the ONNX export could be placed in "
+            "the fx graph; candidates from the fx graph, costs measured in torch")
+        return None
+    front = dataclasses.replace(front, label=module_name, place=lambda cands: [c for c in cands if c.tensor in placement],
+                                source=_source(module_name, kind))
+    return TorchFrontEnd(front, placement, len(candidates) - len(placement))
+
+
+def _source(module_name: str, exporter: str) -> dict:
+    """The manifest's "source" section for a module (there is no original ONNX file to point at)."""
+    return {"file": module_name, "framework": "pytorch", "path": None, "sha256": None, "torch": torch.__version__,
+            "exporter": exporter}
+
+
+# --------------------------------------------------------------------------------------------
+# compile
+
+
 def compile(module: torch.nn.Module, example_inputs=None, calib=None, target_acc: float = 0.99,
             confidence: float = 0.95, batch_size: int = 32, certify_fraction: float = CompileOptions.certify_fraction,
             max_fit_rows: int = CompileOptions.max_fit_rows,
-            head_kinds: tuple[str, ...] = ("linear", "mlp"), max_candidates: int = CompileOptions.max_candidates, seed: int = 0,
-            output_name: str = "logits", exporter: str = "auto", progress: bool = False, log=print,
-            latency_weight: float = 0.25, cost_profile=None):
+            head_kinds: tuple[str, ...] = CompileOptions.head_kinds, max_candidates: int = CompileOptions.max_candidates,
+            seed: int = 0, output_name: str = "logits", exporter: str = "auto", progress: bool = False, log=print,
+            latency_weight: float = CompileOptions.latency_weight, cost_profile=None, augment: bool = True,
+            never_slower: bool = True):
     """Compile a PyTorch classifier into an early-exit model.
 
     module: an ``nn.Module`` whose forward returns one tensor [batch, classes] (logits or
     probabilities). example_inputs: a tensor, a tuple of tensors or a dict by argument name (only
     names, dtypes and non-batch shapes are used; default: the first calibration rows). calib: see
-    :func:`to_dataset`. cost_profile: optional ``f(candidates, batch_size) -> exitc.profile.Profile``
-    giving the costs instead of timing them here (reproducible compiles, costs from the target
-    machine); the ONNX fallback always measures. Other options as :class:`exitc.driver.CompileOptions`.
+    :func:`to_dataset`. output_name: the prediction output's name in the artifact. cost_profile:
+    optional ``f(candidates, batch_size) -> exitc.profile.Profile`` giving the costs instead of
+    timing them here (reproducible compiles, costs from the target machine). augment,
+    never_slower and the other options as :class:`exitc.driver.CompileOptions` (the same pipeline
+    runs them). exporter: for the ONNX fallback of an untraceable module.
 
     Returns :class:`TorchCompiled`, or :class:`OnnxCompiled` when torch.fx cannot trace the module
     (the reason, naming the submodule, is logged and kept in ``compiled.fallback_reason``).
     """
-    if calib is None:
-        raise ExitcError("exitc.compile needs calibration data (calib=...)")
-    module = module.eval()
-    opts = CompileOptions(target_acc=target_acc, confidence=confidence, batch_size=batch_size,
+    opts = CompileOptions(target_acc=target_acc, confidence=confidence, batch_size=batch_size, output=output_name,
                           certify_fraction=certify_fraction, max_fit_rows=max_fit_rows, max_candidates=max_candidates,
                           head_kinds=tuple(head_kinds), seed=seed, progress=progress,
-                          latency_weight=latency_weight, cost_profile=cost_profile)
+                          latency_weight=latency_weight, cost_profile=cost_profile, augment=augment,
+                          never_slower=never_slower)
+    return compile_with_options(module, example_inputs, calib, opts, exporter, log)
+
+
+def compile_with_options(module: torch.nn.Module, example_inputs, calib, opts: CompileOptions, exporter: str = "auto",
+                         log=print):
+    """:func:`compile` with its options as CompileOptions (what the CLI builds for both front ends);
+    `opts.output` names the prediction output ("logits" if None)."""
+    if calib is None:
+        raise ExitcError("exitc.compile needs calibration data (calib=...)")
+    opts = dataclasses.replace(opts, output=opts.output or "logits")
     opts.validate()
+    module = module.eval()
     if example_inputs is None and isinstance(calib, (str, os.PathLike)):
         examples = examples_from_npz(module, calib)
     elif example_inputs is None:
@@ -548,74 +665,15 @@ def compile(module: torch.nn.Module, example_inputs=None, calib=None, target_acc
         gm = trace(module, concrete or None)
     except TraceFailure as exc:
         log(f"exitc: {exc}; falling back to ONNX export + the ONNX pipeline")
-        # The given costs price the fx candidates; the fallback's candidates are the export's, so it measures.
-        return compile_via_onnx(module, names, data, dataclasses.replace(opts, cost_profile=None), exporter=exporter,
-                                reason=str(exc), log=log)
-    return compile_traced(gm, type(module).__name__, names, data, opts, output_name, log)
-
-
-@dataclasses.dataclass
-class OnnxMirror:
-    """The traced module exported to ONNX, with the ONNX passes' candidates placed in the fx graph."""
-
-    model: onnx.ModelProto             # normalised export
-    candidates: list[Candidate]        # ONNX candidates (tensor = ONNX names)
-    fx_candidates: list[Candidate]     # the same cuts in the fx graph (tensor = fx node names)
-    mask_input: str | None
-    elem_types: dict[str, int]
-    unplaced: int                      # ONNX candidates with no equivalent fx cut
-
-
-def onnx_mirror(gm, module_name: str, names: list[str], data: Dataset, output_name: str, max_candidates: int,
-                log=print) -> OnnxMirror | None:
-    """Export `gm` to ONNX, find candidates there and place them in the fx graph; None (and a log
-    line saying why) if the module does not export or no candidate can be placed."""
-    with tempfile.TemporaryDirectory(prefix="exitc-mirror-") as work:
-        file = os.path.join(work, "module.onnx")
-        n = min(8, data.rows)
-        args = [torch.from_numpy(np.ascontiguousarray(data.feeds[k][:n])) for k in names]
-        try:
-            export_onnx(gm, args, names, [output_name], file, "dynamo")
-            model, _ = normalize(load_model(file), output=output_name, label=f"{module_name} (exported)")
-        except ExitcError as exc:
-            log(f"exitc: {module_name}: no ONNX mirror ({exc}); candidates from the fx graph, costs measured in torch")
-            return None
-    # An input exit on the graph input itself (cut 0) has no fx cut to place it at (its segment
-    # would be an empty module, which the exporters cannot write): the torch path leaves it out.
-    candidates = [c for c in find_candidates(model, max_candidates=max_candidates) if c.cut > 0]
-    idx = GraphIndex.build(model)
-    elem_types = {name: info.elem_type for name, info in idx.infos.items()}
-    # The candidate tensors' values on a few rows, from ONNX Runtime and from the fx graph.
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    for c in candidates:
-        probe.graph.output.append(onnx.helper.make_tensor_value_info(c.tensor, elem_types.get(c.tensor, 1), None))
-    rows = {k: v[:3] for k, v in data.feeds.items()}
-    values = make_session(probe, f"{module_name} (exported)").run(rows, [c.tensor for c in candidates])
-    placed = match_tensors(record_values(gm, _torch_feeds(rows)), {c.tensor: v for c, v in zip(candidates, values)})
-    onnx_cands, fx_cands = [], []
-    for c in candidates:
-        fx_name = placed.get(c.tensor)
-        if fx_name is None:
-            continue
-        # Side tensors (a transformer's extended mask) are recomputed from the graph inputs in the
-        # fx segments; the check below rejects a cut where anything heavy would be recomputed.
-        fx_cut = dataclasses.replace(c, tensor=fx_name, side=())
-        if cut_recomputes_nothing(gm, fx_cut):
-            onnx_cands.append(c)
-            fx_cands.append(fx_cut)
-    if not onnx_cands:
-        log(f"exitc: {module_name}: none of the {len(candidates)} candidates of the ONNX export could be placed in "
-            "the fx graph; candidates from the fx graph, costs measured in torch")
-        return None
-    return OnnxMirror(model, onnx_cands, fx_cands, onnx_mask_input(model), elem_types,
-                      len(candidates) - len(onnx_cands))
+        return compile_via_onnx(module, names, data, opts, exporter=exporter, reason=str(exc), log=log)
+    return compile_traced(gm, type(module).__name__, names, data, opts, opts.output, log)
 
 
 def compile_traced(gm, module_name: str, names: list[str], data: Dataset, opts: CompileOptions,
                    output_name: str = "logits", log=print, mirror: bool = True) -> TorchCompiled:
-    """The fx pipeline on a traced module (see the module docstring). mirror=False skips the ONNX
-    mirror: candidates from the fx graph, features and costs in torch."""
+    """A traced module through the pipeline (see the module docstring). mirror=False skips the ONNX
+    mirror: candidates from the fx graph, the analysis stages on torch measurements, no artifact."""
+    started = time.perf_counter()
     feeds = data.feeds
     if data.rows < 3:
         raise ExitcError(f"{data.path}: {data.rows} rows; at least 3 are needed")
@@ -629,72 +687,38 @@ def compile_traced(gm, module_name: str, names: list[str], data: Dataset, opts: 
         if not obs[n].batch_major:
             raise ExitcError(f"{module_name}: input {n!r} is not batch-major")
     inputs = {n: obs[n] for n in names}
+    opts = dataclasses.replace(opts, output=output_name)
+    work = tempfile.TemporaryDirectory(prefix="exitc-torch-")
+    twin = torch_front_end(gm, module_name, names, data, opts, output_name, work.name, log) if mirror else None
+    common = dict(module_name=module_name, gm=gm, inputs=inputs, output=out, output_name=output_name)
+    if twin is not None:
+        if twin.unplaced:
+            log(f"exitc: {twin.unplaced} candidates of the ONNX export of {module_name} could not be placed in the fx "
+                "graph")
+        result = run_pipeline(twin.front, os.path.join(work.name, "model.exitc"), opts, log, started=started)
+        plan = result.plan
+        heads = plan_exit_heads(plan, result.heads, {}, result.mask_input, result.emit_probabilities)
+        return TorchCompiled.from_artifact(
+            result.out_dir, heads, [twin.placement[result.candidates[c].tensor] for c in plan.exits],
+            mask_input=result.mask_input, plan=plan, profile=result.profile, candidates=result.candidates,
+            fitted=result.heads, measured_in="given" if opts.cost_profile is not None else "onnxruntime",
+            workdir=work, onnx_candidates=[c.tensor for c in result.candidates], result=result, **common)
+    work.cleanup()
     mask_input = find_mask_input(obs, names)
-    twin = onnx_mirror(gm, module_name, names, data, output_name, opts.max_candidates, log) if mirror else None
-    candidates = twin.fx_candidates if twin else find_fx_candidates(gm, obs, max_candidates=opts.max_candidates)
-    log(f"exitc: {len(candidates)} candidate exits in {module_name}"
-        + (f" (from its ONNX export; {twin.unplaced} could not be placed in the fx graph)" if twin and twin.unplaced
-           else " (from its ONNX export)" if twin else ""))
+    candidates = find_fx_candidates(gm, obs, max_candidates=opts.max_candidates)
+    log(f"exitc: {len(candidates)} candidate exits in {module_name} (from its fx graph)")
     fit_idx, cert_idx = split_rows(data.rows, opts.certify_fraction, opts.seed, opts.max_fit_rows)
-    fitted: list[FittedHead] = []
-    profile = None
-    emit_probabilities = False
-    if candidates and opts.target_acc < 1.0:
-        neighbours = None
-        if twin:
-            probe = FeatureProbe(twin.model, twin.candidates, twin.mask_input)
-            cache = probe.collect(data, progress=opts.progress)
-            outputs, features = cache.outputs, cache.features
-            if opts.augment:  # the ONNX pipeline's augment stage, on the mirror
-                twin_inputs = [GraphIndex.build(twin.model).infos[n] for n in names]
-                neighbours = augment_stage(SimpleNamespace(inputs=twin_inputs), data.take(fit_idx),
-                                           cache.predictions[fit_idx], twin.mask_input, probe,
-                                           cache.outputs_are_probabilities, opts, log)
-        else:  # features computed in torch: no neighbours (they would need the ONNX probe)
-            outputs, features = collect_features_torch(gm, candidates, mask_input, data)
-        emit_probabilities = looks_like_probabilities(outputs)
-        probs = (outputs if emit_probabilities else softmax(outputs)).astype(np.float32)
-        fitted = distill_heads(twin.candidates if twin else candidates, [f[fit_idx] for f in features],
-                               probs[fit_idx], kinds=opts.head_kinds, seed=opts.seed, progress=opts.progress,
-                               neighbours=neighbours)
-        b = min(opts.batch_size, len(fit_idx))
-        if opts.cost_profile is not None:  # given costs (e.g. measured on the target machine): no timing here
-            profile = given_profile(opts.cost_profile, candidates, b)
-        elif twin:
-            profile = profile_costs(twin.model, fitted, twin.mask_input, data.take(fit_idx), b, twin.elem_types,
-                                    progress=opts.progress)
-        else:
-            heads = [ExitHeadModule(h.candidate.layout, h.layers, h.gate_w, h.gate_b, pooling=h.candidate.pooling)
-                     for h in fitted]
-            profile = profile_torch(gm, candidates, heads, mask_input,
-                                    _torch_feeds(data.take(fit_idx).feeds, slice(0, b)))
-        # From here on the heads belong to the fx graph's cuts.
-        fitted = [dataclasses.replace(h, candidate=c) for h, c in zip(fitted, candidates)]
-        pred = outputs.argmax(1)
-        cert_scores, cert_agree = certify_stage(fitted, [f[cert_idx] for f in features], pred[cert_idx])
-        fit_scores = np.stack([h.oof_score for h in fitted], axis=1)
-        fit_agree = np.stack([h.oof_agree for h in fitted], axis=1)
-        plan = choose_plan(fit_scores, fit_agree, cert_scores, cert_agree, profile, opts.target_acc, opts.confidence,
-                           latency_weight=opts.latency_weight)
-    else:
-        plan = Plan.without_exits(opts.target_acc, opts.confidence, "no candidate exit points found" if not candidates
-                                  else "target_acc 1.0 admits no early exit")
-    cuts = [fitted[c].candidate for c in plan.exits]
-    heads = [ExitHeadModule(fitted[c].candidate.layout, fitted[c].layers, fitted[c].gate_w, fitted[c].gate_b,
-                            threshold=plan.thresholds[i], emit_probabilities=emit_probabilities,
-                            pooling=fitted[c].candidate.pooling)
-             for i, c in enumerate(plan.exits)]
-    segments = build_fx_segments(gm, cuts)
+    found = analyse(TorchMeasurements(gm, mask_input), candidates, data, fit_idx, cert_idx, opts, log)
+    plan = found.plan
     if plan.reason:
         log(f"exitc: {plan.reason}; the compiled model runs the original as one segment")
     else:
         log(f"exitc: {len(plan.exits)} exits kept (candidates {plan.exits}), agreement bound "
-            f"{plan.agreement_bound:.4f}, predicted speedup {plan.predicted_speedup:.2f}x at batch {profile.batch_size}")
-    example = {k: v[:2] for k, v in feeds.items()}
-    measured_in = "given" if opts.cost_profile is not None else "onnxruntime" if twin else "torch"
-    return TorchCompiled(module_name, gm, segments, heads, [c.tensor for c in cuts], mask_input, inputs, out,
-                         output_name, emit_probabilities, plan, profile, candidates, fitted, example, measured_in,
-                         [c.tensor for c in twin.candidates] if twin else None)
+            f"{plan.agreement_bound:.4f}, predicted speedup {plan.predicted_speedup:.2f}x")
+    heads = plan_exit_heads(plan, found.heads, {}, mask_input, found.emit_probabilities)
+    return TorchCompiled(cuts=[found.heads[c].candidate for c in plan.exits], heads=heads, mask_input=mask_input,
+                         plan=plan, profile=found.profile, candidates=candidates, fitted=found.heads,
+                         measured_in="given" if opts.cost_profile is not None else "torch", **common)
 
 
 # --------------------------------------------------------------------------------------------
@@ -727,30 +751,27 @@ class OnnxCompiled:
         return torch.from_numpy(outs[self.model.output_names.index(self.model.prediction_output)])
 
     def save(self, path: str, force: bool = False, exporter: str = "auto") -> str:
-        if os.path.exists(path):
-            if not force:
-                raise ExitcError(f"{path}: output directory already exists (use force=True to replace it)")
-            shutil.rmtree(path)
-        shutil.copytree(self.artifact, path)
-        return path
+        """Copy the artifact to `path`, atomically (:func:`copy_artifact`)."""
+        return copy_artifact(self.artifact, path, force)
 
 
 def compile_via_onnx(module: torch.nn.Module, names: list[str], data: Dataset, opts: CompileOptions,
                      exporter: str = "auto", reason: str = "", log=print) -> OnnxCompiled:
-    """Export the whole module to ONNX and compile it with :func:`exitc.driver.compile_model`."""
-    from .driver import compile_model
-
+    """Export the whole module to ONNX and compile the export like an ONNX file
+    (:func:`exitc.driver.normalise_stage`, then :func:`exitc.driver.run_pipeline`)."""
+    name = type(module).__name__
+    output_name = opts.output or "logits"
     work = tempfile.TemporaryDirectory(prefix="exitc-torch-")
-    model_path = os.path.join(work.name, f"{type(module).__name__}.onnx")
-    calib_path = os.path.join(work.name, "calib.npz")
+    model_path = os.path.join(work.name, f"{name}.onnx")
     n = min(8, data.rows)
     args = [torch.from_numpy(data.feeds[k][:n]) for k in names]
-    kind = export_onnx(module, args, names, ["logits"], model_path, exporter)
-    log(f"exitc: exported {type(module).__name__} to ONNX ({kind} exporter, opset {OPSET})")
-    np.savez(calib_path, **data.feeds)
-    out_dir = os.path.join(work.name, "model.exitc")
-    result = compile_model(model_path, calib_path, out_dir, opts, log=log)
-    return OnnxCompiled(out_dir, names, work, reason, result)
+    kind = export_onnx(module, args, names, [output_name], model_path, exporter)
+    log(f"exitc: exported {name} to ONNX ({kind} exporter, opset {OPSET})")
+    opts = dataclasses.replace(opts, output=output_name)
+    front = dataclasses.replace(normalise_stage(load_model(model_path), _data_reader(data, names, name), opts,
+                                                model_path, name, log), source=_source(name, kind))
+    result = run_pipeline(front, os.path.join(work.name, "model.exitc"), opts, log)
+    return OnnxCompiled(result.out_dir, names, work, reason, result)
 
 
 # --------------------------------------------------------------------------------------------
@@ -802,19 +823,24 @@ def examples_from_npz(module: torch.nn.Module, path) -> dict[str, np.ndarray]:
     return examples
 
 
-def compile_module_cli(spec: str, calib_path: str, out_dir: str, example_shape: str | None = None,
-                       force: bool = False, **options) -> Any:
-    """What ``exitc compile FILE.py:NAME --calib calib.npz`` runs. ``example_shape`` ("3,32,32" or
-    "1,3,32,32") only checks the calibration arrays of a single-input module."""
+def compile_module_cli(spec: str, calib_path: str, out_dir: str, opts: CompileOptions,
+                       example_shape: str | None = None, log=print) -> Any:
+    """What ``exitc compile FILE.py:NAME --calib calib.npz`` runs, with the options the CLI builds
+    for an ONNX file too. ``example_shape`` ("3,32,32" or "1,3,32,32") only checks the calibration
+    arrays of a single-input module."""
+    opts.validate()
     module = load_factory(spec)
-    if os.path.exists(out_dir) and not force:
+    if os.path.exists(out_dir) and not opts.force:
         raise ExitcError(f"{out_dir}: output directory already exists (use --force to replace it)")
     examples = examples_from_npz(module, calib_path)
     if example_shape:
-        dims = [int(d) for d in example_shape.replace("x", ",").split(",") if d]
+        try:
+            dims = [int(d) for d in example_shape.replace("x", ",").split(",") if d]
+        except ValueError:
+            raise ExitcError(f"--example-shape {example_shape!r}: expected sizes like 3,32,32") from None
         first = next(iter(examples.values()))
         if list(first.shape[1:]) != dims[-(first.ndim - 1):]:
             raise ExitcError(f"{calib_path}: rows have shape {list(first.shape[1:])}, --example-shape says {dims}")
-    compiled = compile(module, examples, calib=calib_path, **options)
-    compiled.save(out_dir, force=force)
+    compiled = compile_with_options(module, examples, calib_path, opts, log=log)
+    compiled.save(out_dir, force=opts.force)
     return compiled

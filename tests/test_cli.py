@@ -170,7 +170,7 @@ STAGE_FAULTS = {
     "distill": "exitc.driver.distill_heads",
     "profile": "exitc.driver.profile_costs",
     "policy": "exitc.driver.policy_stage",
-    "emit": "exitc.emit.stage_artifact",
+    "emit": "exitc.emit.stage",
     "verify": "exitc.verify.check_exact",
     "report": "exitc.report.write_reports",
 }

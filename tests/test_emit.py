@@ -1,4 +1,4 @@
-"""The emission stage (exitc.emit) on a small synthetic model: what stage()/stage_artifact write
+"""The emission stage (exitc.emit) on a small synthetic model: what stage() writes
 (segments, the batch-1 form, the manifest), that the written heads are the plan's heads (plain and
 chained gates), and the atomic staging (commit, discard, nothing left on failure)."""
 
@@ -147,14 +147,20 @@ def test_chained_gates_are_wired_from_the_plan(setup, tmp_path):
     emit.discard(staging)
 
 
-def test_stage_artifact_is_stage_with_arguments(setup, tmp_path):
+def test_plan_exit_heads_are_the_heads_the_artifact_fuses(setup, tmp_path):
+    """Other runtimes (the torch front end's) build their heads with emit.plan_exit_heads: they
+    must be the heads stage() writes into the segments."""
     model, sig, path, cands, mask, heads, _, _ = setup
-    plan = make_plan([1], [0.8])
-    a, ma = emit.stage_artifact(str(tmp_path / "a"), model, sig, path, cands, heads, plan, None, mask, {}, False)
-    b, mb = emit.stage(str(tmp_path / "b"), spec(setup, plan))
-    assert ma == mb
-    for s in ma["segments"]:
-        assert onnx.load(os.path.join(a, s["file"])) == onnx.load(os.path.join(b, s["file"]))
+    plan = make_plan([0, 1], [0.8, 0.7])
+    staging, manifest = emit.stage(str(tmp_path / "a"), spec(setup, plan))
+    built = emit.plan_exit_heads(plan, heads, {}, mask, False)
+    exits = [s["exit"] for s in manifest["segments"] if s["exit"]]
+    assert [(e["candidate"], e["logits"], e["score"], e["threshold"]) for e in exits] == \
+        [(h.tensor, h.logits_name, h.score_name, h.meta["threshold"]) for h in built]
+    for h, want in zip(built, spec(setup, plan).exit_heads()):
+        np.testing.assert_array_equal(h.gate_w, want.gate_w)
+        assert (h.gate_b, h.prev_probs, h.export_probs) == (want.gate_b, want.prev_probs, want.export_probs)
+    emit.discard(staging)
 
 
 def test_plan_without_exits_writes_the_original_as_one_segment(setup, tmp_path):

@@ -222,3 +222,43 @@ def test_chained_gate_artifact_matches_numpy_and_cpp(tmp_path):
     (got_cpp,), idx_cpp = CppExitModel(path).run(feeds)
     np.testing.assert_array_equal(idx_cpp, want_idx)
     np.testing.assert_allclose(got_cpp, want, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 30), st.integers(0, 2**32 - 1))
+def test_exit_loop_semantics_on_numpy(n, seed):
+    """exitc.exit_loop (the loop of the reference and the torch runtime): per segment, rows whose
+    score reaches the threshold leave with their exit's logits, the rest are compacted and carry
+    on; tensors no later segment reads are dropped; the last segment writes the remaining rows."""
+    from exitc.exit_loop import NUMPY, ExitSpec, Step, run_exits
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 2)).astype(np.float32)
+    scores = rng.random((2, n)).astype(np.float32)  # per row, by request order
+    thresholds = [0.7, 0.4]
+    steps = [Step(("x", "row"), ("h", "t"), ExitSpec(0, "l0", "s0", thresholds[0])),
+             Step(("h", "t", "row"), (), ExitSpec(1, "l1", "s1", thresholds[1])),
+             Step(("h", "x", "row"), (), None, ("y",))]
+    seen = []
+
+    def run_segment(i, state):
+        seen.append(set(state))
+        rows = state["row"]
+        if i == 0:
+            return {"h": state["x"] * 2, "t": state["x"], "l0": np.full((len(rows), 2), 10.0, np.float32), "s0": scores[0][rows]}
+        if i == 1:
+            return {"l1": np.full((len(rows), 2), 11.0, np.float32), "s1": scores[1][rows]}
+        return {"y": state["h"] + state["x"]}
+
+    state = {"x": x, "row": np.arange(n)}
+    results = {"y": np.zeros((n, 2), np.float32)}
+    loop = run_exits(steps, run_segment, state, n, results, "y", NUMPY)
+    want = np.where(scores[0] >= np.float32(0.7), 0, np.where(scores[1] >= np.float32(0.4), 1, 2))
+    np.testing.assert_array_equal(loop.exit_index, want)
+    np.testing.assert_array_equal(results["y"][want == 0], np.full(((want == 0).sum(), 2), 10.0))
+    np.testing.assert_array_equal(results["y"][want == 1], np.full(((want == 1).sum(), 2), 11.0))
+    np.testing.assert_array_equal(results["y"][want == 2], 3 * x[want == 2])
+    if len(seen) > 1:
+        assert {"h", "t", "x"} <= seen[1], "x is still read by the last segment"
+    if len(seen) > 2:
+        assert "t" not in seen[2] and {"h", "x"} <= seen[2], "t is read by no later segment: dropped"

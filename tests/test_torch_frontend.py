@@ -295,34 +295,84 @@ def test_onnx_path_never_imports_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_module_and_its_onnx_export_get_the_same_candidates_and_exits(tmp_path, monkeypatch):
-    """Issue 4: the torch path takes its candidates from the ONNX export of the traced module, so a
-    module compiled from PyTorch and its ONNX file compiled by the CLI pipeline choose the same
-    exits (costs given to both, so timing noise cannot decide)."""
-    from exitc.driver import CompileOptions, compile_model
-
+def _cnn_case():
     m = make_cnn()
     x = cnn_data(600)
-    c = tf.compile(m, torch.from_numpy(x[:2]), calib=x, **FAST)
-    assert c.onnx_candidates and c.measured_in == "given", "the ONNX mirror was not used"
-    onnx_file = str(tmp_path / "cnn.onnx")
-    tf.export_onnx(m, [torch.from_numpy(x[:8])], ["x"], ["logits"], onnx_file, "dynamo")
-    np.savez(tmp_path / "calib.npz", x=x)
-    opts = CompileOptions(target_acc=0.9, max_candidates=4, batch_size=16, progress=False, cost_profile=depth_costs)
-    # The ONNX path also has an input exit on the graph input itself (cut 0), which the torch path
-    # leaves out (torch_frontend.onnx_mirror): compare the pipelines without it.
-    import exitc.driver as driver
+    return m, (torch.from_numpy(x[:8]),), ["x"], {"x": x}
 
-    find = driver.find_candidates
-    monkeypatch.setattr(driver, "find_candidates", lambda *a, **k: [c for c in find(*a, **k) if c.cut > 0])
-    r = compile_model(onnx_file, str(tmp_path / "calib.npz"), str(tmp_path / "cnn.exitc"), opts, log=lambda *_: None)
-    shape = lambda cands: [(k.layout, k.features, k.spatial, round(k.flops_fraction, 3)) for k in cands]  # noqa: E731
+
+def _encoder_case():
+    m = make_encoder(k=1.5)
+    ids, mask = text_data(600)
+    return m, (torch.from_numpy(ids[:8]), torch.from_numpy(mask[:8])), ["input_ids", "attention_mask"], \
+        {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.mark.parametrize("case", [_cnn_case, _encoder_case], ids=["cnn", "encoder"])
+def test_module_and_its_onnx_export_get_the_same_candidates_exits_thresholds_and_gates(case, tmp_path):
+    """Issue 4 / issue 11: a module goes through the pipeline of its ONNX export, so a module
+    compiled from PyTorch and its ONNX file compiled by the CLI pipeline get the same candidates
+    (the input exit at cut 0 included), exits, thresholds and gates, chained gates included (costs
+    given to both, so timing noise cannot decide)."""
+    from exitc.driver import CompileOptions, compile_model
+
+    m, args, names, feeds = case()
+    c = tf.compile(m, {k: v[:2] for k, v in feeds.items()}, calib=dict(feeds), **FAST)
+    assert c.onnx_candidates and c.measured_in == "given", "the ONNX mirror was not used"
+    onnx_file = str(tmp_path / "model.onnx")
+    tf.export_onnx(m, list(args), names, ["logits"], onnx_file, "dynamo")
+    np.savez(tmp_path / "calib.npz", **feeds)
+    opts = CompileOptions(target_acc=0.9, max_candidates=4, batch_size=16, progress=False, cost_profile=depth_costs)
+    r = compile_model(onnx_file, str(tmp_path / "calib.npz"), str(tmp_path / "model.exitc"), opts, log=lambda *_: None)
+    shape = lambda cands: [(k.cut, k.layout, k.features, k.spatial, round(k.flops_fraction, 3)) for k in cands]  # noqa: E731
     assert shape(c.candidates) == shape(r.candidates)
     assert c.plan.exits and c.plan.exits == r.plan.exits
+    np.testing.assert_allclose(c.plan.thresholds, r.plan.thresholds, rtol=0, atol=1e-5)
     assert abs(c.plan.agreement_bound - r.plan.agreement_bound) < 0.02
+    assert len(c.plan.gates) == len(r.plan.gates)
+    for (cw, cb), (rw, rb) in zip(c.plan.gates, r.plan.gates):
+        assert cw.shape == rw.shape
+        np.testing.assert_allclose(cw, rw, rtol=0, atol=1e-4)
+        assert abs(cb - rb) < 1e-4
+    # The torch runtime runs what the artifact says, chained gates included.
+    if c.plan.gates:
+        assert [h.prev_probs is not None for h in c.heads] == [w.size > 3 for w, _ in c.plan.gates]
+    # Both artifacts declare the same exits.
+    exits = lambda path: [(s["exit"]["head"], round(s["exit"]["threshold"], 5))  # noqa: E731
+                          for s in exitc.load(path, engine="python").segments if s["exit"]]
+    assert exits(c.artifact) == exits(r.out_dir)
 
 
-def test_without_the_onnx_mirror_candidates_come_from_the_fx_graph():
+def test_the_input_exit_is_placed_on_the_graph_input(cnn_compiled):
+    """The input exit (cut 0): an empty first segment, the head reading the graph input itself."""
+    m, c = cnn_compiled
+    assert c.candidates[0].cut == 0 and c.candidates[0].tensor == "x"
+    if c.plan.exits and c.plan.exits[0] == 0:
+        assert c.cut_tensors[0] == "x" and c.segments[0].outputs == []
+
+
+@pytest.mark.parametrize("engine", ["python", "cpp"])
+def test_torch_runtime_and_the_artifact_runtimes_take_the_same_exits(cnn_compiled, engine):
+    """The torch runtime and exitc.load(artifact) run the one exit loop on the same artifact:
+    the same exit per row, the same predictions; full-depth rows equal the original."""
+    m, c = cnn_compiled
+    try:
+        rt = exitc.load(c.artifact, engine=engine)
+    except ExitcError as exc:
+        pytest.skip(str(exc))
+    x = torch.from_numpy(cnn_data(300, seed=9))
+    y = c(x)
+    outs, idx = rt.run({"x": x.numpy()})
+    np.testing.assert_array_equal(idx, c.last_exit_index.numpy())
+    assert len(set(idx.tolist())) >= 2, "want exited and full-depth rows"
+    np.testing.assert_allclose(outs[0], y.numpy(), rtol=1e-4, atol=1e-4)
+    end = full_depth_rows(c)
+    ref = m(x).detach()
+    assert torch.allclose(y[end], ref[end], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(outs[0][end.numpy()], ref[end].numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_without_the_onnx_mirror_candidates_come_from_the_fx_graph(tmp_path):
     from exitc.driver import CompileOptions
 
     m = make_cnn()
@@ -335,6 +385,14 @@ def test_without_the_onnx_mirror_candidates_come_from_the_fx_graph():
     y, ref = c(xt), m(xt).detach()
     end = full_depth_rows(c)
     assert torch.allclose(y[end], ref[end], rtol=0, atol=1e-6)
+    # The same policy stage as the ONNX pipeline (driver.analyse): its gates are the runtime's.
+    assert len(c.plan.gates) in (0, len(c.plan.exits))
+    if c.plan.gates:
+        assert [h.prev_probs is not None for h in c.heads] == [w.size > 3 for w, _ in c.plan.gates]
+    # Without an ONNX export there is no artifact: a one-line error, not a half-written directory.
+    with pytest.raises(ExitcError, match="no ONNX export"):
+        c.save(str(tmp_path / "nomirror.exitc"))
+    assert not (tmp_path / "nomirror.exitc").exists()
 
 
 def test_match_tensors_places_values_not_names():
@@ -376,3 +434,69 @@ def test_torch_pooling_mirrors_the_onnx_pooling(spatial, channels):
     head = ExitHeadModule("nchw", [(w, np.zeros(4, np.float32))], np.zeros(3, np.float32), 0.0, pooling=pooling)
     logits, _ = head(torch.from_numpy(x))
     np.testing.assert_allclose(logits.numpy(), want @ w, rtol=1e-3, atol=1e-3)
+
+
+CLI_MODULE = """
+import torch
+nn = torch.nn
+
+
+def build():
+    torch.manual_seed(0)  # nn.Sequential: its forward argument is named `input`, a builtin's name
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 5))
+"""
+
+
+@pytest.fixture
+def cli_module(tmp_path):
+    f = tmp_path / "net.py"
+    f.write_text(CLI_MODULE)
+    x = cnn_data(600)
+    np.savez(tmp_path / "calib.npz", x=x)
+    return f, tmp_path / "calib.npz"
+
+
+def test_cli_compile_options_reach_the_pipeline_on_the_torch_path(cli_module, tmp_path, monkeypatch, capsys):
+    """`exitc compile FILE.py:NAME` takes every compile option the ONNX path takes (issue 11: it
+    dropped --latency-weight and --output and skipped the --heads check)."""
+    from exitc import cli
+
+    seen = []
+    real = tf.run_pipeline
+    monkeypatch.setattr(tf, "run_pipeline", lambda front, out, opts, *a, **k: seen.append(opts) or real(front, out, opts, *a, **k))
+    f, calib = cli_module
+    out = tmp_path / "net.exitc"
+    code = cli.main(["compile", f"{f}:build", "--calib", str(calib), "--target-acc", "0.9", "--batch-size", "16",
+                     "--latency-weight", "0.5", "--output", "scores", "--heads", "linear", "--no-augment",
+                     "--allow-slower", "--certify-fraction", "0.6", "--max-fit-rows", "300", "-o", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    (opts,) = seen
+    assert (opts.latency_weight, opts.output, opts.head_kinds, opts.augment, opts.never_slower) == \
+        (0.5, "scores", ("linear",), False, False)
+    assert (opts.target_acc, opts.batch_size, opts.certify_fraction, opts.max_fit_rows) == (0.9, 16, 0.6, 300)
+    manifest = exitc.load(str(out), engine="python").manifest
+    assert manifest["prediction_output"] == "scores" and manifest["source"]["framework"] == "pytorch"
+    assert [i["name"] for i in manifest["inputs"]] == ["input"]  # the forward's argument, not fx's `input_1`
+    import json
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["candidates"] and {r["head"] for r in report["candidates"]} == {"linear"}
+    assert report["manifest"]["prediction_output"] == "scores"
+    assert "report.html" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,needle", [(["--heads", "linear,tree"], "unknown head kind 'tree'"),
+                                         (["--latency-weight", "2"], "--latency-weight 2.0 is outside"),
+                                         (["--example-shape", "3,x,y"], "--example-shape")])
+def test_cli_bad_options_on_the_torch_path_are_one_line(cli_module, tmp_path, args, needle, capsys):
+    from exitc import cli
+
+    f, calib = cli_module
+    out = tmp_path / "bad.exitc"
+    code = cli.main(["compile", f"{f}:build", "--calib", str(calib), "-o", str(out), "--quiet"] + args)
+    err = capsys.readouterr().err
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("exitc: error: ") and needle in lines[0], err
+    assert not out.exists()

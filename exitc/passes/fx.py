@@ -74,7 +74,8 @@ class _PathTracer(fx.Tracer):
 def trace(module: torch.nn.Module, concrete_args: dict | None = None) -> fx.GraphModule:
     """Symbolically trace `module` (in eval mode).
 
-    Guarantees: the returned GraphModule computes the same function with the same torch ops. On
+    Guarantees: the returned GraphModule computes the same function with the same torch ops, and
+    its placeholder nodes are named after the forward's arguments. On
     failure raises :class:`TraceFailure` whose message names the innermost submodule (qualified
     name and class) whose ``forward`` could not be traced, e.g. because of data-dependent control
     flow, and the original error's first line.
@@ -87,6 +88,15 @@ def trace(module: torch.nn.Module, concrete_args: dict | None = None) -> fx.Grap
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         where = f"submodule {path!r} ({kind})" if path else f"the top-level module ({kind})"
         raise TraceFailure(f"torch.fx cannot trace {where}: {first}", path, kind) from exc
+    # torch.fx renames a placeholder whose argument shadows a builtin (nn.Sequential's `input`
+    # becomes node `input_1`); every pass here keys graph inputs by node name and the feeds by
+    # argument name, so the placeholder nodes take their arguments' names back.
+    taken = {n.name for n in graph.nodes}
+    for n in graph.nodes:
+        if n.op == "placeholder" and n.name != n.target and n.target not in taken:
+            taken.discard(n.name)
+            n.name = n.target
+            taken.add(n.name)
     name = type(module).__name__
     return fx.GraphModule(tracer.root, graph, name)
 
@@ -370,15 +380,18 @@ class FxSegment:
 def build_fx_segments(gm: fx.GraphModule, cuts: Sequence[Candidate]) -> list[FxSegment]:
     """Segments for exits at `cuts` (graph order), like :func:`.split.build_segments`.
 
-    Guarantees: len(cuts)+1 segments; segment k returns the carried tensors of cut k not produced
-    earlier; the last returns the model output. Running them in order, feeding each the graph
+    Guarantees: len(cuts)+1 segments; segment k returns the carried tensors of cut k neither
+    produced earlier nor graph inputs (possibly none); the last returns the model output. Running them in order, feeding each the graph
     inputs and earlier carried tensors, computes exactly the ops of `gm`.
     """
     final = output_node(gm).name
+    graph_inputs = set(input_names(gm))
     segments, available = [], []
     for k in range(len(cuts) + 1):
         last = k == len(cuts)
-        targets = [final] if last else [t for t in cuts[k].carried if t not in available]
+        # Graph inputs are never carried (as in .split.build_segments): every segment may read
+        # them, and an input exit (cut 0) has an empty segment whose head reads the graph input.
+        targets = [final] if last else [t for t in cuts[k].carried if t not in available and t not in graph_inputs]
         mod = extract_segment(gm, available, targets, f"segment_{k}")
         segments.append(FxSegment(k, mod, list(mod.input_names), [] if last else targets, targets))
         if not last:
