@@ -84,6 +84,7 @@ def test_candidates_and_segments_reproduce_the_model(name):
     assert len(segs) == len(cands) + 1
     for seg in segs:
         onnx.checker.check_model(seg.model)
+        assert not seg.model.graph.value_info, "segments declare no inner shapes (split.build_segments)"
         if not seg.model.graph.node:  # before an input exit on the graph input itself (cut 0): nothing to run
             assert seg.index == 0 and cands[0].cut == 0 and not seg.carry_out
             continue

@@ -74,7 +74,8 @@ def probe_model(model: onnx.ModelProto, candidates: list[Candidate], mask_input:
 def build_segments(model: onnx.ModelProto, cuts: list[Candidate], heads: list[ExitHead | None],
                    mask_input: str | None = None) -> list[SegmentGraph]:
     """Segments for exits at `cuts` (graph order). ``heads[k]`` is fused into segment k (None:
-    no head, e.g. for profiling the bare backbone slices). Returns len(cuts)+1 segments."""
+    no head, e.g. for profiling the bare backbone slices). Returns len(cuts)+1 segments, each
+    declaring its inputs and outputs and no inner value_info."""
     idx = GraphIndex.build(model)
     output = idx.graph_outputs[0]
     mask_type = _elem_type(idx, mask_input) if mask_input else None
@@ -102,6 +103,11 @@ def build_segments(model: onnx.ModelProto, cuts: list[Candidate], heads: list[Ex
         keep_inputs = [i for i in m.graph.input if i.name in used]
         del m.graph.input[:]
         m.graph.input.extend(keep_inputs)
+        # No inner shapes: ONNX Runtime infers them from the segment's inputs. The ones observed on
+        # calibration rows (normalize.observe_shapes) made the segments slower: a full-depth row at
+        # batch 1 paid +4.0% (p50) over the original with them and -0.3% without (nlp_austen, 256
+        # test rows, interleaved), +26.6% and +25.0% on cv_native.
+        del m.graph.value_info[:]
         seg = SegmentGraph(index=k, model=m, inputs=[i.name for i in keep_inputs],
                            carry_out=[] if last else targets, head=head, outputs=[output] if last else [])
         segments.append(seg)
