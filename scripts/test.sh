@@ -2,7 +2,7 @@
 # The README's test command: set up a fresh machine, then run every test.
 #   1. setup (venv, exitc with its C++ runtime), the sample prerequisites (torch CPU, data .debs)
 #      and the zoo of third-party classifiers (scripts/setup_zoo.sh)
-#   2. C++: ctest (normal and AddressSanitizer+UBSan builds), install, build samples/cpp against it
+#   2. C++: ctest (normal, AddressSanitizer+UBSan and ThreadSanitizer builds), install, build samples/cpp against it
 #   2b. Triton Inference Server (scripts/setup_triton.sh) for tests/test_triton.py
 #   3. Python: pytest (unit, property, differential and the reduced real-sample integration tests)
 set -euo pipefail
