@@ -49,6 +49,13 @@ class Cost:
         per_row = max(0.0, (tb - t1) / (b - 1)) if b > 1 else t1
         return cls(t1 - per_row, per_row)
 
+    @classmethod
+    def through(cls, t1: float, tb: float, b: int) -> "Cost":
+        """The line through (1, t1) and (b, tb) as it is (for calibrated costs, which must add up
+        exactly at both sizes; a falling line stays >= 0 between them, where it is used)."""
+        per_row = (tb - t1) / (b - 1) if b > 1 else t1
+        return cls(t1 - per_row, per_row)
+
 
 NO_COST = Cost(0.0, 0.0)  # an empty slice (before an input exit at cut 0)
 
@@ -180,5 +187,5 @@ def calibrate_slices(slices: list[Cost], original: Cost, overhead: float, batch:
         total = sum(work)
         scale = max(original.at(rows) - overhead, 0.0) / total if total > 0 else 0.0
         points.append([w * scale for w in work])
-    return [NO_COST if s is NO_COST else Cost.from_two(w1, wb, batch)
+    return [NO_COST if s is NO_COST else Cost.through(w1, wb, batch)
             for s, w1, wb in zip(slices, *points)]
