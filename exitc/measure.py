@@ -3,7 +3,10 @@ of the artifact (exitc.verify).
 
 These VMs are noisy, so every comparison is interleaved: at batch N the models alternate every
 `chunk_batches` batches over the same rows, and at batch 1 row by row; ratios come from totals
-measured side by side, never from separate runs.
+measured side by side, never from separate runs. The order alternates too (A B, then B A): a model
+that always ran second would pay for whatever the first left behind in the caches (the same
+model timed against itself in a fixed order measured 0.91x, 0.99x and 1.00x on cv_native at
+batch 1 on a loaded VM).
 """
 
 from __future__ import annotations
@@ -36,13 +39,20 @@ def run_interleaved(fns: Sequence[Callable[[Feeds], object]], feeds: Feeds, n: i
     seconds = [0.0] * len(fns)
     outs: list[list] = [[] for _ in fns]
     step = batch * chunk_batches
-    for start in range(0, n, step):
+    for chunk, start in enumerate(range(0, n, step)):
         sub = {k: v[start:start + step] for k, v in feeds.items()}
-        for j, fn in enumerate(fns):
-            t, o = run_all(fn, sub, min(step, n - start), batch)
+        for j in alternating(len(fns), chunk):
+            t, o = run_all(fns[j], sub, min(step, n - start), batch)
             seconds[j] += t
             outs[j].extend(o)
     return seconds, outs
+
+
+def alternating(count: int, turn: int) -> list[int]:
+    """The order in which `count` measured functions run at round `turn`: forwards on even
+    rounds, backwards on odd ones, so that each runs first as often as last."""
+    order = list(range(count))
+    return order if turn % 2 == 0 else order[::-1]
 
 
 def batch1_latencies(fns: Sequence[Callable[[Feeds], object]], feeds: Feeds, rows: int, warmup: int = 2,
@@ -52,9 +62,9 @@ def batch1_latencies(fns: Sequence[Callable[[Feeds], object]], feeds: Feeds, row
     for i in range(-warmup, rows):
         r = max(i, 0)
         f = {k: v[r:r + 1] for k, v in feeds.items()}
-        for j, fn in enumerate(fns):
+        for j in alternating(len(fns), i):
             t = time.perf_counter()
-            fn(f)
+            fns[j](f)
             if i >= 0:
                 times[j].append(time.perf_counter() - t)
         if progress is not None and i >= 0:
