@@ -23,7 +23,7 @@ import onnx
 from . import emit, report, verify
 from .data import Dataset, load_dataset
 from .augment import make_neighbours
-from .distill import FittedHead, NeighbourRows, distill_heads, fit_chained_gates
+from .distill import FittedHead, NeighbourRows, distill_heads
 from .errors import ExitcError, stage
 from .features import FeatureCache, FeatureProbe
 from .options import CompileOptions
@@ -31,9 +31,8 @@ from .passes import find_candidates, load_model
 from .passes.normalize import Signature, observe_shapes, prepare
 from .passes.candidates import Candidate
 from .passes.graph import GraphIndex
-from .passes.heads import gate_scores, layers_forward as forward, softmax
 from .passes.split import find_mask_input
-from .policy import Plan, certify_plan, fit_cost, required_rate, select_exits
+from .policy import Plan, policy_stage
 from .profile import Profile, given_profile, profile_costs
 from .stats import min_rows_for
 from .verify import Verification
@@ -138,48 +137,6 @@ def augment_stage(sig, fit: Dataset, fit_pred: np.ndarray, mask_input, probe: Fe
         return None
     log(f"exitc: {nb.rows} synthetic neighbours of {fit.rows} fit rows (prediction stability: {tried})")
     return NeighbourRows(nb.cache.features, nb.cache.probs, nb.source, nb.group, tuple(nb.used))
-
-
-def certify_stage(heads: list[FittedHead], features: list[np.ndarray], pred: np.ndarray, with_probs: bool = False):
-    """Final heads on the certification rows: (gate scores, agreement), each [rows, K]
-    (and the heads' probabilities per candidate with `with_probs`)."""
-    scores, agree, all_probs = [], [], []
-    for h, x in zip(heads, features):
-        probs = softmax(forward(h.layers, x))
-        scores.append(gate_scores(probs, h.gate_w, h.gate_b))
-        agree.append(probs.argmax(1) == pred)
-        all_probs.append(probs)
-    result = (np.stack(scores, axis=1), np.stack(agree, axis=1))
-    return result + (all_probs,) if with_probs else result
-
-
-def policy_stage(heads: list[FittedHead], cert_features: list[np.ndarray], cert_pred: np.ndarray,
-                 profile: Profile, opts: "CompileOptions") -> Plan:
-    """Choose exits on the fit split, try chained gates for them (kept only if they lower the
-    fit-split cost: the choice never looks at the certification split), then certify."""
-    cert_scores, cert_agree, cert_probs = certify_stage(heads, cert_features, cert_pred, with_probs=True)
-    fit_scores = np.stack([h.oof_score for h in heads], axis=1)
-    fit_agree = np.stack([h.oof_agree for h in heads], axis=1)
-    req = required_rate(len(cert_scores), opts.target_acc, opts.confidence)
-    w = opts.latency_weight
-    exits = select_exits(fit_scores, fit_agree, profile, req, latency_weight=w, never_slower=opts.never_slower)
-    gates: list = []
-    if len(exits) >= 2:
-        chained = fit_chained_gates(heads, exits)
-        fit2, cert2 = fit_scores.copy(), cert_scores.copy()
-        for prev, k in zip(exits, exits[1:]):
-            gate_w, gate_b = chained[k]
-            fit2[:, k] = gate_scores(heads[k].oof_probs, gate_w, gate_b, heads[prev].oof_probs)
-            cert2[:, k] = gate_scores(cert_probs[k], gate_w, gate_b, cert_probs[prev])
-        ns = opts.never_slower
-        if fit_cost(exits, fit2, fit_agree, profile, req, w, ns) < fit_cost(exits, fit_scores, fit_agree, profile, req, w, ns):
-            fit_scores, cert_scores = fit2, cert2
-            gates = [(heads[exits[0]].gate_w, heads[exits[0]].gate_b)] + [chained[k] for k in exits[1:]]
-    plan = certify_plan(exits, fit_scores, fit_agree, cert_scores, cert_agree, profile, opts.target_acc,
-                        opts.confidence, w, opts.never_slower)
-    if plan.exits:
-        plan.gates = gates
-    return plan
 
 
 @dataclass

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from exitc.distill import FittedHead, fit_gate
-from exitc.driver import CompileOptions, policy_stage
+from exitc.options import CompileOptions
 from exitc.passes.candidates import Candidate
 from exitc.passes.heads import gate_scores, softmax
-from exitc.policy import Plan, choose_plan, required_rate, simulate, thresholds_for
+from exitc.policy import Plan, choose_plan, policy_stage, required_rate, simulate, thresholds_for
 from exitc.profile import Cost, Profile
 from exitc.stats import clopper_pearson_lower
 
