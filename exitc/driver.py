@@ -22,7 +22,7 @@ import onnx
 
 from . import emit, report, verify
 from .data import Dataset, load_dataset
-from .augment import make_neighbours
+from .augment import augment_stage
 from .distill import FittedHead, NeighbourRows, distill_heads
 from .errors import ExitcError, stage
 from .features import FeatureCache, FeatureProbe
@@ -116,27 +116,6 @@ def check_rows(data: Dataset, opts: CompileOptions) -> None:
     if data.rows < need:
         raise ExitcError(f"{data.path}: {data.rows} calibration rows; --target-acc {opts.target_acc} at --confidence "
                          f"{opts.confidence} needs at least {need} ({need_cert} for certification)")
-
-
-# Neighbours are for small calibration sets. On the CV sample's 4000 fit rows they tripled
-# distillation time (84 s -> 336 s on a loaded VM) for a plan within noise of the one without.
-AUGMENT_MAX_FIT_ROWS = 2000
-
-
-def augment_stage(sig, fit: Dataset, fit_pred: np.ndarray, mask_input, probe: FeatureProbe, is_prob: bool,
-                  opts: CompileOptions, log=print) -> NeighbourRows | None:
-    """Synthetic neighbours of the fit rows labelled by the original (exitc.augment), or None."""
-    if fit.rows >= AUGMENT_MAX_FIT_ROWS:
-        return None
-    nb = make_neighbours(sig.inputs, fit, fit_pred, mask_input, probe, is_prob, seed=opts.seed,
-                         progress=opts.progress)
-    tried = ", ".join(f"{k} {v:.2f}" for k, v in nb.stability.items())
-    if nb.cache is None:
-        if tried:
-            log(f"exitc: no perturbation keeps the original's predictions stable ({tried}); no neighbours")
-        return None
-    log(f"exitc: {nb.rows} synthetic neighbours of {fit.rows} fit rows (prediction stability: {tried})")
-    return NeighbourRows(nb.cache.features, nb.cache.probs, nb.source, nb.group, tuple(nb.used))
 
 
 @dataclass

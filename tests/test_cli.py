@@ -166,7 +166,7 @@ STAGE_FAULTS = {
     "load": "exitc.driver.observe_shapes",
     "candidates": "exitc.driver.find_candidates",
     "features": "exitc.driver.FeatureProbe",
-    "augment": "exitc.driver.make_neighbours",
+    "augment": "exitc.augment.make_neighbours",
     "distill": "exitc.driver.distill_heads",
     "profile": "exitc.driver.profile_costs",
     "policy": "exitc.driver.policy_stage",
