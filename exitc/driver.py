@@ -248,7 +248,7 @@ def run_pipeline(front: FrontEnd, out_dir: str, opts: CompileOptions, log=print,
                     manifest["source"].update(front.source)
                     emit.update_manifest(staging, manifest)
             with stage("verify"):
-                check = verify_stage(staging, manifest, reference, sig, holdout, plan, opts, log)
+                check = verify.verify_stage(staging, manifest, reference, sig, holdout, plan, opts, log)
             # Costs given by the user (measured on the target machine) outrank timings taken here.
             if not (plan.exits and opts.never_slower and opts.cost_profile is None and check.slower_batch()):
                 break
@@ -273,48 +273,3 @@ def run_pipeline(front: FrontEnd, out_dir: str, opts: CompileOptions, log=print,
                            manifest, found.emit_probabilities, mask_input)
     report.print_summary(result, log)
     return result
-
-
-def verify_stage(staging: str, manifest: dict, model, sig, holdout: Dataset, plan: Plan,
-                 opts: CompileOptions, log=print) -> Verification:
-    # `model`: the reference (load_stage), run as the original
-    """Check the staged artifact (exitc.verify): exact at full depth; with exits, measured against
-    the original (twice where the first measurement says slower), the batch-1 form chosen on the
-    measurements (batch-1 requests run the original where the median one measures slower), and
-    the figures recorded in the manifest."""
-    check = Verification(batch_size=opts.batch_size)
-    verify.check_exact(staging, model, sig, holdout, opts.batch_size, check)
-    if not plan.exits:
-        return check
-
-    def measure_and_choose() -> str:
-        cond = manifest.get("conditional")
-        verify.measure(staging, model, holdout, opts.batch_size, cond is not None, check)
-        return verify.choose_batch1(check, cond["form"] if cond else None)
-
-    measure_and_choose()
-    # Costs given for another machine (opts.cost_profile) outrank timings taken here: informational.
-    act = opts.never_slower and opts.cost_profile is None
-    if act and (check.slower_batch() or check.slower_batch1()):
-        measure_and_choose()  # a borderline first measurement: measure again (ratios are averaged)
-    if act and check.batch1_form != "original" and check.slower_batch1():
-        note = (f"the median batch-1 request measured {check.p50_ratio_b1:.2f}x with exits; batch-1 requests run "
-                "the original model")
-        log(f"exitc: {note}")
-        check.notes.append(note)
-        plan.batch1 = "original"
-        plan.predicted_median_b1 = plan.predicted_cost_b1 = plan.original_cost_b1
-        emit.write_batch1_form(staging, manifest, "original", model)
-        check.latency_ms_b1.pop("conditional", None)  # that was the If-graph
-        verify.measure(staging, model, holdout, opts.batch_size, True, check)
-        verify.choose_batch1(check, "original")
-    elif check.batch1_form == "segmented" and manifest.get("conditional"):
-        emit.drop_conditional(staging, manifest)
-    manifest["profile"]["measured"] = {
-        "throughput_ratio": check.throughput_ratio, "p50_ratio_b1": check.p50_ratio_b1,
-        "mean_ratio_b1": check.mean_ratio_b1, "batch_size": check.batch_size,
-        "full_depth_overhead_b1": check.full_depth_overhead_b1,
-        "full_depth_overhead_batch": check.full_depth_overhead_batch,
-        "batch1_latency_ms": check.latency_ms_b1, "batch1_form": check.batch1_form, "notes": check.notes}
-    emit.update_manifest(staging, manifest)
-    return check
