@@ -7,7 +7,9 @@ A front end produces a :class:`FrontEnd` (a normalised ONNX model with observed 
 signature, the calibration data, and for PyTorch the candidates its runtime can place):
 :func:`load_stage` for an ONNX file, :mod:`exitc.torch_frontend` for an nn.Module. Everything after
 it is :func:`run_pipeline`, the same for both. Each stage lives in its own module and only exchanges
-plain values with the others.
+plain values with the others: candidates in exitc.passes.candidates; features, augment, distill,
+profile and policy in :func:`exitc.analysis.analyse`; emit in exitc.emit; verify in
+:func:`exitc.verify.verify_stage`; report in exitc.report.
 """
 
 from __future__ import annotations
@@ -17,26 +19,22 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
 import onnx
 
-from . import emit, report, verify
+from . import emit, report
+from .analysis import OnnxMeasurements, analyse, check_rows, split_rows
 from .data import Dataset, load_dataset
-from .augment import augment_stage
-from .distill import FittedHead, NeighbourRows, distill_heads
-from .errors import ExitcError, stage
-from .features import FeatureCache, FeatureProbe
+from .distill import FittedHead
+from .errors import stage
 from .options import CompileOptions
 from .passes import find_candidates, load_model
-from .passes.normalize import Signature, observe_shapes, prepare
 from .passes.candidates import Candidate
 from .passes.graph import GraphIndex
+from .passes.normalize import Signature, observe_shapes, prepare
 from .passes.split import find_mask_input
-from .policy import Plan, policy_stage
-from .profile import Profile, given_profile, profile_costs
-from .stats import min_rows_for
-from .verify import Verification
-
+from .policy import Plan
+from .profile import Profile
+from .verify import Verification, verify_stage
 
 @dataclass
 class CompileResult:
@@ -95,98 +93,6 @@ def load_stage(model_path: str, calib_path: str, opts: CompileOptions, log=print
     calibration data read against its inputs."""
     return normalise_stage(load_model(model_path), lambda sig: load_dataset(calib_path, sig.inputs), opts,
                            model_path, model_path, log)
-
-
-def split_rows(n: int, certify_fraction: float, seed: int, max_fit_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(fit rows, certification rows), disjoint, sorted: `certify_fraction` of the rows certify,
-    or more where the fit split would exceed `max_fit_rows`."""
-    perm = np.random.default_rng(seed).permutation(n)
-    n_cert = int(n * certify_fraction)
-    if max_fit_rows is not None:
-        n_cert = max(n_cert, n - max_fit_rows)
-    return np.sort(perm[n_cert:]), np.sort(perm[:n_cert])
-
-
-def check_rows(data: Dataset, opts: CompileOptions) -> None:
-    need_cert = min_rows_for(opts.target_acc, opts.confidence)
-    if opts.target_acc >= 1.0:
-        return
-    need = int(np.ceil(need_cert / opts.certify_fraction))
-    need = max(need, need_cert + 100)
-    if data.rows < need:
-        raise ExitcError(f"{data.path}: {data.rows} calibration rows; --target-acc {opts.target_acc} at --confidence "
-                         f"{opts.confidence} needs at least {need} ({need_cert} for certification)")
-
-
-@dataclass
-class Analysis:
-    """What the analysis stages (features -> augment -> distill -> profile -> policy) decide."""
-
-    plan: Plan
-    heads: list[FittedHead]
-    profile: Profile | None
-    emit_probabilities: bool           # the original outputs probabilities: so do the exits
-
-
-class OnnxMeasurements:
-    """The measuring stages on an ONNX model: features from the probe model (exitc.features),
-    synthetic neighbours (exitc.augment), costs on ONNX Runtime (exitc.profile). The torch front
-    end's no-mirror case plugs in its own measurements with the same three methods."""
-
-    measured_in = "onnxruntime"
-
-    def __init__(self, model: onnx.ModelProto, sig: Signature, mask_input: str | None, elem_types: dict[str, int]):
-        self.model, self.sig, self.mask_input, self.elem_types = model, sig, mask_input, elem_types
-        self.probe: FeatureProbe | None = None
-
-    def features(self, candidates: list[Candidate], data: Dataset, opts: CompileOptions) -> FeatureCache:
-        self.probe = FeatureProbe(self.model, candidates, self.mask_input)
-        return self.probe.collect(data, progress=opts.progress)
-
-    def neighbours(self, fit: Dataset, fit_pred: np.ndarray, is_prob: bool, opts: CompileOptions,
-                   log=print) -> NeighbourRows | None:
-        return augment_stage(self.sig, fit, fit_pred, self.mask_input, self.probe, is_prob, opts, log)
-
-    def profile(self, heads: list[FittedHead], fit: Dataset, opts: CompileOptions) -> Profile:
-        return profile_costs(self.model, heads, self.mask_input, fit, opts.batch_size, self.elem_types,
-                             progress=opts.progress)
-
-
-def analyse(measure, candidates: list[Candidate], data: Dataset, fit_idx: np.ndarray, cert_idx: np.ndarray,
-            opts: CompileOptions, log=print, mark=lambda name: None) -> Analysis:
-    """features -> augment -> distill -> profile -> policy, one call per stage, on `measure`'s
-    measurements (:class:`OnnxMeasurements` or the torch front end's). Guarantees: the heads are fitted
-    on the fit rows only, the plan certified on the certification rows only; no exit where there is no
-    candidate or --target-acc is 1.0."""
-    if not candidates or opts.target_acc >= 1.0:
-        reason = "no candidate exit points found" if not candidates else "--target-acc 1.0 admits no early exit"
-        return Analysis(Plan.without_exits(opts.target_acc, opts.confidence, reason), [], None, False)
-    with stage("features"):
-        cache = measure.features(candidates, data, opts)
-    mark("features")
-    neighbours = None
-    if opts.augment:
-        with stage("augment"):
-            neighbours = measure.neighbours(data.take(fit_idx), cache.predictions[fit_idx],
-                                            cache.outputs_are_probabilities, opts, log)
-        mark("augment")
-    with stage("distill"):
-        heads = distill_heads(candidates, [f[fit_idx] for f in cache.features], cache.probs[fit_idx],
-                              kinds=opts.head_kinds, seed=opts.seed, progress=opts.progress, neighbours=neighbours)
-    if neighbours is not None:
-        taken = ", ".join(f"exit candidate {k}: {h.augmented}" for k, h in enumerate(heads) if h.augmented)
-        log(f"exitc: heads fitted with neighbours too: {taken or 'none (no head gained from them)'}")
-    mark("distill")
-    with stage("profile"):
-        if opts.cost_profile is not None:  # given costs (e.g. measured on the target machine): no timing here
-            profile = given_profile(opts.cost_profile, candidates, min(opts.batch_size, len(fit_idx)))
-        else:
-            profile = measure.profile(heads, data.take(fit_idx), opts)
-    mark("profile")
-    with stage("policy"):
-        plan = policy_stage(heads, [f[cert_idx] for f in cache.features], cache.predictions[cert_idx], profile, opts)
-    mark("policy")
-    return Analysis(plan, heads, profile, cache.outputs_are_probabilities)
 
 
 def compile_model(model_path: str, calib_path: str, out_dir: str, opts: CompileOptions | None = None,
@@ -248,7 +154,7 @@ def run_pipeline(front: FrontEnd, out_dir: str, opts: CompileOptions, log=print,
                     manifest["source"].update(front.source)
                     emit.update_manifest(staging, manifest)
             with stage("verify"):
-                check = verify.verify_stage(staging, manifest, reference, sig, holdout, plan, opts, log)
+                check = verify_stage(staging, manifest, reference, sig, holdout, plan, opts, log)
             # Costs given by the user (measured on the target machine) outrank timings taken here.
             if not (plan.exits and opts.never_slower and opts.cost_profile is None and check.slower_batch()):
                 break

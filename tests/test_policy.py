@@ -85,7 +85,7 @@ def test_no_exit_when_target_cannot_be_certified():
 
 
 def test_split_rows_caps_the_fit_split():
-    from exitc.driver import split_rows
+    from exitc.analysis import split_rows
     fit, cert = split_rows(1000, 0.7, 0)
     assert len(fit) == 300 and len(cert) == 700
     fit, cert = split_rows(20000, 0.7, 0, max_fit_rows=4000)
