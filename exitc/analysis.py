@@ -41,8 +41,8 @@ def split_rows(n: int, certify_fraction: float, seed: int, max_fit_rows: int | N
 
 def check_rows(data: Dataset, opts: CompileOptions) -> None:
     """Raise a one-line ExitcError unless `data` has enough rows for --target-acc at --confidence:
-    a certification split that can certify it (stats.min_rows_for) at --certify-fraction, and at
-    least 100 fit rows besides. Nothing to check at --target-acc 1.0 (no exit is certified)."""
+    enough that --certify-fraction of them can certify it (stats.min_rows_for), and at least 100
+    more than that minimum. Nothing to check at --target-acc 1.0 (no exit is certified)."""
     need_cert = min_rows_for(opts.target_acc, opts.confidence)
     if opts.target_acc >= 1.0:
         return
