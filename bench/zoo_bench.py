@@ -38,7 +38,7 @@ CERTIFY_FRACTION = 0.7
 
 def rows_needed(target: float) -> int:
     """exitc's minimum calibration rows for `target` at the default confidence and certify
-    fraction (exitc/driver.py: check_rows)."""
+    fraction (exitc/analysis.py: check_rows)."""
     cert = math.ceil(math.log(1 - CONFIDENCE) / math.log(target))
     return max(math.ceil(cert / CERTIFY_FRACTION), cert + 100)
 

@@ -13,7 +13,7 @@ def load(path: str, engine: str = "auto", threads: int | None = None):
 
 
 def compile_onnx(model_path: str, calib_path: str, out_dir: str, **options):
-    """Compile an ONNX classifier; keyword options are those of :class:`exitc.driver.CompileOptions`."""
+    """Compile an ONNX classifier; keyword options are those of :class:`exitc.options.CompileOptions`."""
     from .driver import CompileOptions, compile_model
 
     return compile_model(model_path, calib_path, out_dir, CompileOptions(**options))

@@ -7,7 +7,9 @@ A front end produces a :class:`FrontEnd` (a normalised ONNX model with observed 
 signature, the calibration data, and for PyTorch the candidates its runtime can place):
 :func:`load_stage` for an ONNX file, :mod:`exitc.torch_frontend` for an nn.Module. Everything after
 it is :func:`run_pipeline`, the same for both. Each stage lives in its own module and only exchanges
-plain values with the others.
+plain values with the others: candidates in exitc.passes.candidates; features, augment, distill,
+profile and policy in :func:`exitc.analysis.analyse`; emit in exitc.emit; verify in
+:func:`exitc.verify.verify_stage`; report in exitc.report.
 """
 
 from __future__ import annotations
@@ -17,27 +19,22 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
 import onnx
 
-from . import emit, report, verify
+from . import emit, report
+from .analysis import OnnxMeasurements, analyse, check_rows, split_rows
 from .data import Dataset, load_dataset
-from .augment import make_neighbours
-from .distill import FittedHead, NeighbourRows, distill_heads, fit_chained_gates
-from .errors import ExitcError, stage
-from .features import FeatureCache, FeatureProbe
+from .distill import FittedHead
+from .errors import stage
 from .options import CompileOptions
 from .passes import find_candidates, load_model
-from .passes.normalize import Signature, observe_shapes, prepare
 from .passes.candidates import Candidate
 from .passes.graph import GraphIndex
-from .passes.heads import gate_scores, layers_forward as forward, softmax
+from .passes.normalize import Signature, observe_shapes, prepare
 from .passes.split import find_mask_input
-from .policy import Plan, certify_plan, fit_cost, required_rate, select_exits
-from .profile import Profile, given_profile, profile_costs
-from .stats import min_rows_for
-from .verify import Verification
-
+from .policy import Plan
+from .profile import Profile
+from .verify import Verification, verify_stage
 
 @dataclass
 class CompileResult:
@@ -96,161 +93,6 @@ def load_stage(model_path: str, calib_path: str, opts: CompileOptions, log=print
     calibration data read against its inputs."""
     return normalise_stage(load_model(model_path), lambda sig: load_dataset(calib_path, sig.inputs), opts,
                            model_path, model_path, log)
-
-
-def split_rows(n: int, certify_fraction: float, seed: int, max_fit_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(fit rows, certification rows), disjoint, sorted: `certify_fraction` of the rows certify,
-    or more where the fit split would exceed `max_fit_rows`."""
-    perm = np.random.default_rng(seed).permutation(n)
-    n_cert = int(n * certify_fraction)
-    if max_fit_rows is not None:
-        n_cert = max(n_cert, n - max_fit_rows)
-    return np.sort(perm[n_cert:]), np.sort(perm[:n_cert])
-
-
-def check_rows(data: Dataset, opts: CompileOptions) -> None:
-    need_cert = min_rows_for(opts.target_acc, opts.confidence)
-    if opts.target_acc >= 1.0:
-        return
-    need = int(np.ceil(need_cert / opts.certify_fraction))
-    need = max(need, need_cert + 100)
-    if data.rows < need:
-        raise ExitcError(f"{data.path}: {data.rows} calibration rows; --target-acc {opts.target_acc} at --confidence "
-                         f"{opts.confidence} needs at least {need} ({need_cert} for certification)")
-
-
-# Neighbours are for small calibration sets. On the CV sample's 4000 fit rows they tripled
-# distillation time (84 s -> 336 s on a loaded VM) for a plan within noise of the one without.
-AUGMENT_MAX_FIT_ROWS = 2000
-
-
-def augment_stage(sig, fit: Dataset, fit_pred: np.ndarray, mask_input, probe: FeatureProbe, is_prob: bool,
-                  opts: CompileOptions, log=print) -> NeighbourRows | None:
-    """Synthetic neighbours of the fit rows labelled by the original (exitc.augment), or None."""
-    if fit.rows >= AUGMENT_MAX_FIT_ROWS:
-        return None
-    nb = make_neighbours(sig.inputs, fit, fit_pred, mask_input, probe, is_prob, seed=opts.seed,
-                         progress=opts.progress)
-    tried = ", ".join(f"{k} {v:.2f}" for k, v in nb.stability.items())
-    if nb.cache is None:
-        if tried:
-            log(f"exitc: no perturbation keeps the original's predictions stable ({tried}); no neighbours")
-        return None
-    log(f"exitc: {nb.rows} synthetic neighbours of {fit.rows} fit rows (prediction stability: {tried})")
-    return NeighbourRows(nb.cache.features, nb.cache.probs, nb.source, nb.group, tuple(nb.used))
-
-
-def certify_stage(heads: list[FittedHead], features: list[np.ndarray], pred: np.ndarray, with_probs: bool = False):
-    """Final heads on the certification rows: (gate scores, agreement), each [rows, K]
-    (and the heads' probabilities per candidate with `with_probs`)."""
-    scores, agree, all_probs = [], [], []
-    for h, x in zip(heads, features):
-        probs = softmax(forward(h.layers, x))
-        scores.append(gate_scores(probs, h.gate_w, h.gate_b))
-        agree.append(probs.argmax(1) == pred)
-        all_probs.append(probs)
-    result = (np.stack(scores, axis=1), np.stack(agree, axis=1))
-    return result + (all_probs,) if with_probs else result
-
-
-def policy_stage(heads: list[FittedHead], cert_features: list[np.ndarray], cert_pred: np.ndarray,
-                 profile: Profile, opts: "CompileOptions") -> Plan:
-    """Choose exits on the fit split, try chained gates for them (kept only if they lower the
-    fit-split cost: the choice never looks at the certification split), then certify."""
-    cert_scores, cert_agree, cert_probs = certify_stage(heads, cert_features, cert_pred, with_probs=True)
-    fit_scores = np.stack([h.oof_score for h in heads], axis=1)
-    fit_agree = np.stack([h.oof_agree for h in heads], axis=1)
-    req = required_rate(len(cert_scores), opts.target_acc, opts.confidence)
-    w = opts.latency_weight
-    exits = select_exits(fit_scores, fit_agree, profile, req, latency_weight=w, never_slower=opts.never_slower)
-    gates: list = []
-    if len(exits) >= 2:
-        chained = fit_chained_gates(heads, exits)
-        fit2, cert2 = fit_scores.copy(), cert_scores.copy()
-        for prev, k in zip(exits, exits[1:]):
-            gate_w, gate_b = chained[k]
-            fit2[:, k] = gate_scores(heads[k].oof_probs, gate_w, gate_b, heads[prev].oof_probs)
-            cert2[:, k] = gate_scores(cert_probs[k], gate_w, gate_b, cert_probs[prev])
-        ns = opts.never_slower
-        if fit_cost(exits, fit2, fit_agree, profile, req, w, ns) < fit_cost(exits, fit_scores, fit_agree, profile, req, w, ns):
-            fit_scores, cert_scores = fit2, cert2
-            gates = [(heads[exits[0]].gate_w, heads[exits[0]].gate_b)] + [chained[k] for k in exits[1:]]
-    plan = certify_plan(exits, fit_scores, fit_agree, cert_scores, cert_agree, profile, opts.target_acc,
-                        opts.confidence, w, opts.never_slower)
-    if plan.exits:
-        plan.gates = gates
-    return plan
-
-
-@dataclass
-class Analysis:
-    """What the analysis stages (features -> augment -> distill -> profile -> policy) decide."""
-
-    plan: Plan
-    heads: list[FittedHead]
-    profile: Profile | None
-    emit_probabilities: bool           # the original outputs probabilities: so do the exits
-
-
-class OnnxMeasurements:
-    """The measuring stages on an ONNX model: features from the probe model (exitc.features),
-    synthetic neighbours (exitc.augment), costs on ONNX Runtime (exitc.profile). The torch front
-    end's no-mirror case plugs in its own measurements with the same three methods."""
-
-    measured_in = "onnxruntime"
-
-    def __init__(self, model: onnx.ModelProto, sig: Signature, mask_input: str | None, elem_types: dict[str, int]):
-        self.model, self.sig, self.mask_input, self.elem_types = model, sig, mask_input, elem_types
-        self.probe: FeatureProbe | None = None
-
-    def features(self, candidates: list[Candidate], data: Dataset, opts: CompileOptions) -> FeatureCache:
-        self.probe = FeatureProbe(self.model, candidates, self.mask_input)
-        return self.probe.collect(data, progress=opts.progress)
-
-    def neighbours(self, fit: Dataset, fit_pred: np.ndarray, is_prob: bool, opts: CompileOptions,
-                   log=print) -> NeighbourRows | None:
-        return augment_stage(self.sig, fit, fit_pred, self.mask_input, self.probe, is_prob, opts, log)
-
-    def profile(self, heads: list[FittedHead], fit: Dataset, opts: CompileOptions) -> Profile:
-        return profile_costs(self.model, heads, self.mask_input, fit, opts.batch_size, self.elem_types,
-                             progress=opts.progress)
-
-
-def analyse(measure, candidates: list[Candidate], data: Dataset, fit_idx: np.ndarray, cert_idx: np.ndarray,
-            opts: CompileOptions, log=print, mark=lambda name: None) -> Analysis:
-    """features -> augment -> distill -> profile -> policy, one call per stage, on `measure`'s
-    measurements (:class:`OnnxMeasurements` or the torch front end's). Guarantees: the heads are fitted
-    on the fit rows only, the plan certified on the certification rows only; no exit where there is no
-    candidate or --target-acc is 1.0."""
-    if not candidates or opts.target_acc >= 1.0:
-        reason = "no candidate exit points found" if not candidates else "--target-acc 1.0 admits no early exit"
-        return Analysis(Plan.without_exits(opts.target_acc, opts.confidence, reason), [], None, False)
-    with stage("features"):
-        cache = measure.features(candidates, data, opts)
-    mark("features")
-    neighbours = None
-    if opts.augment:
-        with stage("augment"):
-            neighbours = measure.neighbours(data.take(fit_idx), cache.predictions[fit_idx],
-                                            cache.outputs_are_probabilities, opts, log)
-        mark("augment")
-    with stage("distill"):
-        heads = distill_heads(candidates, [f[fit_idx] for f in cache.features], cache.probs[fit_idx],
-                              kinds=opts.head_kinds, seed=opts.seed, progress=opts.progress, neighbours=neighbours)
-    if neighbours is not None:
-        taken = ", ".join(f"exit candidate {k}: {h.augmented}" for k, h in enumerate(heads) if h.augmented)
-        log(f"exitc: heads fitted with neighbours too: {taken or 'none (no head gained from them)'}")
-    mark("distill")
-    with stage("profile"):
-        if opts.cost_profile is not None:  # given costs (e.g. measured on the target machine): no timing here
-            profile = given_profile(opts.cost_profile, candidates, min(opts.batch_size, len(fit_idx)))
-        else:
-            profile = measure.profile(heads, data.take(fit_idx), opts)
-    mark("profile")
-    with stage("policy"):
-        plan = policy_stage(heads, [f[cert_idx] for f in cache.features], cache.predictions[cert_idx], profile, opts)
-    mark("policy")
-    return Analysis(plan, heads, profile, cache.outputs_are_probabilities)
 
 
 def compile_model(model_path: str, calib_path: str, out_dir: str, opts: CompileOptions | None = None,
@@ -337,48 +179,3 @@ def run_pipeline(front: FrontEnd, out_dir: str, opts: CompileOptions, log=print,
                            manifest, found.emit_probabilities, mask_input)
     report.print_summary(result, log)
     return result
-
-
-def verify_stage(staging: str, manifest: dict, model, sig, holdout: Dataset, plan: Plan,
-                 opts: CompileOptions, log=print) -> Verification:
-    # `model`: the reference (load_stage), run as the original
-    """Check the staged artifact (exitc.verify): exact at full depth; with exits, measured against
-    the original (twice where the first measurement says slower), the batch-1 form chosen on the
-    measurements (batch-1 requests run the original where the median one measures slower), and
-    the figures recorded in the manifest."""
-    check = Verification(batch_size=opts.batch_size)
-    verify.check_exact(staging, model, sig, holdout, opts.batch_size, check)
-    if not plan.exits:
-        return check
-
-    def measure_and_choose() -> str:
-        cond = manifest.get("conditional")
-        verify.measure(staging, model, holdout, opts.batch_size, cond is not None, check)
-        return verify.choose_batch1(check, cond["form"] if cond else None)
-
-    measure_and_choose()
-    # Costs given for another machine (opts.cost_profile) outrank timings taken here: informational.
-    act = opts.never_slower and opts.cost_profile is None
-    if act and (check.slower_batch() or check.slower_batch1()):
-        measure_and_choose()  # a borderline first measurement: measure again (ratios are averaged)
-    if act and check.batch1_form != "original" and check.slower_batch1():
-        note = (f"the median batch-1 request measured {check.p50_ratio_b1:.2f}x with exits; batch-1 requests run "
-                "the original model")
-        log(f"exitc: {note}")
-        check.notes.append(note)
-        plan.batch1 = "original"
-        plan.predicted_median_b1 = plan.predicted_cost_b1 = plan.original_cost_b1
-        emit.write_batch1_form(staging, manifest, "original", model)
-        check.latency_ms_b1.pop("conditional", None)  # that was the If-graph
-        verify.measure(staging, model, holdout, opts.batch_size, True, check)
-        verify.choose_batch1(check, "original")
-    elif check.batch1_form == "segmented" and manifest.get("conditional"):
-        emit.drop_conditional(staging, manifest)
-    manifest["profile"]["measured"] = {
-        "throughput_ratio": check.throughput_ratio, "p50_ratio_b1": check.p50_ratio_b1,
-        "mean_ratio_b1": check.mean_ratio_b1, "batch_size": check.batch_size,
-        "full_depth_overhead_b1": check.full_depth_overhead_b1,
-        "full_depth_overhead_batch": check.full_depth_overhead_batch,
-        "batch1_latency_ms": check.latency_ms_b1, "batch1_form": check.batch1_form, "notes": check.notes}
-    emit.update_manifest(staging, manifest)
-    return check

@@ -13,16 +13,25 @@ One scalar ``mu`` orders configurations from conservative (mu = 0: nobody exits)
 2. On the disjoint certification split, fixed-sequence testing over increasing ``mu``
    (:mod:`exitc.stats`) picks the most aggressive configuration whose agreement is certified.
 If no exit pays for itself, or none can be certified, the plan has no exits (the original model).
+
+:func:`policy_stage` is the pipeline's policy stage: the above on fitted heads, with chained gates
+tried for the chosen exits on the fit split only.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .distill import FittedHead, fit_chained_gates
+from .passes.heads import gate_scores, layers_forward, softmax
 from .profile import Cost, Profile
 from .stats import clopper_pearson_lower, fixed_sequence
+
+if TYPE_CHECKING:
+    from .options import CompileOptions
 
 MU_GRID = np.concatenate([[0.0], np.logspace(-4, 1, 160)])
 # Certification walks a 5x finer grid: fixed-sequence testing pays nothing for more steps, and
@@ -319,3 +328,64 @@ def certify_plan(exits: list[int], fit_scores: np.ndarray, fit_agree: np.ndarray
                 predicted_cost_b1=float(costs1[i] if at_b1[i] else orig_1), original_cost_batch=orig_b, original_cost_b1=orig_1,
                 reason="", curve=curve, predicted_median_b1=float(median[i] if at_b1[i] else orig_1),
                 full_depth_overhead=full_depth_overhead(cm, exits), batch1="exits" if at_b1[i] else "original")
+
+
+# --------------------------------------------------------------------------------------------
+# the pipeline's policy stage: fitted heads -> certified plan
+
+
+@dataclass
+class SplitScores:
+    """One split's rows as the policy sees them: per candidate k, the gate score and whether the
+    head agrees with the original (`scores`, `agree`: [rows, K]) and the head's probabilities
+    (`probs[k]`: [rows, classes], what chained gates read)."""
+
+    scores: np.ndarray
+    agree: np.ndarray
+    probs: list[np.ndarray]
+
+    @classmethod
+    def out_of_fold(cls, heads: list[FittedHead]) -> SplitScores:
+        """The fit split: each head's out-of-fold outputs (no head scores a row it was fitted on)."""
+        return cls(np.stack([h.oof_score for h in heads], axis=1), np.stack([h.oof_agree for h in heads], axis=1),
+                   [h.oof_probs for h in heads])
+
+
+def certify_stage(heads: list[FittedHead], features: list[np.ndarray], pred: np.ndarray) -> SplitScores:
+    """The final heads on the certification rows (`features[k]`: candidate k's features, `pred`:
+    the original's predictions): gate scores, agreement and probabilities, each head as fitted."""
+    scores, agree, all_probs = [], [], []
+    for h, x in zip(heads, features):
+        probs = softmax(layers_forward(h.layers, x))
+        scores.append(gate_scores(probs, h.gate_w, h.gate_b))
+        agree.append(probs.argmax(1) == pred)
+        all_probs.append(probs)
+    return SplitScores(np.stack(scores, axis=1), np.stack(agree, axis=1), all_probs)
+
+
+def policy_stage(heads: list[FittedHead], cert_features: list[np.ndarray], cert_pred: np.ndarray,
+                 profile: Profile, opts: CompileOptions) -> Plan:
+    """Choose exits on the fit split, try chained gates for them (kept only if they lower the
+    fit-split cost: the choice never looks at the certification split), then certify."""
+    fit = SplitScores.out_of_fold(heads)
+    cert = certify_stage(heads, cert_features, cert_pred)
+    req = required_rate(len(cert.scores), opts.target_acc, opts.confidence)
+    w, ns = opts.latency_weight, opts.never_slower
+    exits = select_exits(fit.scores, fit.agree, profile, req, latency_weight=w, never_slower=ns)
+    gates: list = []
+    fit_scores, cert_scores = fit.scores, cert.scores
+    if len(exits) >= 2:
+        chained = fit_chained_gates(heads, exits)
+        fit2, cert2 = fit.scores.copy(), cert.scores.copy()
+        for prev, k in zip(exits, exits[1:]):
+            gate_w, gate_b = chained[k]
+            fit2[:, k] = gate_scores(fit.probs[k], gate_w, gate_b, fit.probs[prev])
+            cert2[:, k] = gate_scores(cert.probs[k], gate_w, gate_b, cert.probs[prev])
+        if fit_cost(exits, fit2, fit.agree, profile, req, w, ns) < fit_cost(exits, fit.scores, fit.agree, profile, req, w, ns):
+            fit_scores, cert_scores = fit2, cert2
+            gates = [(heads[exits[0]].gate_w, heads[exits[0]].gate_b)] + [chained[k] for k in exits[1:]]
+    plan = certify_plan(exits, fit_scores, fit.agree, cert_scores, cert.agree, profile, opts.target_acc,
+                        opts.confidence, w, ns)
+    if plan.exits:
+        plan.gates = gates
+    return plan

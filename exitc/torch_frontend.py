@@ -20,7 +20,7 @@ placeholder: its segment is empty and its head reads the input. ``save()`` copie
 Without a mirror (neither exporter writes the module, or no candidate can be placed), there is no
 ONNX model for the pipeline: candidates come from the ONNX cut rule on a shadow graph of the fx
 graph (:func:`exitc.passes.fx.find_fx_candidates`), and the same analysis stages
-(:func:`exitc.driver.analyse`: features, distill, profile, policy with chained gates) run on
+(:func:`exitc.analysis.analyse`: features, distill, profile, policy with chained gates) run on
 measurements taken in torch (:class:`TorchMeasurements`). The result runs in torch only: with no
 ONNX export there is no artifact to save.
 
@@ -47,16 +47,17 @@ import numpy as np
 import onnx
 import torch
 
+from .analysis import analyse, check_rows, split_rows
 from .backends import make_session
 from .data import Dataset, batches
 from .distill import FittedHead
-from .driver import (CompileOptions, CompileResult, FrontEnd, analyse, check_rows, normalise_stage, run_pipeline,
-                     split_rows)
+from .driver import CompileResult, FrontEnd, normalise_stage, run_pipeline
 from .emit import plan_exit_heads
 from .errors import ExitcError
 from .exit_loop import ArrayOps, ExitSpec, Step, needed_after, run_exits
 from .features import FeatureCache, looks_like_probabilities
 from .manifest import read_manifest
+from .options import CompileOptions
 from .passes import load_model
 from .passes.candidates import Candidate
 from .passes.fx import (ExitHeadModule, FxSegment, Observed, TraceFailure, build_fx_segments, cut_recomputes_nothing,
@@ -477,10 +478,9 @@ def find_mask_input(obs: dict[str, Observed], names: list[str]) -> str | None:
 
 
 class TorchMeasurements:
-    """The analysis stages' measurements taken in torch, for a traced module without an ONNX
-    mirror (see :class:`exitc.driver.OnnxMeasurements` for the methods' contract): features from
-    :func:`collect_features_torch`, costs from :func:`profile_torch`, no synthetic neighbours
-    (their features would need the ONNX probe)."""
+    """The analysis stages' measurements (:class:`exitc.analysis.Measurements`) taken in torch, for
+    a traced module without an ONNX mirror: features from :func:`collect_features_torch`, costs
+    from :func:`profile_torch`, no synthetic neighbours (their features would need the ONNX probe)."""
 
     measured_in = "torch"
 
@@ -620,7 +620,7 @@ def compile(module: torch.nn.Module, example_inputs=None, calib=None, target_acc
     :func:`to_dataset`. output_name: the prediction output's name in the artifact. cost_profile:
     optional ``f(candidates, batch_size) -> exitc.profile.Profile`` giving the costs instead of
     timing them here (reproducible compiles, costs from the target machine). augment,
-    never_slower and the other options as :class:`exitc.driver.CompileOptions` (the same pipeline
+    never_slower and the other options as :class:`exitc.options.CompileOptions` (the same pipeline
     runs them). exporter: for the ONNX fallback of an untraceable module.
 
     Returns :class:`TorchCompiled`, or :class:`OnnxCompiled` when torch.fx cannot trace the module

@@ -13,20 +13,27 @@
    measure slower, the driver falls back to the original model.
 
 Measured with the runtime `exitc.load` gives users (the C++ one when built); the full-depth
-overhead with the reference runtime.
+overhead with the reference runtime. :func:`verify_stage` is the pipeline's verify stage: all three
+on the staged artifact, the decisions written into its manifest.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 
+from . import emit
 from .backends import make_session
 from .data import Dataset, batches
 from .measure import batch1_latencies, run_all, run_interleaved
 from .passes.normalize import Signature, resize_feeds
+
+if TYPE_CHECKING:
+    from .options import CompileOptions
+    from .policy import Plan
 
 FULL_DEPTH_ATOL = 1e-4
 FULL_DEPTH_RTOL = 1e-5
@@ -191,3 +198,48 @@ def choose_batch1(result: Verification, conditional_form: str | None) -> str:
     result.batch1_form = "original" if conditional_form == "original" else ("conditional" if form == "conditional"
                                                                            else "segmented")
     return result.batch1_form
+
+
+def verify_stage(staging: str, manifest: dict, model: onnx.ModelProto, sig: Signature, holdout: Dataset, plan: Plan,
+                 opts: CompileOptions, log=print) -> Verification:
+    """Check the staged artifact (the module doc; `model` is the front end's reference, run as the
+    original): exact at full depth; with exits, measured against the original (twice where the
+    first measurement says slower), the batch-1 form chosen on the measurements (batch-1 requests
+    run the original where the median one measures slower), and the figures recorded in the
+    manifest."""
+    check = Verification(batch_size=opts.batch_size)
+    check_exact(staging, model, sig, holdout, opts.batch_size, check)
+    if not plan.exits:
+        return check
+
+    def measure_and_choose() -> str:
+        cond = manifest.get("conditional")
+        measure(staging, model, holdout, opts.batch_size, cond is not None, check)
+        return choose_batch1(check, cond["form"] if cond else None)
+
+    measure_and_choose()
+    # Costs given for another machine (opts.cost_profile) outrank timings taken here: informational.
+    act = opts.never_slower and opts.cost_profile is None
+    if act and (check.slower_batch() or check.slower_batch1()):
+        measure_and_choose()  # a borderline first measurement: measure again (ratios are averaged)
+    if act and check.batch1_form != "original" and check.slower_batch1():
+        note = (f"the median batch-1 request measured {check.p50_ratio_b1:.2f}x with exits; batch-1 requests run "
+                "the original model")
+        log(f"exitc: {note}")
+        check.notes.append(note)
+        plan.batch1 = "original"
+        plan.predicted_median_b1 = plan.predicted_cost_b1 = plan.original_cost_b1
+        emit.write_batch1_form(staging, manifest, "original", model)
+        check.latency_ms_b1.pop("conditional", None)  # that was the If-graph
+        measure(staging, model, holdout, opts.batch_size, True, check)
+        choose_batch1(check, "original")
+    elif check.batch1_form == "segmented" and manifest.get("conditional"):
+        emit.drop_conditional(staging, manifest)
+    manifest["profile"]["measured"] = {
+        "throughput_ratio": check.throughput_ratio, "p50_ratio_b1": check.p50_ratio_b1,
+        "mean_ratio_b1": check.mean_ratio_b1, "batch_size": check.batch_size,
+        "full_depth_overhead_b1": check.full_depth_overhead_b1,
+        "full_depth_overhead_batch": check.full_depth_overhead_batch,
+        "batch1_latency_ms": check.latency_ms_b1, "batch1_form": check.batch1_form, "notes": check.notes}
+    emit.update_manifest(staging, manifest)
+    return check

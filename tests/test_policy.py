@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from exitc.distill import FittedHead, fit_gate
-from exitc.driver import CompileOptions, policy_stage
+from exitc.options import CompileOptions
 from exitc.passes.candidates import Candidate
 from exitc.passes.heads import gate_scores, softmax
-from exitc.policy import Plan, choose_plan, required_rate, simulate, thresholds_for
+from exitc.policy import Plan, choose_plan, policy_stage, required_rate, simulate, thresholds_for
 from exitc.profile import Cost, Profile
 from exitc.stats import clopper_pearson_lower
 
@@ -85,7 +85,7 @@ def test_no_exit_when_target_cannot_be_certified():
 
 
 def test_split_rows_caps_the_fit_split():
-    from exitc.driver import split_rows
+    from exitc.analysis import split_rows
     fit, cert = split_rows(1000, 0.7, 0)
     assert len(fit) == 300 and len(cert) == 700
     fit, cert = split_rows(20000, 0.7, 0, max_fit_rows=4000)

@@ -385,7 +385,7 @@ def test_without_the_onnx_mirror_candidates_come_from_the_fx_graph(tmp_path):
     y, ref = c(xt), m(xt).detach()
     end = full_depth_rows(c)
     assert torch.allclose(y[end], ref[end], rtol=0, atol=1e-6)
-    # The same policy stage as the ONNX pipeline (driver.analyse): its gates are the runtime's.
+    # The same policy stage as the ONNX pipeline (analysis.analyse): its gates are the runtime's.
     assert len(c.plan.gates) in (0, len(c.plan.exits))
     if c.plan.gates:
         assert [h.prev_probs is not None for h in c.heads] == [w.size > 3 for w, _ in c.plan.gates]

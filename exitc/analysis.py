@@ -1,0 +1,138 @@
+"""The analysis stages: features -> augment -> distill -> profile -> policy, over pluggable
+measurements, on calibration rows split into a fit split and a disjoint certification split.
+
+:func:`check_rows` and :func:`split_rows` say whether the rows suffice and how they split;
+:func:`analyse` runs the stages, one call each, on a :class:`Measurements` object
+(:class:`OnnxMeasurements` for every front end with an ONNX graph, the torch front end's own for a
+traced module without one) and returns the :class:`Analysis` the pipeline emits. Heads only ever
+see fit rows; certification only ever reads certification rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import onnx
+
+from .augment import augment_stage
+from .data import Dataset
+from .distill import FittedHead, NeighbourRows, distill_heads
+from .errors import ExitcError, stage
+from .features import FeatureCache, FeatureProbe
+from .options import CompileOptions
+from .passes.candidates import Candidate
+from .passes.normalize import Signature
+from .policy import Plan, policy_stage
+from .profile import Profile, given_profile, profile_costs
+from .stats import min_rows_for
+
+
+def split_rows(n: int, certify_fraction: float, seed: int, max_fit_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(fit rows, certification rows), disjoint, sorted: `certify_fraction` of the rows certify,
+    or more where the fit split would exceed `max_fit_rows`."""
+    perm = np.random.default_rng(seed).permutation(n)
+    n_cert = int(n * certify_fraction)
+    if max_fit_rows is not None:
+        n_cert = max(n_cert, n - max_fit_rows)
+    return np.sort(perm[n_cert:]), np.sort(perm[:n_cert])
+
+
+def check_rows(data: Dataset, opts: CompileOptions) -> None:
+    """Raise a one-line ExitcError unless `data` has enough rows for --target-acc at --confidence:
+    enough that --certify-fraction of them can certify it (stats.min_rows_for), and at least 100
+    more than that minimum. Nothing to check at --target-acc 1.0 (no exit is certified)."""
+    need_cert = min_rows_for(opts.target_acc, opts.confidence)
+    if opts.target_acc >= 1.0:
+        return
+    need = int(np.ceil(need_cert / opts.certify_fraction))
+    need = max(need, need_cert + 100)
+    if data.rows < need:
+        raise ExitcError(f"{data.path}: {data.rows} calibration rows; --target-acc {opts.target_acc} at --confidence "
+                         f"{opts.confidence} needs at least {need} ({need_cert} for certification)")
+
+
+@dataclass
+class Analysis:
+    """What the analysis stages (features -> augment -> distill -> profile -> policy) decide."""
+
+    plan: Plan
+    heads: list[FittedHead]
+    profile: Profile | None
+    emit_probabilities: bool           # the original outputs probabilities: so do the exits
+
+
+class Measurements(Protocol):
+    """What :func:`analyse` measures with: the candidates' features and the original's outputs on
+    rows, synthetic neighbours of the fit rows (or None), and the cost of every slice and head."""
+
+    measured_in: str                   # where the costs are measured ("onnxruntime", "torch")
+
+    def features(self, candidates: list[Candidate], data: Dataset, opts: CompileOptions) -> FeatureCache: ...
+
+    def neighbours(self, fit: Dataset, fit_pred: np.ndarray, is_prob: bool, opts: CompileOptions,
+                   log=print) -> NeighbourRows | None: ...
+
+    def profile(self, heads: list[FittedHead], fit: Dataset, opts: CompileOptions) -> Profile: ...
+
+
+class OnnxMeasurements:
+    """The measuring stages on an ONNX model: features from the probe model (exitc.features),
+    synthetic neighbours (exitc.augment), costs on ONNX Runtime (exitc.profile). The torch front
+    end's no-mirror case plugs in its own :class:`Measurements` with the same three methods."""
+
+    measured_in = "onnxruntime"
+
+    def __init__(self, model: onnx.ModelProto, sig: Signature, mask_input: str | None, elem_types: dict[str, int]):
+        self.model, self.sig, self.mask_input, self.elem_types = model, sig, mask_input, elem_types
+        self.probe: FeatureProbe | None = None
+
+    def features(self, candidates: list[Candidate], data: Dataset, opts: CompileOptions) -> FeatureCache:
+        self.probe = FeatureProbe(self.model, candidates, self.mask_input)
+        return self.probe.collect(data, progress=opts.progress)
+
+    def neighbours(self, fit: Dataset, fit_pred: np.ndarray, is_prob: bool, opts: CompileOptions,
+                   log=print) -> NeighbourRows | None:
+        return augment_stage(self.sig, fit, fit_pred, self.mask_input, self.probe, is_prob, opts, log)
+
+    def profile(self, heads: list[FittedHead], fit: Dataset, opts: CompileOptions) -> Profile:
+        return profile_costs(self.model, heads, self.mask_input, fit, opts.batch_size, self.elem_types,
+                             progress=opts.progress)
+
+
+def analyse(measure: Measurements, candidates: list[Candidate], data: Dataset, fit_idx: np.ndarray, cert_idx: np.ndarray,
+            opts: CompileOptions, log=print, mark=lambda name: None) -> Analysis:
+    """features -> augment -> distill -> profile -> policy, one call per stage, on `measure`'s
+    measurements (:class:`OnnxMeasurements` or the torch front end's). Guarantees: the heads are fitted
+    on the fit rows only, the plan certified on the certification rows only; no exit where there is no
+    candidate or --target-acc is 1.0."""
+    if not candidates or opts.target_acc >= 1.0:
+        reason = "no candidate exit points found" if not candidates else "--target-acc 1.0 admits no early exit"
+        return Analysis(Plan.without_exits(opts.target_acc, opts.confidence, reason), [], None, False)
+    with stage("features"):
+        cache = measure.features(candidates, data, opts)
+    mark("features")
+    neighbours = None
+    if opts.augment:
+        with stage("augment"):
+            neighbours = measure.neighbours(data.take(fit_idx), cache.predictions[fit_idx],
+                                            cache.outputs_are_probabilities, opts, log)
+        mark("augment")
+    with stage("distill"):
+        heads = distill_heads(candidates, [f[fit_idx] for f in cache.features], cache.probs[fit_idx],
+                              kinds=opts.head_kinds, seed=opts.seed, progress=opts.progress, neighbours=neighbours)
+    if neighbours is not None:
+        taken = ", ".join(f"exit candidate {k}: {h.augmented}" for k, h in enumerate(heads) if h.augmented)
+        log(f"exitc: heads fitted with neighbours too: {taken or 'none (no head gained from them)'}")
+    mark("distill")
+    with stage("profile"):
+        if opts.cost_profile is not None:  # given costs (e.g. measured on the target machine): no timing here
+            profile = given_profile(opts.cost_profile, candidates, min(opts.batch_size, len(fit_idx)))
+        else:
+            profile = measure.profile(heads, data.take(fit_idx), opts)
+    mark("profile")
+    with stage("policy"):
+        plan = policy_stage(heads, [f[cert_idx] for f in cache.features], cache.predictions[cert_idx], profile, opts)
+    mark("policy")
+    return Analysis(plan, heads, profile, cache.outputs_are_probabilities)
