@@ -5,7 +5,7 @@
 
 A front end produces a :class:`FrontEnd` (a normalised ONNX model with observed shapes, its
 signature, the calibration data, and for PyTorch the candidates its runtime can place):
-:func:`load_stage` for an ONNX file, :mod:`exitc.torch_frontend` for an nn.Module. Everything after
+:func:`load_stage` for an ONNX file, :mod:`exitc.pytorch.frontend` for an nn.Module. Everything after
 it is :func:`run_pipeline`, the same for both. Each stage lives in its own module and only exchanges
 plain values with the others: candidates in exitc.passes.candidates; features, augment, distill,
 profile and policy in :func:`exitc.analysis.analyse`; emit in exitc.emit; verify in
@@ -58,7 +58,7 @@ OBSERVE_ROWS = 8
 class FrontEnd:
     """What a front end hands the pipeline: a normalised ONNX model with every intermediate shape
     observed on calibration rows, and everything the stages after it need. The ONNX front end is
-    :func:`load_stage`; the PyTorch one (exitc.torch_frontend) exports the traced module and also
+    :func:`load_stage`; the PyTorch one (exitc.pytorch.frontend) exports the traced module and also
     says which candidates its runtime can place (`place`)."""
 
     model: onnx.ModelProto             # normalised, shapes observed

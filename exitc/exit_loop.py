@@ -1,7 +1,7 @@
 """The exit loop: how an artifact's segments run with early exits (docs/artifact-format.md).
 
 One definition for every Python runtime of an artifact: the reference runtime (:mod:`exitc.runtime`,
-numpy arrays, segments on ONNX Runtime) and the torch runtime (:class:`exitc.torch_frontend.TorchCompiled`,
+numpy arrays, segments on ONNX Runtime) and the torch runtime (:class:`exitc.pytorch.runtime.TorchCompiled`,
 torch tensors, fx segments). The C++ runtime (runtime/src/model.cpp) implements the same loop and is
 tested against the reference runtime.
 

@@ -464,8 +464,10 @@ def test_cli_compile_options_reach_the_pipeline_on_the_torch_path(cli_module, tm
     from exitc import cli
 
     seen = []
-    real = tf.run_pipeline
-    monkeypatch.setattr(tf, "run_pipeline", lambda front, out, opts, *a, **k: seen.append(opts) or real(front, out, opts, *a, **k))
+    from exitc.pytorch import frontend
+
+    real = frontend.run_pipeline
+    monkeypatch.setattr(frontend, "run_pipeline", lambda front, out, opts, *a, **k: seen.append(opts) or real(front, out, opts, *a, **k))
     f, calib = cli_module
     out = tmp_path / "net.exitc"
     code = cli.main(["compile", f"{f}:build", "--calib", str(calib), "--target-acc", "0.9", "--batch-size", "16",

@@ -11,13 +11,13 @@ batch-major side tensors cross the cut; cheap computations from the graph inputs
 * :func:`observe`: shape propagation at batch 2 and 3 (like ``normalize.observe_shapes``).
 * :func:`find_fx_candidates`: candidates (``Candidate.tensor`` is an fx node name).
 * :func:`match_tensors`: which fx node holds the value of a tensor of the exported ONNX model, so
-  that the ONNX passes' candidates can be placed in the fx graph (see :mod:`exitc.torch_frontend`).
+  that the ONNX passes' candidates can be placed in the fx graph (see :mod:`exitc.pytorch.frontend`).
 * :func:`extract_segment` / :func:`build_fx_segments`: standalone GraphModules per segment.
 * :func:`pool_features` / :class:`ExitHeadModule`: exit heads with the pooling of
   :mod:`.heads` (nchw: concat(global avg, global max, grid of averages or random-filter features); btc: concat(masked mean, first token);
   bf: identity), the fitted layers and the exit gate.
 
-torch is imported here and only here (and in :mod:`exitc.torch_frontend`); the ONNX path never
+torch is imported here and only here (and in :mod:`exitc.pytorch`); the ONNX path never
 imports this module.
 """
 
