@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import inputs
+from .cache import open_atomic
 
 
 def sklearn_mlp(dest: Path, rows: int = 6000, opset: int = 21) -> None:
@@ -18,7 +19,6 @@ def sklearn_mlp(dest: Path, rows: int = 6000, opset: int = 21) -> None:
     from skl2onnx import to_onnx
     from sklearn.neural_network import MLPClassifier
 
-    from .fetch import open_atomic
 
     x, y = inputs.fashion_train(rows)
     x = (x.reshape(len(x), -1) / 255.0).astype("float32")
@@ -40,7 +40,6 @@ def convert_opset(src: Path, opset: int, dest: Path) -> None:
     import onnx
     from onnx import version_converter
 
-    from .fetch import open_atomic
 
     model = onnx.load(str(src))
     converted = version_converter.convert_version(model, opset)

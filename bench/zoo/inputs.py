@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .cache import fashion_mnist_dir
+
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 FONT_DIRS = ["/usr/share/fonts/truetype/dejavu", "/usr/share/fonts/truetype"]
@@ -127,12 +129,6 @@ def page_orientation_rows(n: int, seed: int, size: int) -> np.ndarray:
 
 
 # ---- real photos: Fashion-MNIST from Debian ----------------------------------------------------
-
-def fashion_mnist_dir() -> Path:
-    from . import fetch  # the zoo's own .deb cache, or the samples' one
-
-    return fetch.fashion_mnist_dir()
-
 
 def fashion_mnist(n: int, seed: int) -> np.ndarray:
     """`n` real Fashion-MNIST test photos (uint8 [n, 28, 28]), a seeded draw."""
