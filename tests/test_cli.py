@@ -155,7 +155,7 @@ def test_version_and_defaults_in_help():
     res = exitc("compile", "--help")
     assert res.returncode == 0
     text = " ".join(res.stdout.split())
-    for default in ("(default: 0.99)", "(default: 0.95)", "(default: 0.7)", "(default: 4000)", "(default: 0.25)",
+    for default in ("(default: 0.99)", "(default: 0.95)", "(default: 0.5)", "(default: 4000)", "(default: 0.25)",
                     "(default: linear,mlp)"):
         assert default in text, default
 
