@@ -32,8 +32,9 @@ class CompileOptions:
     # 0.5 vs 0.7, one compile each, loaded 2-core VM): cv_native (3000 rows) 2.10x vs 1.88x, mean
     # batch-1 latency 1.68x vs 0.99x (56% vs 52% of rows leave early, so batch-1 requests use the
     # exits); CV from 3000 rows 2.10x vs 1.74x; nlp_austen (2000 rows) 1.12x vs 1.01x;
-    # NLP (2773 rows) 1.70x vs 1.65x, mean batch-1 latency 1.56x vs 1.03x. (Before neighbours existed, NLP's predicted speedup was 1.60x at 0.5
-    # and 1.67x at 0.7.) Large sets are unaffected: max_fit_rows caps the fit split.
+    # NLP (2773 rows) 1.70x vs 1.65x, mean batch-1 latency 1.56x vs 1.03x. (Before neighbours
+    # existed, NLP's predicted speedup was 1.60x at 0.5 and 1.67x at 0.7.) Large sets are
+    # unaffected: max_fit_rows caps the fit split.
     certify_fraction: float = 0.5
     # At most this many rows fit the heads; the rest certify. Distillation time grows with the fit
     # rows (about 100 s for 3000 CV rows here) while certification costs one pass of the heads, and
