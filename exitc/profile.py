@@ -46,8 +46,7 @@ class Cost:
     @classmethod
     def from_two(cls, t1: float, tb: float, b: int) -> "Cost":
         """The line through (1, t1) and (b, tb); a slope below 0 (measurement noise) becomes 0."""
-        per_row = max(0.0, (tb - t1) / (b - 1)) if b > 1 else t1
-        return cls(t1 - per_row, per_row)
+        return cls.through(t1, max(tb, t1), b)
 
     @classmethod
     def through(cls, t1: float, tb: float, b: int) -> "Cost":
@@ -183,7 +182,7 @@ def calibrate_slices(slices: list[Cost], original: Cost, overhead: float, batch:
     intercept and slope, keeps a negative intercept (see Cost) from zeroing the batch-1 cost."""
     points = []
     for rows in (1, batch):
-        work = [max(s.at(rows) - overhead, 0.0) if s is not NO_COST else 0.0 for s in slices]
+        work = [max(s.at(rows) - overhead, 0.0) for s in slices]  # an empty slice (NO_COST) does none
         total = sum(work)
         scale = max(original.at(rows) - overhead, 0.0) / total if total > 0 else 0.0
         points.append([w * scale for w in work])
