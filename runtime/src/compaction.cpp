@@ -64,11 +64,12 @@ TensorView compact_rows(const TensorView& src, int batch_axis, const int64_t* ke
     return TensorView{src.dtype, compacted_shape(src.shape, batch_axis, static_cast<int64_t>(keep_count)), dst};
 }
 
-void copy_row(const TensorView& src, int batch_axis, int64_t src_row, void* dst, const Shape& dst_shape,
-              int64_t dst_row) {
-    const RowLayout from = row_layout(src.shape, batch_axis, src.dtype);
-    if (from.row_bytes == 0) return;
-    const RowLayout to = row_layout(dst_shape, batch_axis, src.dtype);
+namespace {
+
+// One row of `src` (laid out as `from`) into one row of `dst` (laid out as `to`); the layouts are
+// computed by the caller, once per tensor rather than once per row.
+void copy_row_bytes(const TensorView& src, const RowLayout& from, int64_t src_row, void* dst, const RowLayout& to,
+                    int64_t dst_row) {
     const auto* src_bytes = static_cast<const unsigned char*>(src.data);
     auto* dst_bytes = static_cast<unsigned char*>(dst);
     for (int64_t o = 0; o < from.outer; ++o)
@@ -76,9 +77,20 @@ void copy_row(const TensorView& src, int batch_axis, int64_t src_row, void* dst,
                     src_bytes + static_cast<std::size_t>(o * from.rows + src_row) * from.row_bytes, from.row_bytes);
 }
 
+}  // namespace
+
+void copy_row(const TensorView& src, int batch_axis, int64_t src_row, void* dst, const Shape& dst_shape,
+              int64_t dst_row) {
+    const RowLayout from = row_layout(src.shape, batch_axis, src.dtype);
+    if (from.row_bytes == 0) return;
+    copy_row_bytes(src, from, src_row, dst, row_layout(dst_shape, batch_axis, src.dtype), dst_row);
+}
+
 void scatter_rows(const TensorView& src, int batch_axis, const int64_t* rows, void* dst, const Shape& dst_shape) {
-    const int64_t count = row_layout(src.shape, batch_axis, src.dtype).rows;
-    for (int64_t i = 0; i < count; ++i) copy_row(src, batch_axis, i, dst, dst_shape, rows[i]);
+    const RowLayout from = row_layout(src.shape, batch_axis, src.dtype);
+    if (from.row_bytes == 0) return;  // nothing to write
+    const RowLayout to = row_layout(dst_shape, batch_axis, src.dtype);
+    for (int64_t i = 0; i < from.rows; ++i) copy_row_bytes(src, from, i, dst, to, rows[i]);
 }
 
 }  // namespace exitc
