@@ -21,7 +21,7 @@ The loop itself uses no array library: the array operations come in an :class:`A
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import numpy as np
@@ -87,7 +87,6 @@ def needed_after(steps: list[Step]) -> list[set[str]]:
 class LoopResult:
     exit_index: object                 # int64 [batch]; len(steps) - 1: ran the whole model
     overhead_seconds: float = 0.0      # time outside the segments (decisions, compaction, scatter)
-    outputs: dict = field(default_factory=dict)
 
 
 def run_exits(steps: list[Step], run_segment: Callable[[int, dict], Mapping], state: dict, batch: int,
@@ -133,4 +132,4 @@ def run_exits(steps: list[Step], run_segment: Callable[[int, dict], Mapping], st
         if any_leave:
             active = active[keep]
         overhead += time.perf_counter() - t0
-    return LoopResult(exit_index, overhead, results)
+    return LoopResult(exit_index, overhead)
