@@ -149,10 +149,7 @@ def run_pipeline(front: FrontEnd, out_dir: str, opts: CompileOptions, log=print,
             with stage("emit"):
                 staging, manifest = emit.stage(out_dir, emit.ArtifactSpec(
                     model, sig, front.path, heads, plan, profile, mask_input, elem_types, found.emit_probabilities,
-                    original=reference))
-                if front.source:
-                    manifest["source"].update(front.source)
-                    emit.update_manifest(staging, manifest)
+                    original=reference, source=front.source))
             with stage("verify"):
                 check = verify_stage(staging, manifest, reference, sig, holdout, plan, opts, log)
             # Costs given by the user (measured on the target machine) outrank timings taken here.

@@ -48,7 +48,8 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def build_manifest(model, sig, model_path, segments, cond_file, plan, profile, emit_probabilities) -> dict:
+def build_manifest(model, sig, model_path, segments, cond_file, plan, profile, emit_probabilities,
+                   source: dict | None = None) -> dict:
     idx = GraphIndex.build(model)
     carried = []
     for seg in segments:
@@ -72,7 +73,7 @@ def build_manifest(model, sig, model_path, segments, cond_file, plan, profile, e
     return {
         "format": FORMAT, "schema_version": SCHEMA_VERSION, "exitc_version": __version__,
         "source": {"file": os.path.basename(model_path), "path": os.path.abspath(model_path),
-                   "sha256": _sha256(model_path), "opset": default_opset(model)},
+                   "sha256": _sha256(model_path), "opset": default_opset(model), **(source or {})},
         "backend": "onnxruntime-cpu",
         "inputs": [tensor_entry(i) for i in sig.inputs],
         "outputs": [tensor_entry(sig.output)],
@@ -123,6 +124,7 @@ class ArtifactSpec:
     elem_types: dict[str, int]      # ONNX dtype of each candidate tensor (FLOAT where missing)
     emit_probabilities: bool        # heads output probabilities, like the original's prediction output
     original: onnx.ModelProto | None = None  # the batch-1 form "original" (default: model)
+    source: dict | None = None       # entries that replace the manifest's "source" section (a front end's)
 
     def exit_heads(self) -> list[ExitHead]:
         """The plan's exit heads (:func:`plan_exit_heads`)."""
@@ -150,9 +152,7 @@ def stage(out_dir: str, spec: ArtifactSpec) -> tuple[str, dict]:
     """Write segments, the conditional form (where there are exits) and the manifest into a new
     staging directory beside `out_dir`: (staging path, manifest). Nothing is measured here and
     nothing is left behind on failure; :func:`commit` puts it in place, :func:`discard` removes it."""
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    staging = os.path.join(parent, f".{os.path.basename(os.path.abspath(out_dir))}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = staging_dir(out_dir)
     try:
         os.makedirs(os.path.join(staging, "segments"))
         exit_heads = spec.exit_heads()
@@ -161,7 +161,7 @@ def stage(out_dir: str, spec: ArtifactSpec) -> tuple[str, dict]:
         for seg in segments:
             onnx.save(seg.model, os.path.join(staging, "segments", f"seg_{seg.index}.onnx"))
         manifest = build_manifest(spec.model, spec.sig, spec.model_path, segments, None, spec.plan, spec.profile,
-                                  spec.emit_probabilities)
+                                  spec.emit_probabilities, spec.source)
         if exit_heads:
             write_batch1_form(staging, manifest, spec.plan.batch1,
                               spec.model if spec.original is None else spec.original, segments)
@@ -204,6 +204,15 @@ def drop_conditional(staging: str, manifest: dict) -> None:
 
 def update_manifest(staging: str, manifest: dict) -> None:
     _write_manifest(staging, manifest)
+
+
+def staging_dir(out_dir: str) -> str:
+    """The staging directory beside `out_dir` (same filesystem, so :func:`commit` is a rename),
+    emptied of any leftover from an earlier run of this process id; not created."""
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    staging = os.path.join(parent, f".{os.path.basename(os.path.abspath(out_dir))}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    return staging
 
 
 def commit(staging: str, out_dir: str, force: bool) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .. import emit
 from ..errors import ExitcError
 from ..options import CompileOptions
 from .frontend import compile_with_options
@@ -56,8 +57,7 @@ def compile_module_cli(spec: str, calib_path: str, out_dir: str, opts: CompileOp
     arrays of a single-input module."""
     opts.validate()
     module = load_factory(spec)
-    if os.path.exists(out_dir) and not opts.force:
-        raise ExitcError(f"{out_dir}: output directory already exists (use --force to replace it)")
+    emit.check_destination(out_dir, opts.force)
     examples = examples_from_npz(module, calib_path)
     if example_shape:
         try:

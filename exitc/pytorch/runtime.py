@@ -19,6 +19,7 @@ import shutil
 
 import torch
 
+from .. import emit
 from ..distill import FittedHead
 from ..driver import CompileResult
 from ..errors import ExitcError
@@ -188,21 +189,16 @@ class TorchCompiled(torch.nn.Module):
 
 
 def copy_artifact(src: str, path: str, force: bool) -> str:
-    """Copy an artifact directory to `path` through a staging directory beside it (a failure
-    leaves nothing behind; `path` is replaced only with `force`)."""
+    """Copy an artifact directory to `path` through a staging directory beside it, as emission
+    writes one (exitc.emit: a failure leaves nothing behind; `path` is replaced only with `force`)."""
     if os.path.exists(path) and not force:
         raise ExitcError(f"{path}: output directory already exists (use force=True to replace it)")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise ExitcError(f"{parent}: parent directory of the output does not exist")
-    staging = os.path.join(parent, f".{os.path.basename(os.path.abspath(path))}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
+    emit.check_destination(path, force)
+    staging = emit.staging_dir(path)
     try:
         shutil.copytree(src, staging)
-        if os.path.exists(path):
-            shutil.rmtree(path)
-        os.replace(staging, path)
+        emit.commit(staging, path, force)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        emit.discard(staging)
         raise
     return path
