@@ -1,0 +1,332 @@
+"""Open a token model's sequence axis, so that a batch runs at the length of its longest row.
+
+Exporters bake the tokenizer's padded length L (128, 256, 512) into a text classifier: the inputs
+are ``[batch, L]`` and constants derived from L (position ids, key-position ranges, Reshape
+targets such as ``[-1, L, heads, head_dim]``) sit in the graph. Every row then pays for L tokens,
+although a typical row is much shorter and the model masks the padding out: on the nlp_austen
+sample the median row has 73 of 128 tokens. :func:`open_sequence_axis` rewrites such a graph so
+that its sequence axis is open and every constant that carried L is computed from the inputs'
+runtime length; a runtime then drops the padding columns that every row of a batch has
+(:func:`trimmed_length`), which is exact where the model masks padding out.
+
+Whether it is exact is not assumed: :func:`check_open_sequence` runs the original at length L and
+the opened graph on the same rows cut to their batch's longest row, and the compiler keeps the
+opened graph only if the outputs agree (and says why not otherwise). Models whose padding is on
+the left, or that do not mask it (mean over all positions), fail that check or gain nothing, and
+stay as they are.
+
+Which inputs: the integer inputs ``[batch, L]`` with the same static L, one of which is the
+attention mask (0/1, every calibration row a run of ones followed by padding zeros, and at least
+one row padded). The manifest records them (``sequence``, docs/artifact-format.md).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+SEQ_SYMBOL = "exitc_seq"
+SEQ_LEN_1D = "exitc_seq_len"           # int64 [1]: the runtime length
+SEQ_LEN_SCALAR = "exitc_seq_len_scalar"  # int64 []: the same, as a scalar
+
+# Inputs a constant may feed as a shape vector (a 1-D int tensor that lists sizes).
+_SHAPE_INPUTS = {("Reshape", 1), ("Expand", 1), ("ConstantOfShape", 0), ("Tile", 1)}
+# Inputs that are weights: a dim equal to L there is a coincidence (hidden size == L), never a length.
+_WEIGHT_INPUTS = {("MatMul", 1), ("Gemm", 1), ("Gemm", 2), ("Conv", 1), ("LayerNormalization", 1),
+                  ("LayerNormalization", 2), ("BatchNormalization", 1), ("BatchNormalization", 2),
+                  ("Gather", 0)}
+
+
+@dataclass(frozen=True)
+class SequenceAxis:
+    """The token inputs of a model and the axis along which they are padded."""
+
+    inputs: tuple[str, ...]            # integer inputs [batch, length], in graph order
+    mask: str                          # among them: the attention mask (1 = token, 0 = padding)
+    length: int                        # L: the padded length of the interface
+    axis: int = 1
+
+    def to_manifest(self) -> dict:
+        return {"axis": self.axis, "inputs": list(self.inputs), "mask": self.mask, "length": self.length}
+
+
+def row_lengths(mask: np.ndarray) -> np.ndarray:
+    """Per row: one past the last non-zero mask entry (0 for an all-zero row)."""
+    nz = np.asarray(mask) != 0
+    last = nz.shape[1] - np.argmax(nz[:, ::-1], axis=1)
+    return np.where(nz.any(axis=1), last, 0)
+
+
+def trimmed_length(mask: np.ndarray) -> int:
+    """The length a batch runs at: its longest row, at least 1. The definition every runtime
+    implements (the reference runtime's numpy code below, runtime/src/sequence.cpp)."""
+    if mask.shape[0] == 0:
+        return int(mask.shape[1])
+    return max(1, int(row_lengths(mask).max()))
+
+
+def trim_feeds(feeds: dict, axis: SequenceAxis) -> dict:
+    """`feeds` with the sequence inputs cut to :func:`trimmed_length` of the mask (the others as
+    they are). Feeds already at that length are returned unchanged."""
+    n = trimmed_length(feeds[axis.mask])
+    if n >= feeds[axis.mask].shape[axis.axis]:
+        return feeds
+    out = dict(feeds)
+    for name in axis.inputs:
+        out[name] = np.ascontiguousarray(feeds[name][:, :n])
+    return out
+
+
+def length_chunks(lengths: np.ndarray, call_rows: float, full_length: int) -> list[np.ndarray]:
+    """Split a batch by length: rows in order of length (stable), cut into consecutive chunks that
+    minimise the modelled cost, sum over chunks of ``call_rows + rows * longest / full_length``
+    (a call's fixed cost plus each row at its chunk's length, both in full-length rows). Exact
+    dynamic programme over the cut points, O(batch^2). Returns the row indices of each chunk,
+    shortest rows first. runtime/src/sequence.cpp implements the same rule; ties go to the
+    fewest chunks in both."""
+    lengths = np.asarray(lengths)
+    order = np.argsort(lengths, kind="stable")
+    n = len(order)
+    if n <= 1:
+        return [order]
+    sorted_len = lengths[order].astype(np.float64) / float(full_length)
+    best = np.full(n + 1, np.inf)
+    best[0] = 0.0
+    cut = np.zeros(n + 1, np.int64)
+    for j in range(1, n + 1):
+        i = np.arange(j)
+        cost = best[:j] + call_rows + (j - i) * sorted_len[j - 1]
+        k = int(np.argmin(cost))  # first minimum: the longest chunk ending at j among equals
+        best[j], cut[j] = cost[k], k
+    bounds = []
+    j = n
+    while j > 0:
+        bounds.append((int(cut[j]), j))
+        j = int(cut[j])
+    return [order[a:b] for a, b in reversed(bounds)]
+
+
+def find_sequence_axis(inputs, feeds: dict[str, np.ndarray]) -> SequenceAxis | None:
+    """The token inputs of a model with signature inputs `inputs` (TensorInfo list), from what
+    the calibration `feeds` show; None where there is none or no calibration row is padded."""
+    ints = [i for i in inputs if i.rank == 2 and np.issubdtype(i.dtype, np.integer)
+            and isinstance(i.shape[1], int) and i.shape[1] > 1 and i.name in feeds]
+    best = None
+    for length in sorted({i.shape[1] for i in ints}):
+        group = [i.name for i in ints if i.shape[1] == length]
+        masks = [n for n in group if _is_padding_mask(feeds[n])]
+        if not masks:
+            continue
+        masks.sort(key=lambda n: "mask" not in n.lower())
+        cand = SequenceAxis(tuple(group), masks[0], int(length))
+        if best is None or len(cand.inputs) > len(best.inputs):
+            best = cand
+    return best
+
+
+def _is_padding_mask(a: np.ndarray) -> bool:
+    """0/1 values, every row ones then zeros with at least one one, some row padded."""
+    if a.ndim != 2 or a.shape[0] == 0 or not np.isin(a, (0, 1)).all():
+        return False
+    lengths = a.sum(axis=1)
+    if (lengths < 1).any():
+        return False
+    prefix = np.arange(a.shape[1])[None, :] < lengths[:, None]
+    return bool((a.astype(bool) == prefix).all() and (lengths < a.shape[1]).any())
+
+
+def open_sequence_axis(model: onnx.ModelProto, axis: SequenceAxis, first_only: bool = False) -> onnx.ModelProto:
+    """A copy of `model` whose sequence inputs have a symbolic length (``exitc_seq``) and whose
+    constants that carried L are computed from the runtime length instead:
+
+    - a 1-D integer shape vector (Reshape/Expand/Tile target, ConstantOfShape shape) holding L:
+      those entries become the runtime length (a Concat);
+    - a scalar L that bounds a Range: the runtime length;
+    - any other constant with an axis of size L (position ids, key-position ranges, masks),
+      except weights (MatMul/Gemm/Conv/normalisation parameters, embedding tables): sliced to the
+      runtime length along that axis.
+
+    `first_only`: where L appears more than once in a constant, only the first one is the length
+    (a hidden size equal to L: a position table [1, L, hidden] with hidden == L); by default every
+    one is (a key-by-query mask [1, 1, L, L]). value_info is dropped (shapes are observed again
+    later). What it does not guarantee: that the result computes the same thing;
+    :func:`check_open_sequence` checks that."""
+    model = copy.deepcopy(model)
+    g = model.graph
+    L = axis.length
+    for v in g.input:
+        if v.name in axis.inputs:
+            d = v.type.tensor_type.shape.dim[axis.axis]
+            d.Clear()
+            d.dim_param = SEQ_SYMBOL
+    consts: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    for n in g.node:
+        if n.op_type == "Constant" and len(n.output) == 1:
+            value = next((a for a in n.attribute if a.name == "value"), None)
+            if value is not None:
+                consts[n.output[0]] = numpy_helper.to_array(value.t)
+    uses: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for n in g.node:
+        for k, name in enumerate(n.input):
+            if name in consts:
+                uses.setdefault(name, []).append((n, k))
+
+    new_nodes: list[onnx.NodeProto] = []
+    new_inits: list[onnx.TensorProto] = []
+    first = axis.inputs[0]
+    new_inits.append(numpy_helper.from_array(np.array([axis.axis], np.int64), "exitc_seq_axis_1d"))
+    new_inits.append(numpy_helper.from_array(np.array(axis.axis, np.int64), "exitc_seq_axis"))
+    new_inits.append(numpy_helper.from_array(np.array([0], np.int64), "exitc_seq_zero_1d"))
+    new_nodes.append(helper.make_node("Shape", [first], ["exitc_seq_shape"], name="exitc_seq_shape"))
+    new_nodes.append(helper.make_node("Gather", ["exitc_seq_shape", "exitc_seq_axis_1d"], [SEQ_LEN_1D],
+                                      name=SEQ_LEN_1D, axis=0))
+    new_nodes.append(helper.make_node("Gather", ["exitc_seq_shape", "exitc_seq_axis"], [SEQ_LEN_SCALAR],
+                                      name=SEQ_LEN_SCALAR, axis=0))
+    rewritten = 0
+    for name, arr in consts.items():
+        users = uses.get(name, [])
+        if not users:
+            continue
+        kinds = {(n.op_type, k) for n, k in users}
+        replacement = None
+        if (arr.ndim == 1 and np.issubdtype(arr.dtype, np.integer) and (arr == L).any()
+                and kinds <= _SHAPE_INPUTS):
+            parts = []
+            at = int(np.argmax(arr == L))
+            for j, value in enumerate(arr):
+                if value == L and (j == at or not first_only):
+                    parts.append(SEQ_LEN_1D)
+                else:
+                    piece = f"exitc_seq_{_safe(name)}_{j}"
+                    new_inits.append(numpy_helper.from_array(np.array([value], np.int64), piece))
+                    parts.append(piece)
+            replacement = f"exitc_seq_{_safe(name)}"
+            cat = replacement if arr.dtype == np.int64 else replacement + "_i64"
+            new_nodes.append(helper.make_node("Concat", parts, [cat], name=cat, axis=0))
+            if cat != replacement:
+                new_nodes.append(helper.make_node("Cast", [cat], [replacement], name=replacement,
+                                                  to=helper.np_dtype_to_tensor_dtype(arr.dtype)))
+        elif arr.ndim == 0 and np.issubdtype(arr.dtype, np.integer) and arr == L and kinds <= {("Range", 1)}:
+            replacement = SEQ_LEN_SCALAR
+            if arr.dtype != np.int64:
+                replacement = f"exitc_seq_{_safe(name)}"
+                new_nodes.append(helper.make_node("Cast", [SEQ_LEN_SCALAR], [replacement], name=replacement,
+                                                  to=helper.np_dtype_to_tensor_dtype(arr.dtype)))
+        elif arr.ndim >= 1 and L in arr.shape and not (kinds & _WEIGHT_INPUTS) and not (kinds & _SHAPE_INPUTS):
+            current = name
+            for a, size in enumerate(arr.shape):
+                if size != L or (first_only and a != arr.shape.index(L)):
+                    continue
+                sliced = f"exitc_seq_{_safe(name)}_ax{a}"
+                axes = f"{sliced}_axes"
+                new_inits.append(numpy_helper.from_array(np.array([a], np.int64), axes))
+                new_nodes.append(helper.make_node("Slice", [current, "exitc_seq_zero_1d", SEQ_LEN_1D, axes],
+                                                  [sliced], name=sliced))
+                current = sliced
+            replacement = current
+        if replacement is None:
+            continue
+        rewritten += 1
+        for n, k in users:
+            n.input[k] = replacement
+    # The new nodes read only graph inputs and constants: they go first, after Constant nodes
+    # (a Slice of a Constant's output must follow it).
+    const_nodes = [n for n in g.node if n.op_type == "Constant"]
+    rest = [n for n in g.node if n.op_type != "Constant"]
+    del g.node[:]
+    g.node.extend(const_nodes + new_nodes + rest)
+    g.initializer.extend(new_inits)
+    read = {name for n in g.node for name in n.input}
+    kept = [t for t in g.initializer if t.name in read or t.name in {i.name for i in g.input}]
+    del g.initializer[:]
+    g.initializer.extend(kept)
+    del g.value_info[:]
+    return model
+
+
+def open_sequence(model: onnx.ModelProto, inputs, output: str,
+                  feeds: dict[str, np.ndarray]) -> tuple[onnx.ModelProto, SequenceAxis | None, str | None]:
+    """The pass as the compiler runs it: (opened model, axis, None) where the model has padded
+    token inputs (:func:`find_sequence_axis`) and the opened graph computes what the model does
+    (:func:`check_open_sequence`); otherwise (`model`, None, why not: None where there are no
+    padded token inputs at all)."""
+    axis = find_sequence_axis(inputs, feeds)
+    if axis is None:
+        return model, None, None
+    why = None
+    for first_only in (False, True):
+        opened = open_sequence_axis(model, axis, first_only)
+        why = check_open_sequence(model, opened, axis, feeds, output)
+        if why is None:
+            return opened, axis, None
+    return model, None, why
+
+
+def sequence_open_view(sig, axis: SequenceAxis | None):
+    """`sig` as the opened graph sees it (the sequence axis open), to observe its shapes with;
+    `sig` itself keeps the padded length: it is the compiled model's interface."""
+    if axis is None:
+        return sig
+    from .graph import TensorInfo
+
+    inputs = [TensorInfo(i.name, i.elem_type, [SEQ_SYMBOL if (i.name in axis.inputs and a == axis.axis) else d
+                                               for a, d in enumerate(i.shape)]) for i in sig.inputs]
+    return dataclasses.replace(sig, inputs=inputs, resized={})
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in name)
+
+
+# A call's fixed cost in full-length rows where the artifact does not say (emit.call_rows measures it).
+DEFAULT_CALL_ROWS = 2.0
+
+CHECK_ROWS = 16
+RTOL, ATOL = 1e-3, 1e-4
+
+
+def check_open_sequence(original: onnx.ModelProto, opened: onnx.ModelProto, axis: SequenceAxis,
+                        feeds: dict[str, np.ndarray], output: str) -> str | None:
+    """None if `opened` computes what `original` computes on calibration rows cut to their batch's
+    longest row (two batches: the shortest rows, and rows of every length); else why not, in a few
+    words. Outputs agree when every value is within ATOL + RTOL * |value| and every row's argmax is
+    the same."""
+    import onnxruntime as ort
+
+    lengths = row_lengths(feeds[axis.mask])
+    order = np.argsort(lengths, kind="stable")
+    n = min(CHECK_ROWS, len(order))
+    batches = [order[:n], order[np.linspace(0, len(order) - 1, n).round().astype(int)]]
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    try:
+        full = ort.InferenceSession(original.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        short = ort.InferenceSession(opened.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        return f"ONNX Runtime cannot load the opened graph ({_first_line(exc)})"
+    names = [i.name for i in full.get_inputs()]
+    for rows in batches:
+        batch = {k: np.ascontiguousarray(feeds[k][rows]) for k in names}
+        want = full.run([output], batch)[0]
+        trimmed = trim_feeds(batch, axis)
+        try:
+            got = short.run([output], trimmed)[0]
+        except Exception as exc:
+            return f"the opened graph does not run at length {trimmed[axis.mask].shape[1]} ({_first_line(exc)})"
+        if got.shape != want.shape:
+            return f"output shape {list(got.shape)} at length {trimmed[axis.mask].shape[1]}, not {list(want.shape)}"
+        err = np.abs(got.astype(np.float64) - want)
+        if not (err <= ATOL + RTOL * np.abs(want)).all() or (got.argmax(1) != want.argmax(1)).any():
+            return (f"outputs differ at length {trimmed[axis.mask].shape[1]} (max abs diff {err.max():.2g}): "
+                    "the model does not mask its padding out")
+    return None
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
