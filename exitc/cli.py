@@ -51,6 +51,8 @@ def _parser(version: str) -> argparse.ArgumentParser:
     c.add_argument("--heads", default=",".join(D.head_kinds), help="head kinds to try (linear, mlp)")
     c.add_argument("--no-augment", action="store_true",
                    help="fit heads on the calibration rows only, without synthetic neighbours labelled by the original")
+    c.add_argument("--no-trim-padding", action="store_true",
+                   help="token models: run every row at the padded length (no sequence trimming or length buckets)")
     c.add_argument("--allow-slower", action="store_true",
                    help="accept plans whose median batch-1 request or batch cost is slower than the original's")
     c.add_argument("-o", "--out", help="output directory (default: MODEL with suffix .exitc)")
@@ -142,7 +144,8 @@ def cmd_compile(a) -> int:
                           certify_fraction=a.certify_fraction, max_fit_rows=a.max_fit_rows,
                           head_kinds=tuple(k for k in a.heads.split(",") if k),
                           latency_weight=a.latency_weight, progress=_progress(a), force=a.force,
-                          augment=not a.no_augment, never_slower=not a.allow_slower)
+                          augment=not a.no_augment, never_slower=not a.allow_slower,
+                          trim_padding=not a.no_trim_padding)
     if torch_module:
         from .torch_frontend import compile_module_cli
 

@@ -31,6 +31,7 @@ from .passes import find_candidates, load_model
 from .passes.candidates import Candidate
 from .passes.graph import GraphIndex
 from .passes.normalize import Signature, observe_shapes, prepare
+from .passes.sequence import SequenceAxis, open_sequence, sequence_open_view
 from .passes.split import find_mask_input
 from .policy import Plan
 from .profile import Profile
@@ -70,6 +71,10 @@ class FrontEnd:
     # Candidates the front end's own runtime can place (in graph order, a subset); None: all.
     place: Callable[[list[Candidate]], list[Candidate]] | None = None
     source: dict | None = None         # entries that replace the manifest's "source" section
+    # Token models: the padded inputs whose sequence axis the model now leaves open, and the
+    # opened graph before observation (the batch-1 form "original"); None / `reference` otherwise.
+    sequence: SequenceAxis | None = None
+    runnable: onnx.ModelProto | None = None
 
 
 def normalise_stage(raw: onnx.ModelProto, read_data: Callable[[Signature], Dataset], opts: CompileOptions,
@@ -78,14 +83,22 @@ def normalise_stage(raw: onnx.ModelProto, read_data: Callable[[Signature], Datas
     `read_data`, and every intermediate shape observed on real calibration rows."""
     reference, sig = prepare(raw, output=opts.output, label=label)
     data = read_data(sig)
-    model = observe_shapes(reference, sig, {k: v[:OBSERVE_ROWS] for k, v in data.feeds.items()}, label=label)
+    runnable, sequence, why = (open_sequence(reference, sig.inputs, sig.output.name, data.feeds) if opts.trim_padding
+                               else (reference, None, None))
+    if sequence is not None:
+        log(f"exitc: token inputs {', '.join(sequence.inputs)} padded to {sequence.length}: a batch runs at the "
+            f"length of its longest row ({sequence.mask!r} says which tokens are padding)")
+    elif why is not None:
+        log(f"exitc: rows run at the padded length: {why}")
+    model = observe_shapes(runnable, sequence_open_view(sig, sequence),
+                           {k: v[:OBSERVE_ROWS] for k, v in data.feeds.items()}, label=label)
     if sig.dropped_outputs:
         log(f"exitc: the compiled model produces only the prediction output {sig.output.name!r}; the original's "
             f"other outputs ({', '.join(sig.dropped_outputs)}) are not produced (use --output to choose another)")
     if sig.fixed_axes:
         shapes = ", ".join(f"{i.name}{i.shape}" for i in sig.inputs)
         log(f"exitc: {label} runs only at the size of the calibration rows; compiled for {shapes}")
-    return FrontEnd(model, sig, data, reference, path, label)
+    return FrontEnd(model, sig, data, reference, path, label, sequence=sequence, runnable=runnable)
 
 
 def load_stage(model_path: str, calib_path: str, opts: CompileOptions, log=print) -> FrontEnd:
@@ -149,7 +162,7 @@ def run_pipeline(front: FrontEnd, out_dir: str, opts: CompileOptions, log=print,
             with stage("emit"):
                 staging, manifest = emit.stage(out_dir, emit.ArtifactSpec(
                     model, sig, front.path, heads, plan, profile, mask_input, elem_types, found.emit_probabilities,
-                    original=reference, source=front.source))
+                    original=front.runnable or reference, source=front.source, sequence=front.sequence))
             with stage("verify"):
                 check = verify_stage(staging, manifest, reference, sig, holdout, plan, opts, log)
             # Costs given by the user (measured on the target machine) outrank timings taken here.

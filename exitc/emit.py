@@ -23,12 +23,14 @@ from .errors import ExitcError
 from .manifest import FORMAT, MANIFEST, SCHEMA_VERSION, tensor_entry
 from .passes.graph import GraphIndex, default_opset
 from .passes.heads import ExitHead
+from .passes.sequence import DEFAULT_CALL_ROWS
 from .passes.split import EXIT_INDEX, build_segments, conditional_model, original_form
 
 if TYPE_CHECKING:  # emission only reads these; importing them would pull in the profiler's backends
     from .distill import FittedHead
     from .passes.normalize import Signature
     from .policy import Plan
+    from .passes.sequence import SequenceAxis
     from .profile import Profile
 
 
@@ -88,6 +90,27 @@ def build_manifest(model, sig, model_path, segments, cond_file, plan, profile, e
     }
 
 
+def sequence_section(axis, profile) -> dict | None:
+    """The manifest's "sequence" section (docs/artifact-format.md): the padded token inputs and
+    what a call costs in rows, from which runtimes split a batch by length
+    (exitc.passes.sequence.length_chunks)."""
+    if axis is None:
+        return None
+    return {**axis.to_manifest(), "call_rows": call_rows(profile)}
+
+
+def call_rows(profile) -> float:
+    """The fixed cost of one call through the model, in full-length rows: the measured line's
+    intercept over its slope, at least MIN_CALL_ROWS (a CPU line can have an intercept <= 0, see
+    profile.Cost, and yet each call has a runtime cost of its own); DEFAULT_CALL_ROWS unmeasured."""
+    if profile is None or profile.original.per_row <= 0:
+        return DEFAULT_CALL_ROWS
+    return round(max(MIN_CALL_ROWS, profile.original.fixed / profile.original.per_row), 3)
+
+
+MIN_CALL_ROWS = 0.5
+
+
 def plan_sections(plan, profile) -> dict:
     """The manifest's "calibration" and "profile" sections (shared by every front end)."""
     return {
@@ -125,6 +148,7 @@ class ArtifactSpec:
     emit_probabilities: bool        # heads output probabilities, like the original's prediction output
     original: onnx.ModelProto | None = None  # the batch-1 form "original" (default: model)
     source: dict | None = None       # entries that replace the manifest's "source" section (a front end's)
+    sequence: "SequenceAxis | None" = None  # token inputs whose padding runtimes may drop
 
     def exit_heads(self) -> list[ExitHead]:
         """The plan's exit heads (:func:`plan_exit_heads`)."""
@@ -162,6 +186,7 @@ def stage(out_dir: str, spec: ArtifactSpec) -> tuple[str, dict]:
             onnx.save(seg.model, os.path.join(staging, "segments", f"seg_{seg.index}.onnx"))
         manifest = build_manifest(spec.model, spec.sig, spec.model_path, segments, None, spec.plan, spec.profile,
                                   spec.emit_probabilities, spec.source)
+        manifest["sequence"] = sequence_section(spec.sequence, spec.profile)
         if exit_heads:
             write_batch1_form(staging, manifest, spec.plan.batch1,
                               spec.model if spec.original is None else spec.original, segments)

@@ -53,6 +53,10 @@ class CompileOptions:
     # Fit heads on synthetic neighbours of the fit rows too, labelled by the original (exitc.augment;
     # each head keeps them only where they raise its out-of-fold worth).
     augment: bool = True
+    # Token models: open the sequence axis so a batch runs at its longest row's length, and let
+    # runtimes split a batch by length (exitc.passes.sequence); kept only where the opened graph
+    # computes what the original does on calibration rows.
+    trim_padding: bool = True
     seed: int = 0
     progress: bool = True
     force: bool = False

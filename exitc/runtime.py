@@ -17,6 +17,7 @@ from .backends import make_session
 from .errors import ExitcError
 from .exit_loop import NUMPY, ExitSpec, Step, needed_after, run_exits
 from .manifest import read_manifest
+from .passes.sequence import DEFAULT_CALL_ROWS, SequenceAxis, length_chunks, row_lengths, trim_feeds
 
 
 class ExitModel:
@@ -43,6 +44,12 @@ class ExitModel:
         self._steps = steps_of_manifest(m)
         self._needed_after = needed_after(self._steps)  # tensor names still needed after segment i
         self._batch_axes = {t["name"]: int(t.get("batch_axis", 0)) for t in list(m["inputs"]) + list(m["carried"])}
+        seq = m.get("sequence")
+        # Token inputs whose padding is dropped per call, and the batch split by length
+        # (exitc.passes.sequence); None: every row runs at the interface's length.
+        self.sequence = (SequenceAxis(tuple(seq["inputs"]), seq["mask"], int(seq["length"]), int(seq.get("axis", 1)))
+                         if seq else None)
+        self._call_rows = float(seq.get("call_rows", DEFAULT_CALL_ROWS)) if seq else DEFAULT_CALL_ROWS
         self._lock = threading.Lock()
         self._exit_counts = np.zeros(self.num_exits + 1, np.int64)
         # Seconds spent outside the segment engines (exit decisions, compaction, scatter), for
@@ -73,10 +80,34 @@ class ExitModel:
 
     # -- execution --------------------------------------------------------------------------
     def run(self, feeds: Mapping[str, np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
-        """Returns ([outputs in manifest order], exit_index int64 [batch])."""
+        """Returns ([outputs in manifest order], exit_index int64 [batch]). A token model's batch is
+        split by length and each part runs at its longest row's length (the manifest's
+        "sequence" section; exitc.passes.sequence)."""
         state = self._check(feeds)
         first = self.inputs[0]
         batch = state[first["name"]].shape[int(first.get("batch_axis", 0))]
+        seq = self.sequence
+        if seq is None or batch == 0:
+            return self._run_rows(state, batch)
+        chunks = length_chunks(row_lengths(state[seq.mask]), self._call_rows, seq.length)
+        if len(chunks) == 1:
+            return self._run_rows(trim_feeds(state, seq), batch)
+        outputs: list[np.ndarray] = []
+        exit_index = np.empty(batch, np.int64)
+        for rows in chunks:
+            part = {k: np.take(v, rows, axis=self._batch_axes.get(k, 0)) for k, v in state.items()}
+            outs, exits = self._run_rows(trim_feeds(part, seq), len(rows))
+            if not outputs:
+                outputs = [np.zeros((batch,) + o.shape[1:], o.dtype) for o in outs]
+            for dest, o in zip(outputs, outs):
+                dest[rows] = o
+            exit_index[rows] = exits
+        return outputs, exit_index
+
+    __call__ = run
+
+    def _run_rows(self, state: dict[str, np.ndarray], batch: int) -> tuple[list[np.ndarray], np.ndarray]:
+        """One call's rows through the batch-1 form or the exit loop."""
         if batch == 1 and self._conditional is not None:
             outs = self._conditional.run(state)
             exit_index = outs[-1].astype(np.int64)
@@ -97,8 +128,6 @@ class ExitModel:
                 dims = [d if isinstance(d, int) else 0 for d in spec["shape"][1:]]
                 results[spec["name"]] = np.zeros([batch] + dims, np.dtype(spec["dtype"]))
         return [results[n] for n in self.output_names], exit_index
-
-    __call__ = run
 
     def _run_segment(self, i: int, state: dict) -> dict:
         step = self._steps[i]
