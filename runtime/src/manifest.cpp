@@ -3,6 +3,7 @@
 
 #include "exitc/manifest.hpp"
 
+#include <algorithm>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -227,6 +228,32 @@ Manifest Manifest::parse(const std::string& json_text, const std::string& origin
     if (cond_it != root.end() && !cond_it->is_null()) {
         if (!cond_it->is_object()) r.fail("conditional", "must be an object or null");
         m.conditional_file = r.string(*cond_it, "conditional", "file");
+    }
+
+    auto seq_it = root.find("sequence");
+    if (seq_it != root.end() && !seq_it->is_null()) {
+        if (!seq_it->is_object()) r.fail("sequence", "must be an object or null");
+        SequenceSpec seq;
+        seq.axis = static_cast<int>(r.integer(*seq_it, "sequence", "axis"));
+        seq.inputs = r.string_list(*seq_it, "sequence", "inputs");
+        seq.mask = r.string(*seq_it, "sequence", "mask");
+        seq.length = r.integer(*seq_it, "sequence", "length");
+        seq.call_rows = r.number(*seq_it, "sequence", "call_rows");
+        if (seq.axis != 1) r.fail("sequence.axis", "is " + std::to_string(seq.axis) + "; this runtime supports 1");
+        if (seq.length < 1) r.fail("sequence.length", "must be >= 1");
+        if (!(seq.call_rows >= 0)) r.fail("sequence.call_rows", "must be >= 0");
+        if (std::find(seq.inputs.begin(), seq.inputs.end(), seq.mask) == seq.inputs.end())
+            r.fail("sequence.mask", "'" + seq.mask + "' is not one of sequence.inputs");
+        for (std::size_t i = 0; i < seq.inputs.size(); ++i) {
+            auto spec = std::find_if(m.inputs.begin(), m.inputs.end(),
+                                     [&](const TensorSpec& t) { return t.name == seq.inputs[i]; });
+            if (spec == m.inputs.end())
+                r.fail(FieldReader::index("sequence.inputs", i), "'" + seq.inputs[i] + "' is not a model input");
+            if (spec->batch_axis != 0 || spec->shape.size() < 2 || spec->shape[1].size != seq.length)
+                r.fail(FieldReader::index("sequence.inputs", i),
+                       "'" + seq.inputs[i] + "' must be batch-major with sequence.length on axis 1");
+        }
+        m.sequence = std::move(seq);
     }
     return m;
 }

@@ -13,6 +13,7 @@
 
 #include "exitc/compaction.hpp"
 #include "exitc/error.hpp"
+#include "exitc/sequence.hpp"
 #include "filesystem_util.hpp"
 #include "workspace.hpp"
 
@@ -78,6 +79,9 @@ struct Model::Impl {
     std::unique_ptr<SegmentExecutor> conditional;
     std::vector<const char*> conditional_feed_names;
     std::vector<const char*> conditional_output_names;
+    // manifest.sequence: the mask's index among the inputs, and which inputs are cut.
+    int sequence_mask = -1;
+    std::vector<uint8_t> sequence_input;
     int prediction_output = 0;  // index into manifest.outputs
     mutable WorkspacePool workspaces;
     std::unique_ptr<std::atomic<uint64_t>[]> exit_counts;  // num_exits + 1 entries
@@ -112,6 +116,12 @@ struct Model::Impl {
     void run_conditional(const std::vector<TensorView>& inputs, RunResult& result, uint64_t& engine_ns) const;
     void run_segments(const std::vector<TensorView>& inputs, int64_t batch, Workspace& ws, RunResult& result,
                       uint64_t& engine_ns) const;
+    // The batch-1 form at batch 1, else the segments (no sequence handling).
+    void run_rows(const std::vector<TensorView>& inputs, int64_t batch, RunResult& result, uint64_t& engine_ns) const;
+    // A token model (manifest "sequence"): the batch split by length, each part run_rows at its
+    // longest row's length.
+    void run_by_length(const std::vector<TensorView>& inputs, int64_t batch, RunResult& result,
+                       uint64_t& engine_ns) const;
     void write_rows(RunResult& result, std::vector<uint8_t>& allocated, int output, const TensorView& src,
                     const int64_t* rows, int64_t batch, const std::string& label) const;
     void finish_unwritten_outputs(RunResult& result, const std::vector<uint8_t>& allocated, int64_t batch) const;
@@ -209,6 +219,14 @@ Model Model::load(const std::string& artifact_dir, const ModelOptions& options) 
         impl->validate_graph(*impl->conditional, label, feeds, outputs);
     }
 
+    impl->sequence_input.assign(m.inputs.size(), 0);
+    if (m.sequence) {
+        for (std::size_t i = 0; i < m.inputs.size(); ++i) {
+            const auto& names = m.sequence->inputs;
+            impl->sequence_input[i] = std::find(names.begin(), names.end(), m.inputs[i].name) != names.end();
+            if (m.inputs[i].name == m.sequence->mask) impl->sequence_mask = static_cast<int>(i);
+        }
+    }
     impl->exit_counts = std::make_unique<std::atomic<uint64_t>[]>(m.num_exits() + 1);
     for (std::size_t i = 0; i <= m.num_exits(); ++i) impl->exit_counts[i] = 0;
     return Model(std::move(impl));
@@ -454,6 +472,60 @@ void Model::Impl::run_segments(const std::vector<TensorView>& inputs, int64_t ba
     finish_unwritten_outputs(result, allocated, batch);
 }
 
+void Model::Impl::run_rows(const std::vector<TensorView>& inputs, int64_t batch, RunResult& result,
+                           uint64_t& engine_ns) const {
+    if (batch == 1 && conditional) {
+        run_conditional(inputs, result, engine_ns);
+    } else {
+        auto ws = workspaces.acquire();
+        run_segments(inputs, batch, *ws, result, engine_ns);
+    }
+}
+
+void Model::Impl::run_by_length(const std::vector<TensorView>& inputs, int64_t batch, RunResult& result,
+                                uint64_t& engine_ns) const {
+    // exitc.runtime.ExitModel.run: the rows split by length (length_chunks), each part cut to its
+    // longest row and run alone, its results scattered back to request order.
+    const SequenceSpec& seq = *manifest.sequence;
+    const std::vector<int64_t> lengths = row_lengths(inputs[static_cast<std::size_t>(sequence_mask)]);
+    const std::vector<std::vector<int64_t>> chunks = length_chunks(lengths, seq.call_rows, seq.length);
+    std::vector<int64_t> identity;
+    if (chunks.size() == 1) {  // one part: the rows keep their order
+        identity.resize(static_cast<std::size_t>(batch));
+        for (int64_t i = 0; i < batch; ++i) identity[static_cast<std::size_t>(i)] = i;
+    }
+    std::vector<uint8_t> allocated(manifest.outputs.size(), 0);
+    result.exit_index.assign(static_cast<std::size_t>(batch), -1);
+    for (const auto& chunk : chunks) {
+        const std::vector<int64_t>& rows = chunks.size() == 1 ? identity : chunk;
+        const auto count = static_cast<int64_t>(rows.size());
+        int64_t longest = 1;
+        for (int64_t r : rows) longest = std::max(longest, lengths[static_cast<std::size_t>(r)]);
+        std::vector<Tensor> owned;
+        owned.reserve(inputs.size());
+        std::vector<TensorView> part(inputs.size());
+        for (std::size_t i = 0; i < inputs.size(); ++i) {
+            const bool trim = sequence_input[i] && longest < seq.length;
+            if (!trim && chunks.size() == 1) {  // all rows in order, full length: the caller's memory
+                part[i] = inputs[i];
+                continue;
+            }
+            owned.push_back(take_rows(inputs[i], manifest.inputs[i].batch_axis, rows.data(), count, seq.axis,
+                                      trim ? longest : -1));
+            part[i] = owned.back().view();
+        }
+        RunResult sub;
+        sub.outputs.resize(manifest.outputs.size());
+        run_rows(part, count, sub, engine_ns);
+        for (std::size_t k = 0; k < manifest.outputs.size(); ++k)
+            write_rows(result, allocated, static_cast<int>(k), sub.outputs[k].view(), rows.data(), batch,
+                       "sequence part");
+        for (int64_t i = 0; i < count; ++i)
+            result.exit_index[static_cast<std::size_t>(rows[static_cast<std::size_t>(i)])] =
+                sub.exit_index[static_cast<std::size_t>(i)];
+    }
+}
+
 RunResult Model::Impl::run(const std::vector<NamedTensorView>& feeds) const {
     std::vector<TensorView> inputs;
     const int64_t batch = validate_feeds(feeds, inputs);
@@ -466,11 +538,10 @@ RunResult Model::Impl::run(const std::vector<NamedTensorView>& feeds) const {
     result.outputs.resize(manifest.outputs.size());
     if (batch == 0) {
         finish_unwritten_outputs(result, std::vector<uint8_t>(manifest.outputs.size(), 0), 0);
-    } else if (batch == 1 && conditional) {
-        run_conditional(inputs, result, call_engine_ns);
+    } else if (manifest.sequence) {
+        run_by_length(inputs, batch, result, call_engine_ns);
     } else {
-        auto ws = workspaces.acquire();
-        run_segments(inputs, batch, *ws, result, call_engine_ns);
+        run_rows(inputs, batch, result, call_engine_ns);
     }
     for (int64_t e : result.exit_index) {
         if (e < 0) throw Error(ErrorCode::kInternal, "a row received no result (bug in exitc)");

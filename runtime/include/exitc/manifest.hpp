@@ -46,6 +46,16 @@ struct Segment {
     std::vector<std::string> outputs;    // last segment only: the model's outputs
 };
 
+// Token inputs whose padding a runtime drops ("sequence"; exitc.passes.sequence): a batch is
+// split by length (length_chunks) and each part runs at its longest row's length.
+struct SequenceSpec {
+    int axis = 1;                     // the sequence axis of every input listed (batch axis 0)
+    std::vector<std::string> inputs;  // model inputs [batch, length]
+    std::string mask;                 // among them: the attention mask (non-zero = token)
+    int64_t length = 0;               // the padded length of the interface
+    double call_rows = 2.0;           // a call's fixed cost, in full-length rows
+};
+
 struct Manifest {
     int schema_version = kSchemaVersion;
     std::string exitc_version;
@@ -56,6 +66,7 @@ struct Manifest {
     std::vector<TensorSpec> carried;
     std::vector<Segment> segments;
     std::optional<std::string> conditional_file;  // relative to the artifact directory
+    std::optional<SequenceSpec> sequence;
 
     std::size_t num_exits() const noexcept { return segments.empty() ? 0 : segments.size() - 1; }
 
