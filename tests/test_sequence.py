@@ -1,0 +1,192 @@
+"""Padding of token models (exitc.passes.sequence): the sequence axis is opened only where the
+opened graph computes what the original does, runtimes split a batch by length and cut each part
+to its longest row, and both runtimes do it alike."""
+
+import itertools
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from exitc.driver import CompileOptions, compile_model
+from exitc.passes.normalize import prepare
+from exitc.passes.sequence import (check_open_sequence, find_sequence_axis, length_chunks, open_sequence,
+                                   open_sequence_axis, row_lengths, trim_feeds, trimmed_length)
+from exitc.runtime import ExitModel
+
+from synthetic import tiny_transformer, transformer_feeds
+
+
+def run(model, feeds):
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    return sess.run(None, {k: feeds[k] for k in names})[0]
+
+
+def test_row_lengths_and_trimmed_length():
+    mask = np.array([[1, 1, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0], [1, 0, 1, 0]])
+    assert row_lengths(mask).tolist() == [2, 4, 0, 3]
+    assert trimmed_length(mask[[0, 2]]) == 2
+    assert trimmed_length(mask[[2]]) == 1  # never an empty sequence
+
+
+def test_find_sequence_axis_needs_a_padded_mask():
+    model, sig = prepare(tiny_transformer())
+    feeds = transformer_feeds(40)
+    axis = find_sequence_axis(sig.inputs, feeds)
+    assert axis.inputs == ("input_ids", "attention_mask") and axis.mask == "attention_mask" and axis.length == 8
+    full = dict(feeds, attention_mask=np.ones_like(feeds["attention_mask"]))
+    assert find_sequence_axis(sig.inputs, full) is None          # no row padded: nothing to gain
+    holes = dict(feeds, attention_mask=feeds["attention_mask"].copy())
+    holes["attention_mask"][:, 0] = 0
+    assert find_sequence_axis(sig.inputs, holes) is None         # left padding / holes: not a prefix
+    assert find_sequence_axis(sig.inputs, dict(feeds, attention_mask=feeds["attention_mask"] * 2)) is None
+
+
+@pytest.mark.parametrize("seq,hidden", [(8, 16), (16, 16)])
+def test_opened_graph_equals_the_original_at_every_length(seq, hidden):
+    """(16, 16): the position table [1, L, hidden] has L twice; only the first is the length."""
+    src = tiny_transformer(seq=seq, hidden=hidden)
+    model, sig = prepare(src)
+    feeds = transformer_feeds(64, seq=seq)
+    opened, axis, why = open_sequence(model, sig.inputs, "logits", feeds)
+    assert why is None and axis is not None
+    lengths = row_lengths(feeds["attention_mask"])
+    for n in sorted(set(lengths.tolist())):
+        rows = np.flatnonzero(lengths <= n)
+        part = {k: v[rows] for k, v in feeds.items()}
+        cut = {k: v[:, :n] for k, v in part.items()}
+        np.testing.assert_allclose(run(opened, cut), run(model, part), rtol=1e-4, atol=1e-5)
+
+
+def test_a_model_that_reads_its_padding_stays_at_full_length():
+    """Mean over every position, padding included: cutting changes the output, so the check
+    refuses and the compiler keeps the padded length (and says why)."""
+    L, H, C = 6, 4, 3
+    rng = np.random.default_rng(0)
+    inits = [helper.make_tensor("emb", TensorProto.FLOAT, [20, H], rng.standard_normal(20 * H).tolist()),
+             helper.make_tensor("w", TensorProto.FLOAT, [H, C], rng.standard_normal(H * C).tolist()),
+             helper.make_tensor("axes", TensorProto.INT64, [1], [1])]
+    nodes = [helper.make_node("Gather", ["emb", "input_ids"], ["e"]),
+             helper.make_node("Cast", ["attention_mask"], ["mf"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceMean", ["e", "axes"], ["p"], keepdims=0),
+             helper.make_node("MatMul", ["p", "w"], ["logits"])]
+    graph = helper.make_graph(nodes, "unmasked", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["B", L]),
+                                                  helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["B", L])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", C])], initializer=inits)
+    src = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model, sig = prepare(src)
+    feeds = transformer_feeds(32, seq=L, vocab=20)
+    feeds["input_ids"] = np.where(feeds["attention_mask"] == 1, feeds["input_ids"], 1)  # a pad token that is not 0
+    opened, axis, why = open_sequence(model, sig.inputs, "logits", feeds)
+    assert axis is None and opened is model and "outputs differ" in why
+
+
+def test_check_names_a_graph_that_does_not_run_shorter():
+    model, sig = prepare(tiny_transformer())
+    feeds = transformer_feeds(32)
+    axis = find_sequence_axis(sig.inputs, feeds)
+    # Opening the inputs alone leaves the position table at length 8: it cannot run shorter.
+    broken = onnx.ModelProto()
+    broken.CopyFrom(model)
+    for v in broken.graph.input:
+        v.type.tensor_type.shape.dim[1].dim_param = "s"
+    assert "does not run at length" in check_open_sequence(model, broken, axis, feeds, "logits")
+    assert check_open_sequence(model, open_sequence_axis(model, axis), axis, feeds, "logits") is None
+
+
+def _cost(chunks, lengths, call_rows, full):
+    return sum(call_rows + len(c) * lengths[c].max() / full for c in chunks)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_length_chunks_is_the_cheapest_split(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 8))
+    lengths = rng.integers(1, 33, size=n)
+    call_rows = float(rng.choice([0.0, 0.3, 1.0, 4.0]))
+    chunks = length_chunks(lengths, call_rows, 32)
+    assert sorted(np.concatenate(chunks).tolist()) == list(range(n))
+    order = np.argsort(lengths, kind="stable")
+    best = min(_cost([order[a:b] for a, b in zip((0,) + cuts, cuts + (n,))], lengths, call_rows, 32)
+               for k in range(n) for cuts in itertools.combinations(range(1, n), k))
+    assert _cost(chunks, lengths, call_rows, 32) == pytest.approx(best)
+
+
+def test_length_chunks_known_answers():
+    """The same cases as runtime/tests/test_sequence.cpp: both runtimes split alike."""
+    def as_lists(chunks):
+        return [c.tolist() for c in chunks]
+
+    assert as_lists(length_chunks(np.array([2, 100, 2, 100, 2]), 1.0, 100)) == [[0, 2, 4], [1, 3]]
+    assert as_lists(length_chunks(np.array([2, 100, 2, 100, 2]), 1000.0, 100)) == [[0, 2, 4, 1, 3]]
+    assert as_lists(length_chunks(np.array([50, 10, 30]), 0.0, 100)) == [[1], [2], [0]]
+    assert as_lists(length_chunks(np.array([7]), 1.0, 8)) == [[0]]
+    assert as_lists(length_chunks(np.array([], np.int64), 1.0, 8)) == [[]]
+    assert as_lists(length_chunks(np.array([5, 5, 5, 5]), 0.0, 8)) == [[0, 1, 2, 3]]
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("seq")
+    src = tiny_transformer(layers=4, seq=16)
+    onnx.save(src, tmp / "m.onnx")
+    np.savez(tmp / "calib.npz", **transformer_feeds(1200, seq=16))
+    out = str(tmp / "m.exitc")
+    res = compile_model(str(tmp / "m.onnx"), str(tmp / "calib.npz"), out,
+                        CompileOptions(target_acc=0.9, progress=False, never_slower=False), log=lambda *a: None)
+    return src, out, res
+
+
+def test_artifact_records_the_sequence_and_runs_each_part_cut(compiled, monkeypatch):
+    src, out, res = compiled
+    seq = res.manifest["sequence"]
+    assert seq["inputs"] == ["input_ids", "attention_mask"] and seq["mask"] == "attention_mask" and seq["length"] == 16
+    assert seq["call_rows"] >= 0.5
+    model = ExitModel(out, use_conditional=False)
+    seen = []
+    for sess in model._sessions[:1]:
+        inner = sess.run
+        monkeypatch.setattr(sess, "run", lambda feeds, names, inner=inner: (seen.append(feeds["attention_mask"].shape),
+                                                                            inner(feeds, names))[1])
+    feeds = transformer_feeds(40, seq=16, seed=5)
+    outs, idx = model.run(feeds)
+    lengths = row_lengths(feeds["attention_mask"])
+    assert sum(s[0] for s in seen) == 40 and all(s[1] < 16 or lengths.max() == 16 for s in seen)
+    ref = run(src, feeds)
+    end = idx == model.num_exits
+    np.testing.assert_allclose(outs[0][end], ref[end], rtol=1e-4, atol=1e-4)
+
+
+def test_cpp_runtime_equals_the_reference_on_padded_batches(compiled):
+    pytest.importorskip("exitc._exitc_runtime")
+    from exitc.cpp_runtime import CppExitModel
+
+    _, out, _ = compiled
+    py, cpp = ExitModel(out), CppExitModel(out)
+    for seed, n in [(1, 1), (2, 3), (3, 17), (4, 64)]:
+        feeds = transformer_feeds(n, seq=16, seed=seed)
+        (a,), ia = py.run(feeds)
+        (b,), ib = cpp.run(feeds)
+        assert (ia == ib).all()
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_no_trim_padding_keeps_the_full_length(tmp_path):
+    onnx.save(tiny_transformer(), tmp_path / "m.onnx")
+    np.savez(tmp_path / "calib.npz", **transformer_feeds(600))
+    res = compile_model(str(tmp_path / "m.onnx"), str(tmp_path / "calib.npz"), str(tmp_path / "m.exitc"),
+                        CompileOptions(target_acc=0.9, progress=False, never_slower=False, trim_padding=False),
+                        log=lambda *a: None)
+    assert res.manifest["sequence"] is None
+
+
+def test_trim_feeds_leaves_other_inputs():
+    feeds = {"ids": np.arange(12).reshape(3, 4), "m": np.array([[1, 0, 0, 0], [1, 1, 0, 0], [1, 0, 0, 0]]),
+             "other": np.ones((3, 5))}
+    from exitc.passes.sequence import SequenceAxis
+
+    cut = trim_feeds(feeds, SequenceAxis(("ids", "m"), "m", 4))
+    assert cut["ids"].shape == (3, 2) and cut["m"].shape == (3, 2) and cut["other"] is feeds["other"]
