@@ -190,3 +190,55 @@ def test_trim_feeds_leaves_other_inputs():
 
     cut = trim_feeds(feeds, SequenceAxis(("ids", "m"), "m", 4))
     assert cut["ids"].shape == (3, 2) and cut["m"].shape == (3, 2) and cut["other"] is feeds["other"]
+
+
+def _tiny_bert(tmp_path, exporter: str, seq: int, attn: str = "eager"):
+    """A random 2-layer BERT classifier exported by `exporter` ("torchscript" or "dynamo") at a
+    fixed length `seq` (batch open), as users' exporters write it."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=64, num_labels=4,
+                                  attn_implementation=attn)
+    model = transformers.BertForSequenceClassification(cfg).eval()
+
+    class Logits(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = model
+
+        def forward(self, input_ids, attention_mask):
+            return self.m(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    feeds = transformer_feeds(64, seq=seq, vocab=100, seed=1)
+    args = (torch.from_numpy(feeds["input_ids"][:2]), torch.from_numpy(feeds["attention_mask"][:2]))
+    path = tmp_path / f"bert_{exporter}_{seq}.onnx"
+    kwargs = dict(input_names=["input_ids", "attention_mask"], output_names=["logits"])
+    if exporter == "dynamo":
+        batch = torch.export.Dim("batch", min=1, max=1024)
+        torch.onnx.export(Logits(), args, str(path), dynamo=True, optimize=False,
+                          dynamic_shapes={"input_ids": {0: batch}, "attention_mask": {0: batch}}, **kwargs)
+    else:
+        torch.onnx.export(Logits(), args, str(path), dynamo=False, opset_version=14,
+                          dynamic_axes={"input_ids": {0: "batch"}, "attention_mask": {0: "batch"}, "logits": {0: "batch"}},
+                          **kwargs)
+    return onnx.load(str(path)), feeds
+
+
+@pytest.mark.parametrize("exporter,seq,attn", [("torchscript", 24, "eager"), ("torchscript", 32, "sdpa"),
+                                               ("dynamo", 24, "eager")])
+def test_exported_bert_runs_cut_to_its_rows(tmp_path, exporter, seq, attn):
+    """BERT as the TorchScript and dynamo exporters write it at a fixed length (position ids,
+    mask ranges and Reshape targets hold L; seq 32 == hidden 32 as well): opened, it gives the
+    original's outputs at every length."""
+    src, feeds = _tiny_bert(tmp_path, exporter, seq, attn)
+    model, sig = prepare(src)
+    opened, axis, why = open_sequence(model, sig.inputs, "logits", feeds)
+    assert why is None and axis is not None and axis.length == seq
+    lengths = row_lengths(feeds["attention_mask"])
+    for n in (int(lengths.min()), int(np.median(lengths)), seq):
+        rows = np.flatnonzero(lengths <= n)
+        part = {k: v[rows] for k, v in feeds.items()}
+        np.testing.assert_allclose(run(opened, {k: v[:, :n] for k, v in part.items()}), run(model, part),
+                                   rtol=1e-3, atol=1e-4)

@@ -34,8 +34,11 @@ SEQ_SYMBOL = "exitc_seq"
 SEQ_LEN_1D = "exitc_seq_len"           # int64 [1]: the runtime length
 SEQ_LEN_SCALAR = "exitc_seq_len_scalar"  # int64 []: the same, as a scalar
 
-# Inputs a constant may feed as a shape vector (a 1-D int tensor that lists sizes).
-_SHAPE_INPUTS = {("Reshape", 1), ("Expand", 1), ("ConstantOfShape", 0), ("Tile", 1)}
+# Inputs where a small integer constant is an axis number or a step, never a length.
+_AXES_INPUTS = {("Unsqueeze", 1), ("Squeeze", 1), ("ReduceSum", 1), ("ReduceMean", 1), ("ReduceMax", 1),
+                ("ReduceMin", 1), ("ReduceProd", 1), ("ReduceL2", 1), ("Slice", 3), ("Slice", 4), ("Split", 1),
+                ("TopK", 1), ("CumSum", 1), ("OneHot", 1)}
+SHAPE_LIKE_SIZE = 8  # integer constants of at most this many values are shape arithmetic, not data
 # Inputs that are weights: a dim equal to L there is a coincidence (hidden size == L), never a length.
 _WEIGHT_INPUTS = {("MatMul", 1), ("Gemm", 1), ("Gemm", 2), ("Conv", 1), ("LayerNormalization", 1),
                   ("LayerNormalization", 2), ("BatchNormalization", 1), ("BatchNormalization", 2),
@@ -111,14 +114,36 @@ def length_chunks(lengths: np.ndarray, call_rows: float, full_length: int) -> li
     return [order[a:b] for a, b in reversed(bounds)]
 
 
+def length_factors(lengths: np.ndarray, call_rows: float, full_length: int, batch_size: int,
+                   samples: int = 200, seed: int = 0) -> tuple[float, float]:
+    """What cutting rows to their length does to the cost of a call, as factors on its
+    full-length cost, priced like :func:`length_chunks` prices a part (a call's fixed cost plus
+    each row at its part's length, in full-length rows): at batch 1 the mean over `lengths`, at
+    `batch_size` the mean over `samples` random batches of the rows split by the same rule.
+    Linear in length: attention's quadratic term makes real savings somewhat larger."""
+    lengths = np.maximum(np.asarray(lengths), 1)
+    rel = lengths / float(full_length)
+    factor_b1 = (call_rows + float(rel.mean())) / (call_rows + 1.0)
+    n = min(batch_size, len(lengths))
+    rng = np.random.default_rng(seed)
+    total = 0.0
+    for _ in range(samples):
+        batch = lengths[rng.choice(len(lengths), size=n, replace=False)]
+        parts = length_chunks(batch, call_rows, full_length)
+        total += sum(call_rows + len(p) * batch[p].max() / full_length for p in parts) / (call_rows + n)
+    return factor_b1, total / samples
+
+
 def find_sequence_axis(inputs, feeds: dict[str, np.ndarray]) -> SequenceAxis | None:
     """The token inputs of a model with signature inputs `inputs` (TensorInfo list), from what
-    the calibration `feeds` show; None where there is none or no calibration row is padded."""
-    ints = [i for i in inputs if i.rank == 2 and np.issubdtype(i.dtype, np.integer)
-            and isinstance(i.shape[1], int) and i.shape[1] > 1 and i.name in feeds]
+    the calibration `feeds` show; None where there is none or no calibration row is padded. An
+    input whose length the graph already leaves open counts at the length of the calibration rows."""
+    ints = [i for i in inputs if i.rank == 2 and np.issubdtype(i.dtype, np.integer) and i.name in feeds
+            and feeds[i.name].ndim == 2 and feeds[i.name].shape[1] > 1
+            and (not isinstance(i.shape[1], int) or i.shape[1] == feeds[i.name].shape[1])]
     best = None
-    for length in sorted({i.shape[1] for i in ints}):
-        group = [i.name for i in ints if i.shape[1] == length]
+    for length in sorted({feeds[i.name].shape[1] for i in ints}):
+        group = [i.name for i in ints if feeds[i.name].shape[1] == length]
         masks = [n for n in group if _is_padding_mask(feeds[n])]
         if not masks:
             continue
@@ -144,12 +169,12 @@ def open_sequence_axis(model: onnx.ModelProto, axis: SequenceAxis, first_only: b
     """A copy of `model` whose sequence inputs have a symbolic length (``exitc_seq``) and whose
     constants that carried L are computed from the runtime length instead:
 
-    - a 1-D integer shape vector (Reshape/Expand/Tile target, ConstantOfShape shape) holding L:
-      those entries become the runtime length (a Concat);
-    - a scalar L that bounds a Range: the runtime length;
+    - a small integer constant holding L (a Reshape/Expand target, Slice ends, a Range limit, a
+      piece of a shape the graph computes; not an axis number): those entries become the runtime
+      length (a Concat for vectors);
     - any other constant with an axis of size L (position ids, key-position ranges, masks),
-      except weights (MatMul/Gemm/Conv/normalisation parameters, embedding tables): sliced to the
-      runtime length along that axis.
+      except weights (MatMul/Gemm/Conv/normalisation parameters, embedding tables) and 1-D float
+      vectors (per-feature scales and biases): sliced to the runtime length along that axis.
 
     `first_only`: where L appears more than once in a constant, only the first one is the length
     (a hidden size equal to L: a position table [1, L, hidden] with hidden == L); by default every
@@ -159,17 +184,20 @@ def open_sequence_axis(model: onnx.ModelProto, axis: SequenceAxis, first_only: b
     model = copy.deepcopy(model)
     g = model.graph
     L = axis.length
-    for v in g.input:
-        if v.name in axis.inputs:
-            d = v.type.tensor_type.shape.dim[axis.axis]
-            d.Clear()
-            d.dim_param = SEQ_SYMBOL
+    dims = [v.type.tensor_type.shape.dim[axis.axis] for v in g.input if v.name in axis.inputs]
+    if all(d.HasField("dim_param") for d in dims):
+        return model  # the exporter left the length open: the graph runs at any length already
+    for d in dims:
+        d.Clear()
+        d.dim_param = SEQ_SYMBOL
     consts: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in g.initializer}
     for n in g.node:
-        if n.op_type == "Constant" and len(n.output) == 1:
-            value = next((a for a in n.attribute if a.name == "value"), None)
-            if value is not None:
-                consts[n.output[0]] = numpy_helper.to_array(value.t)
+        if n.op_type == "Constant" and len(n.output) == 1 and n.attribute:
+            a = n.attribute[0]
+            if a.name == "value":
+                consts[n.output[0]] = numpy_helper.to_array(a.t)
+            elif a.name in ("value_int", "value_ints"):
+                consts[n.output[0]] = np.asarray(helper.get_attribute_value(a), np.int64)
     uses: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
     for n in g.node:
         for k, name in enumerate(n.input):
@@ -194,8 +222,9 @@ def open_sequence_axis(model: onnx.ModelProto, axis: SequenceAxis, first_only: b
             continue
         kinds = {(n.op_type, k) for n, k in users}
         replacement = None
-        if (arr.ndim == 1 and np.issubdtype(arr.dtype, np.integer) and (arr == L).any()
-                and kinds <= _SHAPE_INPUTS):
+        shape_like = (np.issubdtype(arr.dtype, np.integer) and arr.ndim <= 1 and arr.size <= SHAPE_LIKE_SIZE
+                      and (arr == L).any() and not (kinds & _AXES_INPUTS))
+        if shape_like and arr.ndim == 1:
             parts = []
             at = int(np.argmax(arr == L))
             for j, value in enumerate(arr):
@@ -211,13 +240,16 @@ def open_sequence_axis(model: onnx.ModelProto, axis: SequenceAxis, first_only: b
             if cat != replacement:
                 new_nodes.append(helper.make_node("Cast", [cat], [replacement], name=replacement,
                                                   to=helper.np_dtype_to_tensor_dtype(arr.dtype)))
-        elif arr.ndim == 0 and np.issubdtype(arr.dtype, np.integer) and arr == L and kinds <= {("Range", 1)}:
+        elif shape_like:  # a scalar L: a Range limit, or a piece of a shape computed in the graph
             replacement = SEQ_LEN_SCALAR
             if arr.dtype != np.int64:
                 replacement = f"exitc_seq_{_safe(name)}"
                 new_nodes.append(helper.make_node("Cast", [SEQ_LEN_SCALAR], [replacement], name=replacement,
                                                   to=helper.np_dtype_to_tensor_dtype(arr.dtype)))
-        elif arr.ndim >= 1 and L in arr.shape and not (kinds & _WEIGHT_INPUTS) and not (kinds & _SHAPE_INPUTS):
+        elif (arr.ndim >= 1 and L in arr.shape and not (kinds & _WEIGHT_INPUTS)
+              and not (arr.ndim == 1 and np.issubdtype(arr.dtype, np.floating))):
+            # (a 1-D float constant broadcasts along the last axis: features, e.g. a decomposed
+            # LayerNorm's scale, never the sequence of a [batch, seq, features] activation)
             current = name
             for a, size in enumerate(arr.shape):
                 if size != L or (first_only and a != arr.shape.index(L)):

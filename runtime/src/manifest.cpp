@@ -249,9 +249,10 @@ Manifest Manifest::parse(const std::string& json_text, const std::string& origin
                                      [&](const TensorSpec& t) { return t.name == seq.inputs[i]; });
             if (spec == m.inputs.end())
                 r.fail(FieldReader::index("sequence.inputs", i), "'" + seq.inputs[i] + "' is not a model input");
-            if (spec->batch_axis != 0 || spec->shape.size() < 2 || spec->shape[1].size != seq.length)
+            if (spec->batch_axis != 0 || spec->shape.size() < 2 ||
+                (!spec->shape[1].is_symbolic() && spec->shape[1].size != seq.length))
                 r.fail(FieldReader::index("sequence.inputs", i),
-                       "'" + seq.inputs[i] + "' must be batch-major with sequence.length on axis 1");
+                       "'" + seq.inputs[i] + "' must be batch-major with sequence.length (or an open length) on axis 1");
         }
         m.sequence = std::move(seq);
     }
