@@ -24,6 +24,7 @@ from .features import FeatureCache, FeatureProbe
 from .options import CompileOptions
 from .passes.candidates import Candidate
 from .passes.normalize import Signature
+from .passes.sequence import SequenceAxis, length_factors, row_lengths
 from .policy import Plan, policy_stage
 from .profile import Profile, given_profile, profile_costs
 from .stats import min_rows_for
@@ -102,11 +103,12 @@ class OnnxMeasurements:
 
 
 def analyse(measure: Measurements, candidates: list[Candidate], data: Dataset, fit_idx: np.ndarray, cert_idx: np.ndarray,
-            opts: CompileOptions, log=print, mark=lambda name: None) -> Analysis:
+            opts: CompileOptions, log=print, mark=lambda name: None, sequence: SequenceAxis | None = None) -> Analysis:
     """features -> augment -> distill -> profile -> policy, one call per stage, on `measure`'s
     measurements (:class:`OnnxMeasurements` or the torch front end's). Guarantees: the heads are fitted
     on the fit rows only, the plan certified on the certification rows only; no exit where there is no
-    candidate or --target-acc is 1.0."""
+    candidate or --target-acc is 1.0. `sequence`: a token model that runtimes cut to row lengths;
+    measured costs are priced for that (profile.Profile.cut_to_lengths)."""
     if not candidates or opts.target_acc >= 1.0:
         reason = "no candidate exit points found" if not candidates else "--target-acc 1.0 admits no early exit"
         return Analysis(Plan.without_exits(opts.target_acc, opts.confidence, reason), [], None, False)
@@ -131,6 +133,10 @@ def analyse(measure: Measurements, candidates: list[Candidate], data: Dataset, f
             profile = given_profile(opts.cost_profile, candidates, min(opts.batch_size, len(fit_idx)))
         else:
             profile = measure.profile(heads, data.take(fit_idx), opts)
+            if sequence is not None:
+                profile = profile.cut_to_lengths(*length_factors(
+                    row_lengths(data.feeds[sequence.mask][fit_idx]), profile.call_rows(), sequence.length,
+                    profile.batch_size))
     mark("profile")
     with stage("policy"):
         plan = policy_stage(heads, [f[cert_idx] for f in cache.features], cache.predictions[cert_idx], profile, opts)

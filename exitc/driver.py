@@ -153,7 +153,7 @@ def run_pipeline(front: FrontEnd, out_dir: str, opts: CompileOptions, log=print,
     fit_idx, cert_idx = split_rows(data.rows, opts.certify_fraction, opts.seed, opts.max_fit_rows)
     holdout = data.take(cert_idx) if len(cert_idx) else data
     found = analyse(OnnxMeasurements(model, sig, mask_input, elem_types), candidates, data, fit_idx, cert_idx, opts,
-                    log, mark)
+                    log, mark, front.sequence)
     plan, heads, profile = found.plan, found.heads, found.profile
 
     staging = None
@@ -176,7 +176,9 @@ def run_pipeline(front: FrontEnd, out_dir: str, opts: CompileOptions, log=print,
             emit.discard(staging)
             staging = None
             plan = Plan.without_exits(plan.target, plan.confidence, reason, plan.n_fit, plan.n_certify,
-                                      plan.original_cost_batch, plan.original_cost_b1, plan.curve)
+                                      plan.original_cost_batch, plan.original_cost_b1, plan.curve,
+                                      *((profile.original.at(profile.batch_size), profile.original.at(1))
+                                        if profile is not None else ()))
         mark("emit+verify")
         with stage("report"):
             report.write_reports(staging, manifest, plan, candidates, heads, profile, check, opts)

@@ -92,23 +92,11 @@ def build_manifest(model, sig, model_path, segments, cond_file, plan, profile, e
 
 def sequence_section(axis, profile) -> dict | None:
     """The manifest's "sequence" section (docs/artifact-format.md): the padded token inputs and
-    what a call costs in rows, from which runtimes split a batch by length
-    (exitc.passes.sequence.length_chunks)."""
+    what a call costs in rows (profile.Profile.call_rows), from which runtimes split a batch by
+    length (exitc.passes.sequence.length_chunks)."""
     if axis is None:
         return None
-    return {**axis.to_manifest(), "call_rows": call_rows(profile)}
-
-
-def call_rows(profile) -> float:
-    """The fixed cost of one call through the model, in full-length rows: the measured line's
-    intercept over its slope, at least MIN_CALL_ROWS (a CPU line can have an intercept <= 0, see
-    profile.Cost, and yet each call has a runtime cost of its own); DEFAULT_CALL_ROWS unmeasured."""
-    if profile is None or profile.original.per_row <= 0:
-        return DEFAULT_CALL_ROWS
-    return round(max(MIN_CALL_ROWS, profile.original.fixed / profile.original.per_row), 3)
-
-
-MIN_CALL_ROWS = 0.5
+    return {**axis.to_manifest(), "call_rows": profile.call_rows() if profile is not None else DEFAULT_CALL_ROWS}
 
 
 def plan_sections(plan, profile) -> dict:

@@ -78,11 +78,16 @@ class Plan:
     @classmethod
     def without_exits(cls, target: float, confidence: float, reason: str, n_fit: int = 0, n_certify: int = 0,
                       original_cost_batch: float = 0.0, original_cost_b1: float = 0.0,
-                      curve: list[dict] | None = None) -> "Plan":
-        """The plan that runs the original model (agreement 1 by definition), with the reason."""
-        return cls([], [], 0.0, target, confidence, n_fit, n_certify, 1.0, 1.0, 1.0, [1.0], original_cost_batch,
-                   original_cost_b1, original_cost_batch, original_cost_b1, reason, curve or [],
-                   predicted_median_b1=original_cost_b1)
+                      curve: list[dict] | None = None, cost_batch: float | None = None,
+                      cost_b1: float | None = None) -> "Plan":
+        """The plan that runs the original model (agreement 1 by definition), with the reason.
+        `cost_batch`, `cost_b1`: what that costs where it differs from the original's cost (a
+        token model cut to row lengths); default the original's."""
+        cost_batch = original_cost_batch if cost_batch is None else cost_batch
+        cost_b1 = original_cost_b1 if cost_b1 is None else cost_b1
+        return cls([], [], 0.0, target, confidence, n_fit, n_certify, 1.0, 1.0, 1.0, [1.0], cost_batch,
+                   cost_b1, original_cost_batch, original_cost_b1, reason, curve or [],
+                   predicted_median_b1=cost_b1)
 
 
 # The median request must leave early by this much more than half the rows (see
@@ -169,7 +174,7 @@ def full_depth_overhead(cm: CostModel, exits: list[int]) -> dict:
     original, at batch 1 and at the deployment batch."""
     p = cm.p
     segs = cm.segments(exits)
-    return {f"batch{b}": float(sum(s.at(b) for s in segs) / p.original.at(b) - 1.0) for b in (1, p.batch_size)}
+    return {f"batch{b}": float(sum(s.at(b) for s in segs) / p.user_original.at(b) - 1.0) for b in (1, p.batch_size)}
 
 
 def required_rate(n_cert: int, target: float, confidence: float) -> float:
@@ -283,10 +288,14 @@ def certify_plan(exits: list[int], fit_scores: np.ndarray, fit_agree: np.ndarray
     cm = CostModel(profile)
     b = profile.batch_size
     n_cert = len(cert_scores)
-    orig_b, orig_1 = profile.original.at(b), profile.original.at(1)
+    # Speedups are relative to the user's model; decisions compare with what the artifact runs
+    # without exits (the same model, or for a token model the model cut to row lengths).
+    orig_b, orig_1 = profile.user_original.at(b), profile.user_original.at(1)
+    plain_b, plain_1 = profile.original.at(b), profile.original.at(1)
 
     def no_exits(reason: str, curve=None) -> Plan:
-        return Plan.without_exits(target, confidence, reason, len(fit_scores), n_cert, orig_b, orig_1, curve)
+        return Plan.without_exits(target, confidence, reason, len(fit_scores), n_cert, orig_b, orig_1, curve,
+                                  plain_b, plain_1)
 
     if not exits:
         return no_exits("no exit pays for itself at the required agreement")
@@ -325,8 +334,8 @@ def certify_plan(exits: list[int], fit_scores: np.ndarray, fit_agree: np.ndarray
                 agreement_fit=float(fit_agreement[i]), agreement_certify=float(cert_agreement[i]),
                 agreement_bound=clopper_pearson_lower(successes[i], n_cert, confidence),
                 exit_fractions=[float(f) for f in fractions], predicted_cost_batch=float(costs[i]),
-                predicted_cost_b1=float(costs1[i] if at_b1[i] else orig_1), original_cost_batch=orig_b, original_cost_b1=orig_1,
-                reason="", curve=curve, predicted_median_b1=float(median[i] if at_b1[i] else orig_1),
+                predicted_cost_b1=float(costs1[i] if at_b1[i] else plain_1), original_cost_batch=orig_b, original_cost_b1=orig_1,
+                reason="", curve=curve, predicted_median_b1=float(median[i] if at_b1[i] else plain_1),
                 full_depth_overhead=full_depth_overhead(cm, exits), batch1="exits" if at_b1[i] else "original")
 
 

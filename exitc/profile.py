@@ -8,7 +8,7 @@ policy needs to price ragged batches after compaction. Measured times, not FLOPs
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -21,6 +21,7 @@ from .errors import ExitcError
 from .data import Dataset
 from .distill import FittedHead
 from .passes.candidates import Candidate
+from .passes.sequence import DEFAULT_CALL_ROWS
 from .passes.split import build_segments, head_model
 
 
@@ -67,11 +68,48 @@ class Profile:
     heads: list[Cost]           # work of head k (len = candidates)
     call_overhead: float        # seconds per runtime call (the smallest measured fixed cost)
     timings: dict = field(default_factory=dict)
+    # Token models: the user's original as measured at the padded length, where `original` and
+    # the slices are priced for rows cut to their length (cut_to_lengths); None: `original` is it.
+    padded_original: Cost | None = None
+
+    @property
+    def user_original(self) -> Cost:
+        """The model the user gave, as measured: what speedups are relative to."""
+        return self.padded_original or self.original
+
+    def call_rows(self) -> float:
+        """The fixed cost of one call through the user's model, in full-length rows: the measured
+        line's intercept over its slope, at least MIN_CALL_ROWS (a CPU line can have an intercept
+        <= 0, see Cost, and yet each call has a cost of its own)."""
+        line = self.user_original
+        if line.per_row <= 0:
+            return DEFAULT_CALL_ROWS
+        return round(max(MIN_CALL_ROWS, line.fixed / line.per_row), 3)
+
+    def cut_to_lengths(self, factor_b1: float, factor_batch: float) -> "Profile":
+        """This profile for a token model whose runtime cuts rows to their length: the original and
+        every slice cost `factor_b1` of their full-length cost at batch 1 and `factor_batch` at the
+        deployment batch (exitc.passes.sequence.length_factors); heads (pooled features, a few
+        layers) and the per-call cost stay. The policy then compares plans with the model that the
+        artifact runs without exits (the original, cut), and speedups stay relative to the user's
+        model (`padded_original`)."""
+        b = self.batch_size
+
+        def cut(c: Cost) -> Cost:
+            return NO_COST if c is NO_COST else Cost.through(c.at(1) * factor_b1, c.at(b) * factor_batch, b)
+
+        return replace(self, original=cut(self.original), slices=[cut(c) for c in self.slices],
+                       padded_original=self.user_original,
+                       timings={**self.timings, "length_factors": {"batch1": factor_b1, f"batch{b}": factor_batch}})
 
     def to_json(self) -> dict:
         return {"batch_size": self.batch_size, "original": asdict(self.original),
                 "slices": [asdict(c) for c in self.slices], "heads": [asdict(c) for c in self.heads],
-                "call_overhead": self.call_overhead, "timings": self.timings}
+                "call_overhead": self.call_overhead, "timings": self.timings,
+                "padded_original": asdict(self.padded_original) if self.padded_original else None}
+
+
+MIN_CALL_ROWS = 0.5
 
 
 def _rows(feeds: dict, n: int) -> dict:

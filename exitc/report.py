@@ -179,10 +179,10 @@ def speed_rows(plan, profile, check) -> list[list[str]]:
     over = plan.full_depth_overhead or {}
     m = check if check is not None and check.measurements else None
     return [
-        [f"throughput, batch {b}", ratio(plan.predicted_speedup if plan.exits else 1.0),
+        [f"throughput, batch {b}", ratio(plan.predicted_speedup),
          ratio(m.throughput_ratio) if m else "-"],
-        ["median latency, batch 1", ratio(pred_med if plan.exits else 1.0), ratio(m.p50_ratio_b1) if m else "-"],
-        ["mean latency, batch 1", ratio(pred_b1 if plan.exits else 1.0), ratio(m.mean_ratio_b1) if m else "-"],
+        ["median latency, batch 1", ratio(pred_med or 1.0), ratio(m.p50_ratio_b1) if m else "-"],
+        ["mean latency, batch 1", ratio(pred_b1 or 1.0), ratio(m.mean_ratio_b1) if m else "-"],
         ["full-depth row's extra cost, batch 1", pct(over.get("batch1")), pct(m.full_depth_overhead_b1) if m else "-"],
         [f"full-depth row's extra cost, batch {b}", pct(over.get(f"batch{b}")),
          pct(m.full_depth_overhead_batch) if m else "-"],
