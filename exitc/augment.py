@@ -44,7 +44,12 @@ STABLE = 0.9          # share of rows whose prediction a perturbation must keep
 STABILITY_ROWS = 256  # fit rows each perturbation is tried on
 MAX_COPIES = 4        # neighbours per fit row at most
 MAX_ROWS = 5000       # neighbours at most
-PROBE_SECONDS = 45.0  # time the original may spend labelling neighbours (measured rate)
+# Arithmetic the original may spend labelling neighbours, in estimated multiply-adds
+# (passes.candidates.estimate_flops): about 45 s of ONNX Runtime on 2 idle cores of our VM (cv_native
+# 0.16 G a row at ~530 rows/s, nlp_austen 1.45 G at ~74 rows/s). A count, not a time: the same
+# calibration set gets the same neighbours, and so the same plan, on a busy machine or an idle one
+# (a time budget gave cv_native 5000 neighbours idle and about 2700 at load 5).
+NEIGHBOUR_MULTIPLY_ADDS = 4e12
 # Small perturbations, one per neighbour, each kind a group of its own that distillation tries
 # separately. Measured on the CV sample from 3000 calibration rows (input exit, MLP head,
 # out-of-fold share of rows taken at 99% precision, real rows only: 0.49): shifts of up to 4% of
@@ -184,7 +189,7 @@ def make_neighbours(inputs: list[TensorInfo], fit: Dataset, fit_pred: np.ndarray
 
     Each perturbation is first tried on STABILITY_ROWS fit rows (those rows are kept as neighbours
     if it is stable); then up to MAX_COPIES neighbours per fit row in all (at most MAX_ROWS, and
-    what the original labels in PROBE_SECONDS at the rate measured on the calibration rows) are
+    what the original computes in NEIGHBOUR_MULTIPLY_ADDS) are
     made, shared equally among the stable perturbations, one perturbation per neighbour."""
     rng = np.random.default_rng(seed + 1)
     kinds = perturbations(inputs, fit.feeds, mask_input)
@@ -207,7 +212,7 @@ def make_neighbours(inputs: list[TensorInfo], fit: Dataset, fit_pred: np.ndarray
     if not used:
         return Neighbours(None, np.zeros(0, np.int64), stability, [])
     groups = [np.full(len(s), j, np.int64) for j, s in enumerate(sources)]
-    budget = int(PROBE_SECONDS / max(probe.seconds_per_row, 1e-6))
+    budget = int(NEIGHBOUR_MULTIPLY_ADDS / max(probe.flops_per_row, 1.0))
     total = min(MAX_COPIES * fit.rows, MAX_ROWS, budget)
     per_kind = max(0, total // len(used) - STABILITY_ROWS)
     for j, name in enumerate(used):

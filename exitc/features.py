@@ -13,7 +13,8 @@ from tqdm import tqdm
 
 from .backends import make_session
 from .data import Dataset, batches
-from .passes.candidates import Candidate
+from .passes.candidates import Candidate, estimate_flops
+from .passes.graph import GraphIndex
 from .passes.heads import softmax
 from .passes.split import probe_model, probe_name
 
@@ -50,6 +51,8 @@ class FeatureProbe:
         self.names = [model.graph.output[0].name] + [probe_name(k) for k in range(len(candidates))]
         self.batch_size = batch_size
         self.seconds_per_row = 0.0  # measured on the last collect()
+        # the original's estimated multiply-adds per row (what a neighbour costs to label)
+        self.flops_per_row = float(sum(estimate_flops(GraphIndex.build(model))))
 
     def collect(self, data: Dataset, batch_size: int | None = None, progress: bool = True,
                 desc: str = "features: run original", is_prob: bool | None = None) -> FeatureCache:

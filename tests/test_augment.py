@@ -68,3 +68,34 @@ def test_neighbours_of_a_held_out_row_never_train_its_out_of_fold_head():
     (head,) = distill_heads([cand], [x], targets, kinds=("linear",), progress=False, l2_grid={"linear": (1e-4,)},
                             neighbours=nb)
     assert head.agreement < 0.5, head.agreement
+
+
+def test_neighbour_budget_is_a_count_of_arithmetic_not_a_time(monkeypatch):
+    """The same rows get the same neighbours however fast the machine labels them (a time budget
+    made plans vary with load); a model that costs more per row gets fewer."""
+    import exitc.augment as augment
+    from exitc.data import Dataset
+    from exitc.features import FeatureProbe
+    from exitc.passes import find_candidates
+    from exitc.passes.normalize import normalize
+
+    from synthetic import tiny_cnn
+
+    model, sig = normalize(tiny_cnn())
+    cands = find_candidates(model)
+    x = np.random.default_rng(0).standard_normal((300, 3, 16, 16)).astype(np.float32)
+    fit = Dataset({"x": x}, None, "mem")
+    counts = []
+    for seconds, flops_budget in [(1e-6, 1e15), (1.0, 1e15), (1e-6, None)]:
+        probe = FeatureProbe(model, cands, None)
+        pred = probe.collect(fit, progress=False).predictions
+        monkeypatch.setattr(augment, "STABLE", 0.0)  # every perturbation counts as stable here
+        if flops_budget is not None:
+            monkeypatch.setattr(augment, "NEIGHBOUR_MULTIPLY_ADDS", flops_budget)
+        else:  # room for 600 neighbours' arithmetic
+            monkeypatch.setattr(augment, "NEIGHBOUR_MULTIPLY_ADDS", 600 * probe.flops_per_row)
+        probe.seconds_per_row = seconds
+        nb = augment.make_neighbours(sig.inputs, fit, pred, None, probe, False, progress=False)
+        counts.append(nb.rows)
+    assert counts[0] == counts[1] == min(augment.MAX_COPIES * 300, augment.MAX_ROWS)
+    assert counts[2] < counts[0]
