@@ -206,16 +206,14 @@ def open_sequence_axis(model: onnx.ModelProto, axis: SequenceAxis, first_only: b
 
     new_nodes: list[onnx.NodeProto] = []
     new_inits: list[onnx.TensorProto] = []
-    first = axis.inputs[0]
     new_inits.append(numpy_helper.from_array(np.array([axis.axis], np.int64), "exitc_seq_axis_1d"))
     new_inits.append(numpy_helper.from_array(np.array(axis.axis, np.int64), "exitc_seq_axis"))
     new_inits.append(numpy_helper.from_array(np.array([0], np.int64), "exitc_seq_zero_1d"))
-    new_nodes.append(helper.make_node("Shape", [first], ["exitc_seq_shape"], name="exitc_seq_shape"))
+    new_nodes.append(helper.make_node("Shape", [axis.inputs[0]], ["exitc_seq_shape"], name="exitc_seq_shape"))
     new_nodes.append(helper.make_node("Gather", ["exitc_seq_shape", "exitc_seq_axis_1d"], [SEQ_LEN_1D],
                                       name=SEQ_LEN_1D, axis=0))
     new_nodes.append(helper.make_node("Gather", ["exitc_seq_shape", "exitc_seq_axis"], [SEQ_LEN_SCALAR],
                                       name=SEQ_LEN_SCALAR, axis=0))
-    rewritten = 0
     for name, arr in consts.items():
         users = uses.get(name, [])
         if not users:
@@ -263,7 +261,6 @@ def open_sequence_axis(model: onnx.ModelProto, axis: SequenceAxis, first_only: b
             replacement = current
         if replacement is None:
             continue
-        rewritten += 1
         for n, k in users:
             n.input[k] = replacement
     # The new nodes read only graph inputs and constants: they go first, after Constant nodes
@@ -273,10 +270,14 @@ def open_sequence_axis(model: onnx.ModelProto, axis: SequenceAxis, first_only: b
     del g.node[:]
     g.node.extend(const_nodes + new_nodes + rest)
     g.initializer.extend(new_inits)
-    read = {name for n in g.node for name in n.input}
-    kept = [t for t in g.initializer if t.name in read or t.name in {i.name for i in g.input}]
+    # Constants no node reads any more (the replaced ones) go.
+    read = {name for n in g.node for name in n.input} | {o.name for o in g.output}
+    kept = [t for t in g.initializer if t.name in read]
     del g.initializer[:]
     g.initializer.extend(kept)
+    nodes = [n for n in g.node if n.op_type != "Constant" or n.output[0] in read]
+    del g.node[:]
+    g.node.extend(nodes)
     del g.value_info[:]
     return model
 
