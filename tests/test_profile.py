@@ -166,3 +166,33 @@ def test_expected_cost_is_never_negative(points, reach_scale, batch):
     p_run = 1.0 - (1.0 - reach) ** batch
     parts = p_run * np.array([s.fixed for s in segs]) + reach * batch * np.array([s.per_row for s in segs])
     assert (parts >= -1e-12).all()
+
+
+def test_cut_to_lengths_prices_the_backbone_cut_and_keeps_the_users_original():
+    """A token model cut to row lengths: the original and the slices cost the length factors of
+    their full-length cost at both batch sizes, heads and the per-call cost stay, speedups stay
+    relative to the padded original (user_original), and call_rows comes from the padded line."""
+    from exitc.passes.sequence import length_factors
+    from exitc.policy import Plan
+
+    p = Profile(8, Cost(0.002, 0.001), [Cost(0.001, 0.0005), NO_COST, Cost(0.001, 0.0005)], [Cost(0.0, 1e-5)] * 2,
+                1e-4)
+    cut = p.cut_to_lengths(0.5, 0.75)
+    assert cut.original.at(1) == pytest.approx(0.5 * p.original.at(1))
+    assert cut.original.at(8) == pytest.approx(0.75 * p.original.at(8))
+    assert cut.slices[0].at(8) == pytest.approx(0.75 * p.slices[0].at(8)) and cut.slices[1] is NO_COST
+    assert cut.heads == p.heads and cut.call_overhead == p.call_overhead
+    assert cut.user_original == p.original and p.user_original == p.original
+    assert cut.call_rows() == p.call_rows() == pytest.approx(2.0)
+    assert cut.to_json()["padded_original"] == {"fixed": 0.002, "per_row": 0.001}
+    # The plan without exits runs the model cut: predicted faster than the user's original.
+    plain = Plan.without_exits(0.99, 0.95, "none", 0, 0, p.original.at(8), p.original.at(1), None,
+                               cut.original.at(8), cut.original.at(1))
+    assert plain.predicted_speedup == pytest.approx(1 / 0.75)
+    # Rows of one length gain nothing; shorter rows gain, never beyond their share of the length.
+    assert length_factors(np.full(100, 16), 2.0, 16, 8) == pytest.approx((1.0, 1.0))
+    f1, fb = length_factors(np.full(100, 4), 2.0, 16, 8)
+    assert f1 == pytest.approx((2.0 + 0.25) / 3.0) and fb == pytest.approx((2.0 + 8 * 0.25) / 10.0)
+    mixed = np.random.default_rng(0).integers(1, 17, size=500)
+    f1, fb = length_factors(mixed, 2.0, 16, 8)
+    assert 0.25 < f1 < 1.0 and 0.25 < fb < 1.0
