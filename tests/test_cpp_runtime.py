@@ -81,3 +81,21 @@ def test_cpp_input_errors_are_exitc_errors(tmp_path):
         model.run({"x": feeds["x"].astype(np.float64)})
     with pytest.raises(ExitcError):
         model.run({"nope": feeds["x"]})
+
+
+def test_cpp_binding_maps_numpy_dtypes_without_names(tmp_path):
+    """The binding reads a numpy dtype by kind and size (str(np.dtype) runs Python code in numpy 2,
+    most of the binding's time per call): every supported dtype still names itself in the error,
+    unsupported and big-endian ones are refused in one line, and outputs keep their dtypes."""
+    path, feeds = _artifact(tmp_path, "cnn")
+    model = cpp.CppExitModel(path)
+    x = feeds["x"][:4]
+    for dtype, name in [(np.float16, "float16"), (np.float64, "float64"), (np.int64, "int64"), (np.int32, "int32"),
+                        (np.uint8, "uint8"), (np.bool_, "bool")]:
+        with pytest.raises(ExitcError, match=f"has dtype {name}, expected float32"):
+            model.run({"x": x.astype(dtype)})
+    for bad in (x.astype(np.complex64), x.astype(">f4")):
+        with pytest.raises(ExitcError, match="unsupported numpy dtype"):
+            model.run({"x": bad})
+    (out,), exit_index = model.run({"x": x})
+    assert out.dtype == np.float32 and exit_index.dtype == np.int64
