@@ -177,8 +177,8 @@ def run_pipeline(front: FrontEnd, out_dir: str, opts: CompileOptions, log=print,
             staging = None
             plan = Plan.without_exits(plan.target, plan.confidence, reason, plan.n_fit, plan.n_certify,
                                       plan.original_cost_batch, plan.original_cost_b1, plan.curve,
-                                      *((profile.original.at(profile.batch_size), profile.original.at(1))
-                                        if profile is not None else ()))
+                                      cost_batch=profile.original.at(profile.batch_size) if profile else None,
+                                      cost_b1=profile.original.at(1) if profile else None)
         mark("emit+verify")
         with stage("report"):
             report.write_reports(staging, manifest, plan, candidates, heads, profile, check, opts)

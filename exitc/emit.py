@@ -23,14 +23,13 @@ from .errors import ExitcError
 from .manifest import FORMAT, MANIFEST, SCHEMA_VERSION, tensor_entry
 from .passes.graph import GraphIndex, default_opset
 from .passes.heads import ExitHead
-from .passes.sequence import DEFAULT_CALL_ROWS
+from .passes.sequence import DEFAULT_CALL_ROWS, SequenceAxis
 from .passes.split import EXIT_INDEX, build_segments, conditional_model, original_form
 
 if TYPE_CHECKING:  # emission only reads these; importing them would pull in the profiler's backends
     from .distill import FittedHead
     from .passes.normalize import Signature
     from .policy import Plan
-    from .passes.sequence import SequenceAxis
     from .profile import Profile
 
 
@@ -136,7 +135,7 @@ class ArtifactSpec:
     emit_probabilities: bool        # heads output probabilities, like the original's prediction output
     original: onnx.ModelProto | None = None  # the batch-1 form "original" (default: model)
     source: dict | None = None       # entries that replace the manifest's "source" section (a front end's)
-    sequence: "SequenceAxis | None" = None  # token inputs whose padding runtimes may drop
+    sequence: SequenceAxis | None = None  # token inputs whose padding runtimes may drop
 
     def exit_heads(self) -> list[ExitHead]:
         """The plan's exit heads (:func:`plan_exit_heads`)."""

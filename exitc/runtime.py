@@ -17,7 +17,7 @@ from .backends import make_session
 from .errors import ExitcError
 from .exit_loop import NUMPY, ExitSpec, Step, needed_after, run_exits
 from .manifest import read_manifest
-from .passes.sequence import DEFAULT_CALL_ROWS, SequenceAxis, length_chunks, row_lengths, trim_feeds
+from .passes.sequence import DEFAULT_CALL_ROWS, SequenceAxis, cut_feeds, length_chunks, longest, row_lengths
 
 
 class ExitModel:
@@ -47,8 +47,7 @@ class ExitModel:
         seq = m.get("sequence")
         # Token inputs whose padding is dropped per call, and the batch split by length
         # (exitc.passes.sequence); None: every row runs at the interface's length.
-        self.sequence = (SequenceAxis(tuple(seq["inputs"]), seq["mask"], int(seq["length"]), int(seq.get("axis", 1)))
-                         if seq else None)
+        self.sequence = SequenceAxis.from_manifest(seq) if seq else None
         self._call_rows = float(seq.get("call_rows", DEFAULT_CALL_ROWS)) if seq else DEFAULT_CALL_ROWS
         self._lock = threading.Lock()
         self._exit_counts = np.zeros(self.num_exits + 1, np.int64)
@@ -89,14 +88,15 @@ class ExitModel:
         seq = self.sequence
         if seq is None or batch == 0:
             return self._run_rows(state, batch)
-        chunks = length_chunks(row_lengths(state[seq.mask]), self._call_rows, seq.length)
+        lengths = row_lengths(state[seq.mask])
+        chunks = length_chunks(lengths, self._call_rows, seq.length)
         if len(chunks) == 1:
-            return self._run_rows(trim_feeds(state, seq), batch)
+            return self._run_rows(cut_feeds(state, seq, longest(lengths)), batch)
         outputs: list[np.ndarray] = []
         exit_index = np.empty(batch, np.int64)
         for rows in chunks:
             part = {k: np.take(v, rows, axis=self._batch_axes.get(k, 0)) for k, v in state.items()}
-            outs, exits = self._run_rows(trim_feeds(part, seq), len(rows))
+            outs, exits = self._run_rows(cut_feeds(part, seq, longest(lengths[rows])), len(rows))
             if not outputs:
                 outputs = [np.zeros((batch,) + o.shape[1:], o.dtype) for o in outs]
             for dest, o in zip(outputs, outs):

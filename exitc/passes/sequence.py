@@ -57,6 +57,11 @@ class SequenceAxis:
     def to_manifest(self) -> dict:
         return {"axis": self.axis, "inputs": list(self.inputs), "mask": self.mask, "length": self.length}
 
+    @classmethod
+    def from_manifest(cls, section: dict) -> "SequenceAxis":
+        """The inverse of :meth:`to_manifest` (extra keys such as ``call_rows`` ignored)."""
+        return cls(tuple(section["inputs"]), section["mask"], int(section["length"]), int(section.get("axis", 1)))
+
 
 def row_lengths(mask: np.ndarray) -> np.ndarray:
     """Per row: one past the last non-zero mask entry (0 for an all-zero row)."""
@@ -65,24 +70,33 @@ def row_lengths(mask: np.ndarray) -> np.ndarray:
     return np.where(nz.any(axis=1), last, 0)
 
 
+def longest(lengths: np.ndarray) -> int:
+    """The length rows of these `lengths` run at together: the longest, at least 1. The rule
+    every runtime implements (the reference runtime, runtime/src/sequence.cpp)."""
+    return max(1, int(np.max(lengths)))
+
+
 def trimmed_length(mask: np.ndarray) -> int:
-    """The length a batch runs at: its longest row, at least 1. The definition every runtime
-    implements (the reference runtime's numpy code below, runtime/src/sequence.cpp)."""
+    """The length a batch with this mask runs at (:func:`longest` of its rows)."""
     if mask.shape[0] == 0:
         return int(mask.shape[1])
-    return max(1, int(row_lengths(mask).max()))
+    return longest(row_lengths(mask))
 
 
-def trim_feeds(feeds: dict, axis: SequenceAxis) -> dict:
-    """`feeds` with the sequence inputs cut to :func:`trimmed_length` of the mask (the others as
-    they are). Feeds already at that length are returned unchanged."""
-    n = trimmed_length(feeds[axis.mask])
+def cut_feeds(feeds: dict, axis: SequenceAxis, n: int) -> dict:
+    """`feeds` with the sequence inputs cut to length `n` (the others as they are); unchanged
+    where they are no longer than that."""
     if n >= feeds[axis.mask].shape[axis.axis]:
         return feeds
     out = dict(feeds)
     for name in axis.inputs:
         out[name] = np.ascontiguousarray(feeds[name][:, :n])
     return out
+
+
+def trim_feeds(feeds: dict, axis: SequenceAxis) -> dict:
+    """`feeds` cut to :func:`trimmed_length` of their mask (:func:`cut_feeds`)."""
+    return cut_feeds(feeds, axis, trimmed_length(feeds[axis.mask]))
 
 
 def length_chunks(lengths: np.ndarray, call_rows: float, full_length: int) -> list[np.ndarray]:
@@ -92,12 +106,17 @@ def length_chunks(lengths: np.ndarray, call_rows: float, full_length: int) -> li
     dynamic programme over the cut points, O(batch^2). Returns the row indices of each chunk,
     shortest rows first. runtime/src/sequence.cpp implements the same rule; ties go to the
     fewest chunks in both."""
+    return _cheapest_split(lengths, call_rows, full_length)[0]
+
+
+def _cheapest_split(lengths: np.ndarray, call_rows: float, full_length: int) -> tuple[list[np.ndarray], float]:
+    """:func:`length_chunks` and what that split costs (in full-length rows)."""
     lengths = np.asarray(lengths)
     order = np.argsort(lengths, kind="stable")
     n = len(order)
-    if n <= 1:
-        return [order]
     sorted_len = lengths[order].astype(np.float64) / float(full_length)
+    if n <= 1:
+        return [order], float(call_rows + sorted_len.sum())
     best = np.full(n + 1, np.inf)
     best[0] = 0.0
     cut = np.zeros(n + 1, np.int64)
@@ -111,15 +130,15 @@ def length_chunks(lengths: np.ndarray, call_rows: float, full_length: int) -> li
     while j > 0:
         bounds.append((int(cut[j]), j))
         j = int(cut[j])
-    return [order[a:b] for a, b in reversed(bounds)]
+    return [order[a:b] for a, b in reversed(bounds)], float(best[n])
 
 
 def length_factors(lengths: np.ndarray, call_rows: float, full_length: int, batch_size: int,
                    samples: int = 200, seed: int = 0) -> tuple[float, float]:
     """What cutting rows to their length does to the cost of a call, as factors on its
-    full-length cost, priced like :func:`length_chunks` prices a part (a call's fixed cost plus
+    full-length cost, priced as :func:`length_chunks` prices its split (a call's fixed cost plus
     each row at its part's length, in full-length rows): at batch 1 the mean over `lengths`, at
-    `batch_size` the mean over `samples` random batches of the rows split by the same rule.
+    `batch_size` the mean over `samples` random batches of the rows split by that rule.
     Linear in length: attention's quadratic term makes real savings somewhat larger."""
     lengths = np.maximum(np.asarray(lengths), 1)
     rel = lengths / float(full_length)
@@ -129,8 +148,7 @@ def length_factors(lengths: np.ndarray, call_rows: float, full_length: int, batc
     total = 0.0
     for _ in range(samples):
         batch = lengths[rng.choice(len(lengths), size=n, replace=False)]
-        parts = length_chunks(batch, call_rows, full_length)
-        total += sum(call_rows + len(p) * batch[p].max() / full_length for p in parts) / (call_rows + n)
+        total += _cheapest_split(batch, call_rows, full_length)[1] / (call_rows + n)
     return factor_b1, total / samples
 
 
