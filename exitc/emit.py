@@ -185,12 +185,13 @@ def stage(out_dir: str, spec: ArtifactSpec) -> tuple[str, dict]:
 
 
 def write_batch1_form(staging: str, manifest: dict, batch1: str, model, segments=None) -> None:
-    """conditional.onnx, the artifact's batch-1 form: the single graph with If nodes over the
-    segments (`batch1` "exits"), or the original model itself ("original": batch-1 requests run
-    it where exits would make the median request slower, exitc.policy.batch1_exits). For the
-    latter, `model` should be the prepared model without observed shapes (driver.load_stage's
-    reference): on the NLP samples the copy with observed value_infos ran 6-8% slower in ORT."""
-    if batch1 == "original":
+    """conditional.onnx, the artifact's batch-1 form (exitc.policy.batch1_forms): the single graph
+    with If nodes over the segments (`batch1` "exits"), or the original model itself: for
+    "original" every batch-1 request runs it, for "first_exit" the requests that segment 0's exit
+    does not take (the manifest's `after_first_exit`). For the original, `model` should be the
+    prepared model without observed shapes (driver.load_stage's reference): on the NLP samples the
+    copy with observed value_infos ran 6-8% slower in ORT."""
+    if batch1 in ("original", "first_exit"):
         cond, form = original_form(model, len(manifest["segments"]) - 1), "original"
     else:
         cond, form = conditional_model(segments, model), "if"
@@ -198,6 +199,8 @@ def write_batch1_form(staging: str, manifest: dict, batch1: str, model, segments
     onnx.save(cond, os.path.join(staging, COND_FILE))
     manifest["conditional"] = {"file": COND_FILE, "form": form,
                                "outputs": [manifest["prediction_output"], EXIT_INDEX]}
+    if batch1 == "first_exit":
+        manifest["conditional"]["after_first_exit"] = True
     _write_manifest(staging, manifest)
 
 

@@ -210,6 +210,10 @@ def print_summary(result, log=print) -> None:
         log({"original": "batch-1 requests run the original model (with exits, fewer than half the rows would "
                          "leave early and the median request would be slower); batches use the exits",
              "conditional": "batch-1 requests run conditional.onnx (one graph with If nodes)",
+             "first_exit": ("batch-1 requests run exit 0, then the original model if it does not take them (a "
+                            "request that runs to the end pays "
+                            f"{(plan.full_depth_overhead or {}).get('batch1_first_exit', 0.0) * 100:+.1f}% predicted "
+                            "for that exit); batches use every exit"),
              "segmented": "batch-1 requests run the segments"}.get(form, form))
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in result.stage_seconds.items())
     log(f"compiled in {result.seconds:.1f}s ({stages}) -> {result.out_dir}")

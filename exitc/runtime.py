@@ -41,6 +41,9 @@ class ExitModel:
         cond = m.get("conditional")
         self._conditional = (make_session(os.path.join(path, cond["file"]), os.path.join(path, cond["file"]), threads)
                              if cond and use_conditional and not full_depth else None)
+        # The first-exit batch-1 form: a batch-1 request runs segment 0 and its exit first, and the
+        # conditional file (the original) only if that exit does not take it.
+        self._after_first_exit = bool(cond and cond.get("after_first_exit")) and self._conditional is not None
         self._steps = steps_of_manifest(m)
         self._needed_after = needed_after(self._steps)  # tensor names still needed after segment i
         self._batch_axes = {t["name"]: int(t.get("batch_axis", 0)) for t in list(m["inputs"]) + list(m["carried"])}
@@ -108,26 +111,40 @@ class ExitModel:
 
     def _run_rows(self, state: dict[str, np.ndarray], batch: int) -> tuple[list[np.ndarray], np.ndarray]:
         """One call's rows through the batch-1 form or the exit loop."""
-        if batch == 1 and self._conditional is not None:
-            outs = self._conditional.run(state)
-            exit_index = outs[-1].astype(np.int64)
-            self._count(exit_index)
-            return list(outs[:-1]), exit_index
         results: dict[str, np.ndarray] = {}
         for spec in self.manifest["outputs"]:  # exited rows of non-prediction outputs stay zero
             if spec["name"] == self.prediction_output:
                 results[spec["name"]] = np.zeros((batch, self.num_classes), np.dtype(spec["dtype"]))
-        loop = run_exits(self._steps, self._run_segment, state, batch, results, self.prediction_output, NUMPY,
-                         self._needed_after, self._batch_axes, self.full_depth)
-        exit_index, overhead = loop.exit_index, loop.overhead_seconds
+        if batch == 1 and self._conditional is not None:
+            exit_index = self._first_exit(state, results) if self._after_first_exit else None
+            if exit_index is None:
+                outs = self._conditional.run(state)
+                exit_index = outs[-1].astype(np.int64)
+                self._count(exit_index)
+                return list(outs[:-1]), exit_index
+        else:
+            loop = run_exits(self._steps, self._run_segment, state, batch, results, self.prediction_output, NUMPY,
+                             self._needed_after, self._batch_axes, self.full_depth)
+            exit_index = loop.exit_index
+            with self._lock:
+                self.overhead_seconds += loop.overhead_seconds
         self._count(exit_index)
-        with self._lock:
-            self.overhead_seconds += overhead
         for spec in self.manifest["outputs"]:  # outputs no row reached: zeros of the declared shape
             if spec["name"] not in results:
                 dims = [d if isinstance(d, int) else 0 for d in spec["shape"][1:]]
                 results[spec["name"]] = np.zeros([batch] + dims, np.dtype(spec["dtype"]))
         return [results[n] for n in self.output_names], exit_index
+
+    def _first_exit(self, state: dict[str, np.ndarray], results: dict[str, np.ndarray]) -> np.ndarray | None:
+        """The first-exit batch-1 form's first step: segment 0 and its exit on the one row. Its exit
+        index (0) with its logits written into `results` where the exit takes the row, else None
+        (the row runs the original)."""
+        ex = self._steps[0].exit
+        outs = self._run_segment(0, state)
+        if not bool(NUMPY.at_least(outs[ex.score], ex.threshold)[0]):
+            return None
+        results[self.prediction_output][:] = outs[ex.logits]
+        return np.full(1, ex.index, np.int64)
 
     def _run_segment(self, i: int, state: dict) -> dict:
         step = self._steps[i]

@@ -30,6 +30,7 @@ from .backends import make_session
 from .data import Dataset, batches
 from .measure import batch1_latencies, run_all, run_interleaved
 from .passes.normalize import Signature, resize_feeds
+from .policy import MEDIAN_TOLERANCE
 
 if TYPE_CHECKING:
     from .options import CompileOptions
@@ -56,7 +57,8 @@ class Verification:
     mean_ratio_b1: float | None = None
     full_depth_overhead_b1: float | None = None
     latency_ms_b1: dict = field(default_factory=dict)  # mean and p50 per form
-    batch1_form: str = "segmented"         # what the artifact runs at batch 1: segmented | conditional | original
+    # what the artifact runs at batch 1: segmented | conditional (the If-graph) | first_exit | original
+    batch1_form: str = "segmented"
     measurements: int = 0
 
     notes: list[str] = field(default_factory=list)     # decisions taken on these measurements
@@ -65,7 +67,9 @@ class Verification:
         return self.throughput_ratio is not None and self.throughput_ratio < 1.0
 
     def slower_batch1(self) -> bool:
-        return self.p50_ratio_b1 is not None and self.p50_ratio_b1 < 1.0
+        """The median batch-1 request measured slower than the original's by more than the
+        policy's MEDIAN_TOLERANCE (what it predicted it may pay)."""
+        return self.p50_ratio_b1 is not None and self.p50_ratio_b1 < 1.0 / (1.0 + MEDIAN_TOLERANCE)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -181,23 +185,24 @@ def measure(path: str, model: onnx.ModelProto, data: Dataset, batch_size: int, h
     result.measurements = k + 1
 
 
-def choose_batch1(result: Verification, conditional_form: str | None) -> str:
-    """The batch-1 form to keep, from the measured latencies: with exits at batch 1 (the
-    conditional form is the If-graph, or absent) the faster of the segments and the If-graph by
-    mean; with `conditional_form` "original" (the policy's choice, policy.batch1_exits) the
-    original. Sets the batch-1 ratios of `result` for that form."""
+def choose_batch1(result: Verification, conditional: dict | None) -> str:
+    """The batch-1 form to keep, from the measured latencies. The manifest's `conditional` says
+    what the policy chose (policy.batch1_forms): the original model (form "original"), the first
+    exit then the original ("original" with `after_first_exit`), or exits at batch 1 (the
+    If-graph, form "if", or no conditional file), where the faster of the segments and the
+    If-graph by mean is kept. Sets the batch-1 ratios of `result` for that form."""
     lat = result.latency_ms_b1
-    if conditional_form == "original":
-        form = "conditional"
-    elif conditional_form == "if" and lat["conditional"]["mean_ms"] < lat["segmented"]["mean_ms"]:
-        form = "conditional"
+    kind = (conditional or {}).get("form")
+    if kind == "original":
+        measured, name = "conditional", ("first_exit" if conditional.get("after_first_exit") else "original")
+    elif kind == "if" and lat["conditional"]["mean_ms"] < lat["segmented"]["mean_ms"]:
+        measured = name = "conditional"
     else:
-        form = "segmented"
-    result.p50_ratio_b1 = lat["original"]["p50_ms"] / lat[form]["p50_ms"]
-    result.mean_ratio_b1 = lat["original"]["mean_ms"] / lat[form]["mean_ms"]
-    result.batch1_form = "original" if conditional_form == "original" else ("conditional" if form == "conditional"
-                                                                           else "segmented")
-    return result.batch1_form
+        measured = name = "segmented"
+    result.p50_ratio_b1 = lat["original"]["p50_ms"] / lat[measured]["p50_ms"]
+    result.mean_ratio_b1 = lat["original"]["mean_ms"] / lat[measured]["mean_ms"]
+    result.batch1_form = name
+    return name
 
 
 def verify_stage(staging: str, manifest: dict, model: onnx.ModelProto, sig: Signature, holdout: Dataset, plan: Plan,
@@ -215,7 +220,7 @@ def verify_stage(staging: str, manifest: dict, model: onnx.ModelProto, sig: Sign
     def measure_and_choose() -> str:
         cond = manifest.get("conditional")
         measure(staging, model, holdout, opts.batch_size, cond is not None, check)
-        return choose_batch1(check, cond["form"] if cond else None)
+        return choose_batch1(check, cond)
 
     measure_and_choose()
     # Costs given for another machine (opts.cost_profile) outrank timings taken here: informational.
@@ -223,8 +228,9 @@ def verify_stage(staging: str, manifest: dict, model: onnx.ModelProto, sig: Sign
     if act and (check.slower_batch() or check.slower_batch1()):
         measure_and_choose()  # a borderline first measurement: measure again (ratios are averaged)
     if act and check.batch1_form != "original" and check.slower_batch1():
-        note = (f"the median batch-1 request measured {check.p50_ratio_b1:.2f}x with exits; batch-1 requests run "
-                "the original model")
+        note = (f"the median batch-1 request measured {check.p50_ratio_b1:.2f}x "
+                f"{'with the first exit' if check.batch1_form == 'first_exit' else 'with exits'}; batch-1 requests "
+                "run the original model")
         log(f"exitc: {note}")
         check.notes.append(note)
         plan.batch1 = "original"
@@ -232,7 +238,7 @@ def verify_stage(staging: str, manifest: dict, model: onnx.ModelProto, sig: Sign
         emit.write_batch1_form(staging, manifest, "original", model)
         check.latency_ms_b1.pop("conditional", None)  # that was the If-graph
         measure(staging, model, holdout, opts.batch_size, True, check)
-        choose_batch1(check, "original")
+        choose_batch1(check, manifest["conditional"])
     elif check.batch1_form == "segmented" and manifest.get("conditional"):
         emit.drop_conditional(staging, manifest)
     manifest["profile"]["measured"] = {

@@ -225,3 +225,47 @@ def test_emit_does_not_import_the_runtime_or_the_profiler():
             "'exitc.backends', 'exitc.cpp_runtime', 'onnxruntime', 'torch') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_first_exit_batch1_form_in_both_runtimes(setup, tmp_path):
+    """The first-exit batch-1 form (policy.batch1_forms "first_exit"): a batch-1 request that exit
+    0 takes gets exit 0's logits and index 0, every other request the original's outputs and
+    index len(exits); at larger batches the plan's exits run as before. Thresholds put rows on
+    both sides of exit 0; the Python reference and libexitc (where built) agree row by row."""
+    from exitc.runtime import ExitModel
+
+    model, sig, _, _, _, _, feeds, cache = setup
+    probe = emit.stage(str(tmp_path / "probe"), spec(setup, make_plan([0, 2], [0.6, 0.7])))[0]
+    score0 = run_segments(probe, read_manifest(probe), feeds)["exitc_exit0_score"]
+    t0 = float(np.median(score0))
+    out = str(tmp_path / "first.exitc")
+    staging, manifest = emit.stage(out, spec(setup, make_plan([0, 2], [t0, 2.0], batch1="first_exit")))
+    emit.commit(staging, out, force=False)
+    cond = read_manifest(out)["conditional"]
+    assert cond["form"] == "original" and cond["after_first_exit"] is True
+    takes = score0 >= np.float32(t0)
+    assert 0 < takes.sum() < ROWS, "rows on both sides of exit 0"
+    state = run_segments(out, manifest, feeds)
+    runtimes = [ExitModel(out)]
+    try:
+        from exitc.cpp_runtime import CppExitModel
+        runtimes.append(CppExitModel(out))
+    except ImportError:
+        pass  # libexitc not built here: the reference alone
+    for rt in runtimes:
+        for i in range(ROWS):
+            (got,), idx = rt.run({k: v[i:i + 1] for k, v in feeds.items()})
+            if takes[i]:
+                assert idx[0] == 0
+                np.testing.assert_allclose(got[0], state["exitc_exit0_logits"][i], rtol=1e-5, atol=1e-5)
+            else:
+                assert idx[0] == 2, "a request exit 0 does not take runs the original to the end"
+                np.testing.assert_allclose(got[0], cache.outputs[i], rtol=1e-5, atol=1e-5)
+        (batch,), idx = rt.run(feeds)
+        assert ((idx == 0) == takes).all(), "batches keep the plan's exits"
+    # A reader that ignores after_first_exit runs the original for every batch-1 request: exact.
+    plain = ExitModel(out)
+    plain._after_first_exit = False
+    (got,), idx = plain.run({k: v[:1] for k, v in feeds.items()})
+    np.testing.assert_allclose(got, cache.outputs[:1], rtol=1e-5, atol=1e-5)
+    assert idx[0] == 2

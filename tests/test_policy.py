@@ -8,7 +8,8 @@ from exitc.distill import FittedHead, fit_gate
 from exitc.options import CompileOptions
 from exitc.passes.candidates import Candidate
 from exitc.passes.heads import gate_scores, softmax
-from exitc.policy import Plan, choose_plan, policy_stage, required_rate, simulate, thresholds_for
+from exitc.policy import (BATCH1_FORMS, MEDIAN_TOLERANCE, CostModel, Plan, batch1_forms, choose_plan, policy_stage,
+                          required_rate, simulate, thresholds_for)
 from exitc.profile import Cost, Profile
 from exitc.stats import clopper_pearson_lower
 
@@ -159,3 +160,31 @@ def test_threshold_family_is_monotone():
     assert (th[0] > 1).all()
     assert (np.diff(th[1:], axis=0) <= 0).all()  # larger mu: lower thresholds
     assert (th[2, 0] < th[2, 1] < th[2, 2])  # earlier exits (more saving) get lower thresholds
+
+
+def test_batch1_forms_first_exit_where_a_cheap_first_exit_takes_a_minority():
+    """batch1_forms on hand-made costs: a first exit that costs 0.5% of the original and takes 40%
+    of the rows cannot carry the median request, and the deeper exits would make every request
+    that runs to the end pay for their heads and calls; the first-exit form (exit 0, then the
+    original in one call) keeps the median request within MEDIAN_TOLERANCE and cuts the mean. The
+    same exit at 5% of the original is not admitted (the original runs); where it takes 60% the
+    cheaper-by-mean of the exits and the first-exit form wins; without never_slower the exits run."""
+    def profile(first_cost):
+        slices = [Cost(0.0, first_cost)] + [Cost(1e-4, 1e-3)] * 3
+        return Profile(1, Cost(3e-4, 3e-3 + first_cost), slices, [Cost(0.0, 0.0)] + [Cost(2e-5, 1e-5)] * 2, 0.0)
+
+    reach = np.array([[1.0, 0.60, 0.55, 0.52],     # 40% leave at exit 0, 48% early in all
+                      [1.0, 0.40, 0.35, 0.30]])    # 60% leave at exit 0
+    cm = CostModel(profile(2e-5))                  # first exit: 0.6% of the original at batch 1
+    orig = cm.p.original.at(1)
+    form, mean, median = batch1_forms(cm, [0, 1, 2], reach)
+    first = cm.segments([0, 1, 2])[0].at(1)
+    assert BATCH1_FORMS[form[0]] == "first_exit"
+    assert np.isclose(mean[0], first + 0.60 * orig) and np.isclose(median[0], first + orig)
+    assert median[0] <= orig * (1 + MEDIAN_TOLERANCE) < cm.median_latency([0, 1, 2], reach[:1])[0]
+    exits_mean = cm.expected([0, 1, 2], reach[1:], 1)[0]
+    assert mean[1] == min(exits_mean, first + 0.40 * orig) and median[1] == first
+    form, mean, median = batch1_forms(CostModel(profile(2e-4)), [0, 1, 2], reach[:1])   # 6% of the original
+    assert BATCH1_FORMS[form[0]] == "original" and mean[0] == median[0]
+    form, _, _ = batch1_forms(cm, [0, 1, 2], reach, never_slower=False)
+    assert [BATCH1_FORMS[f] for f in form] == ["exits", "exits"]

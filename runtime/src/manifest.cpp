@@ -228,6 +228,14 @@ Manifest Manifest::parse(const std::string& json_text, const std::string& origin
     if (cond_it != root.end() && !cond_it->is_null()) {
         if (!cond_it->is_object()) r.fail("conditional", "must be an object or null");
         m.conditional_file = r.string(*cond_it, "conditional", "file");
+        auto first_it = cond_it->find("after_first_exit");
+        if (first_it != cond_it->end() && !first_it->is_null()) {
+            if (!first_it->is_boolean())
+                r.fail("conditional.after_first_exit", "must be true or false, got " + std::string(first_it->type_name()));
+            m.conditional_after_first_exit = first_it->get<bool>();
+        }
+        if (m.conditional_after_first_exit && m.num_exits() == 0)
+            r.fail("conditional.after_first_exit", "is true but the model has no exit");
     }
 
     auto seq_it = root.find("sequence");

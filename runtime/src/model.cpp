@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <limits>
 #include <map>
 #include <set>
 #include <sstream>
@@ -114,9 +115,13 @@ struct Model::Impl {
     int64_t validate_feeds(const std::vector<NamedTensorView>& feeds, std::vector<TensorView>& by_input) const;
     // Both add the time spent inside SegmentExecutor::run to `engine_ns`.
     void run_conditional(const std::vector<TensorView>& inputs, RunResult& result, uint64_t& engine_ns) const;
-    void run_segments(const std::vector<TensorView>& inputs, int64_t batch, Workspace& ws, RunResult& result,
-                      uint64_t& engine_ns) const;
-    // The batch-1 form at batch 1, else the segments (no sequence handling).
+    // The exit loop over the segments before `stop_before` (all by default). Returns whether every
+    // row has its result; where not (stopped early), the rows left have exit index -1 and no
+    // output has been completed for them.
+    bool run_segments(const std::vector<TensorView>& inputs, int64_t batch, Workspace& ws, RunResult& result,
+                      uint64_t& engine_ns, std::size_t stop_before = std::numeric_limits<std::size_t>::max()) const;
+    // The batch-1 form at batch 1 (for the first-exit form: segment 0 and its exit, then the
+    // conditional file if the row is left), else the segments (no sequence handling).
     void run_rows(const std::vector<TensorView>& inputs, int64_t batch, RunResult& result, uint64_t& engine_ns) const;
     // A token model (manifest "sequence"): the batch split by length, each part run_rows at its
     // longest row's length.
@@ -349,8 +354,8 @@ void Model::Impl::run_conditional(const std::vector<TensorView>& inputs, RunResu
     result.exit_index.assign(1, e);
 }
 
-void Model::Impl::run_segments(const std::vector<TensorView>& inputs, int64_t batch, Workspace& ws,
-                               RunResult& result, uint64_t& engine_ns) const {
+bool Model::Impl::run_segments(const std::vector<TensorView>& inputs, int64_t batch, Workspace& ws,
+                               RunResult& result, uint64_t& engine_ns, std::size_t stop_before) const {
     ws.reset(slots.size());
     for (std::size_t i = 0; i < inputs.size(); ++i) {
         ws.state[i] = inputs[i];
@@ -378,6 +383,7 @@ void Model::Impl::run_segments(const std::vector<TensorView>& inputs, int64_t ba
 
     const std::size_t last = segments.size() - 1;
     for (std::size_t s = 0; s < segments.size(); ++s) {
+        if (s == stop_before) return false;  // rows are left: the caller runs them another way
         const SegmentPlan& plan = segments[s];
         const int64_t rows = static_cast<int64_t>(ws.active.size());
         ws.feeds.clear();
@@ -470,11 +476,16 @@ void Model::Impl::run_segments(const std::vector<TensorView>& inputs, int64_t ba
         }
     }
     finish_unwritten_outputs(result, allocated, batch);
+    return true;
 }
 
 void Model::Impl::run_rows(const std::vector<TensorView>& inputs, int64_t batch, RunResult& result,
                            uint64_t& engine_ns) const {
     if (batch == 1 && conditional) {
+        if (manifest.conditional_after_first_exit) {
+            auto ws = workspaces.acquire();
+            if (run_segments(inputs, 1, *ws, result, engine_ns, 1)) return;  // exit 0 took the row
+        }
         run_conditional(inputs, result, engine_ns);
     } else {
         auto ws = workspaces.acquire();

@@ -108,6 +108,8 @@ EXITC_TEST(bad_fields_name_the_field) {
         {[](json& m) { m["segments"][0]["carry_out"] = {"undeclared"}; }, "field 'segments[0].carry_out[0]' names 'undeclared'"},
         {[](json& m) { m["segments"][2]["outputs"] = {"other"}; }, "field 'segments[2].outputs'"},
         {[](json& m) { m["outputs"][0]["shape"] = {"batch", -3}; }, "field 'outputs[0].shape[1]'"},
+        {[](json& m) { m["conditional"]["after_first_exit"] = "yes"; },
+         "field 'conditional.after_first_exit' must be true or false, got string"},
     };
     for (const auto& c : cases) {
         const auto dir = scratch_copy("tiny.exitc", c.edit);

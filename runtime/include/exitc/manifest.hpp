@@ -66,6 +66,9 @@ struct Manifest {
     std::vector<TensorSpec> carried;
     std::vector<Segment> segments;
     std::optional<std::string> conditional_file;  // relative to the artifact directory
+    // The first-exit batch-1 form: a batch-1 call runs segment 0 and its exit first, and the
+    // conditional file only for a row that exit does not take.
+    bool conditional_after_first_exit = false;
     std::optional<SequenceSpec> sequence;
 
     std::size_t num_exits() const noexcept { return segments.empty() ? 0 : segments.size() - 1; }
