@@ -95,11 +95,13 @@ class Plan:
 # noise of +-1.1% on 2000 rows).
 MEDIAN_MARGIN = 0.02
 # "No slower" at batch 1 means a predicted median request at most this much slower than the
-# original's. It admits the first-exit form (batch1_forms) where its head costs the median request
-# less than the timing noise of one call (on the NLP sample 0.6% of a request) and takes a third
-# of the requests almost for free; a head that costs more (cv_native's input head on 160 px
-# images: 7% of a request) is not admitted where the median request runs to the end.
-MEDIAN_TOLERANCE = 0.01
+# original's: about the run-to-run spread of a p50 on our 2-core VM (the artifact running the
+# original itself measured 0.96x-1.0x of the original in exitc bench). It admits the first-exit
+# form (batch1_forms) where the first segment costs a request that runs to the end less than
+# that: on the NLP sample (embeddings and the input exit's head, one more call) 1.5% predicted,
+# for 32% of the requests leaving almost for free; cv_native's input head on 160 px images
+# (7% of a request) is not admitted where the median request runs to the end.
+MEDIAN_TOLERANCE = 0.02
 
 
 class CostModel:

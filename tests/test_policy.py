@@ -163,7 +163,7 @@ def test_threshold_family_is_monotone():
 
 
 def test_batch1_forms_first_exit_where_a_cheap_first_exit_takes_a_minority():
-    """batch1_forms on hand-made costs: a first exit that costs 0.5% of the original and takes 40%
+    """batch1_forms on hand-made costs: a first exit that costs 1.2% of the original and takes 40%
     of the rows cannot carry the median request, and the deeper exits would make every request
     that runs to the end pay for their heads and calls; the first-exit form (exit 0, then the
     original in one call) keeps the median request within MEDIAN_TOLERANCE and cuts the mean. The
@@ -171,11 +171,11 @@ def test_batch1_forms_first_exit_where_a_cheap_first_exit_takes_a_minority():
     cheaper-by-mean of the exits and the first-exit form wins; without never_slower the exits run."""
     def profile(first_cost):
         slices = [Cost(0.0, first_cost)] + [Cost(1e-4, 1e-3)] * 3
-        return Profile(1, Cost(3e-4, 3e-3 + first_cost), slices, [Cost(0.0, 0.0)] + [Cost(2e-5, 1e-5)] * 2, 0.0)
+        return Profile(1, Cost(3e-4, 3e-3 + first_cost), slices, [Cost(0.0, 0.0)] + [Cost(2e-5, 5e-5)] * 2, 2e-5)
 
     reach = np.array([[1.0, 0.60, 0.55, 0.52],     # 40% leave at exit 0, 48% early in all
                       [1.0, 0.40, 0.35, 0.30]])    # 60% leave at exit 0
-    cm = CostModel(profile(2e-5))                  # first exit: 0.6% of the original at batch 1
+    cm = CostModel(profile(2e-5))                  # first exit: 1.2% of the original at batch 1, every exit 6.6%
     orig = cm.p.original.at(1)
     form, mean, median = batch1_forms(cm, [0, 1, 2], reach)
     first = cm.segments([0, 1, 2])[0].at(1)
