@@ -190,13 +190,14 @@ def thresholds_for(saved: np.ndarray, mus: np.ndarray) -> np.ndarray:
 
 def full_depth_overhead(cm: CostModel, exits: list[int]) -> dict:
     """Relative extra cost of the full-depth path (every head and segment call on the way) over the
-    original, at batch 1 and at the deployment batch; and of a full-depth request under the
-    first-exit batch-1 form ("batch1_first_exit")."""
+    original, at batch 1 and at the deployment batch; and what the first-exit batch-1 form adds to
+    a request that runs to the end ("batch1_first_exit")."""
     p = cm.p
     segs = cm.segments(exits)
     over = {f"batch{b}": float(sum(s.at(b) for s in segs) / p.user_original.at(b) - 1.0) for b in (1, p.batch_size)}
-    # the first-exit form's full-depth request (batch1_forms): the first segment and head, then the original
-    over["batch1_first_exit"] = float((segs[0].at(1) + p.original.at(1)) / p.user_original.at(1) - 1.0) if exits else 0.0
+    # what the first-exit form's first segment adds to a batch-1 request that runs to the end
+    # (batch1_forms), relative to the model it then runs (the original, or a token model cut)
+    over["batch1_first_exit"] = float(segs[0].at(1) / p.original.at(1)) if exits else 0.0
     return over
 
 
