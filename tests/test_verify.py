@@ -1,0 +1,61 @@
+"""The verify stage's batch-1 decisions (exitc.verify): where batch-1 requests run the original,
+the first-exit form is measured beside it and kept only where it keeps the median request within
+the policy's tolerance and lowers the mean; the staged manifest says what was kept."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from exitc import emit, verify
+from exitc.data import Dataset
+from exitc.manifest import read_manifest
+from exitc.policy import MEDIAN_TOLERANCE
+
+from test_emit import make_plan, setup, spec  # noqa: F401  (setup: the module fixture)
+
+
+def _lat(original, conditional, first_exit):
+    return {"original": np.asarray(original, float), "conditional": np.asarray(conditional, float),
+            "first_exit": np.asarray(first_exit, float)}
+
+
+def test_first_exit_wins_needs_the_median_within_tolerance_and_a_lower_mean():
+    orig = [1.0] * 10
+    # 4 of 10 requests leave at exit 0 almost free; the others pay 1% more than the original
+    fast = [0.05] * 4 + [1.01] * 6
+    assert verify.first_exit_wins(_lat(orig, orig, fast))
+    # the same at 5% more: the median request is slower than the tolerance allows
+    slow = [0.05] * 4 + [1.0 + 2.5 * MEDIAN_TOLERANCE] * 6
+    assert not verify.first_exit_wins(_lat(orig, orig, slow))
+    # within tolerance but no gain on average (nothing leaves early)
+    assert not verify.first_exit_wins(_lat(orig, orig, [1.01] * 10))
+    # most requests leave at exit 0: the median request itself is faster
+    assert verify.first_exit_wins(_lat(orig, orig, [0.05] * 6 + [1.5] * 4))
+
+
+@pytest.mark.parametrize("wins", [True, False])
+def test_try_first_exit_writes_the_manifest_only_where_it_wins(setup, tmp_path, monkeypatch, wins):  # noqa: F811
+    model, _, _, _, _, _, feeds, _ = setup
+    staging, manifest = emit.stage(str(tmp_path / "a.exitc"), spec(setup, make_plan([0, 2], [0.6, 0.7],
+                                                                                    batch1="original")))
+    seen = {}
+
+    def decide(lat):
+        seen.update(lat)
+        return wins
+
+    monkeypatch.setattr(verify, "first_exit_wins", decide)
+    check = verify.Verification()
+    holdout = Dataset(feeds, None, "rows")
+    assert verify.try_first_exit(staging, manifest, model, holdout, check, log=lambda *_: None) is wins
+    assert set(seen) == {"original", "conditional", "first_exit"}
+    assert all(len(v) == min(2 * verify.LATENCY_ROWS, holdout.rows) for v in seen.values())
+    on_disk = read_manifest(staging)["conditional"]
+    assert on_disk == manifest["conditional"] and on_disk["form"] == "original"
+    assert on_disk.get("after_first_exit", False) is wins
+    assert ("first_exit" in check.latency_ms_b1) is wins and bool(check.notes) is wins
+    if wins:
+        assert verify.choose_batch1(check, on_disk) == "first_exit"
+        assert check.p50_ratio_b1 == pytest.approx(check.latency_ms_b1["original"]["p50_ms"]
+                                                   / check.latency_ms_b1["first_exit"]["p50_ms"])
