@@ -177,7 +177,7 @@ def measure(path: str, model: onnx.ModelProto, data: Dataset, batch_size: int, h
     lat = measure_batch1(forms, data, result)
 
     k = result.measurements
-    avg = (lambda old, new: new if old is None or k == 0 else (old * k + new) / (k + 1))
+    avg = (lambda old, new: running_mean(old, new, k))
     result.batch_size = b
     result.throughput_ratio = avg(result.throughput_ratio, float(np.mean(ratios)))
     result.full_depth_overhead_batch = avg(result.full_depth_overhead_batch, float(np.mean(full_ratios)))
@@ -193,13 +193,17 @@ def measure_batch1(forms: dict, data: Dataset, result: Verification, average: bo
     Returns the seconds per row by name."""
     rows = min(LATENCY_ROWS, data.rows)
     lat = dict(zip(forms, batch1_latencies(list(forms.values()), data.feeds, rows)))
+    k = result.measurements if average else 0
     for name, v in lat.items():
-        old = result.latency_ms_b1.get(name)
-        k = result.measurements if old and average else 0
-        mean, p50 = float(v.mean() * 1e3), float(np.median(v) * 1e3)
-        result.latency_ms_b1[name] = {"mean_ms": (old["mean_ms"] * k + mean) / (k + 1) if k else mean,
-                                      "p50_ms": (old["p50_ms"] * k + p50) / (k + 1) if k else p50}
+        old = result.latency_ms_b1.get(name) or {}
+        result.latency_ms_b1[name] = {"mean_ms": running_mean(old.get("mean_ms"), float(v.mean() * 1e3), k),
+                                      "p50_ms": running_mean(old.get("p50_ms"), float(np.median(v) * 1e3), k)}
     return lat
+
+
+def running_mean(old: float | None, new: float, k: int) -> float:
+    """The mean of `k` earlier measurements (`old`) and `new`; `new` alone where there is none."""
+    return new if old is None or k == 0 else (old * k + new) / (k + 1)
 
 
 def first_exit_wins(lat: dict[str, np.ndarray]) -> bool:
