@@ -16,6 +16,18 @@ import sys
 import warnings
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Shows each option's default after its help, where it has a value to show (not for flags,
+    nor options whose absence means something the help already says)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text
+                and action.option_strings and action.nargs != 0):
+            text += " (default: %(default)s)"
+        return text
+
+
 def _parser(version: str) -> argparse.ArgumentParser:
     from .options import CompileOptions as D  # defaults, one definition (imports nothing heavy)
 
@@ -23,7 +35,7 @@ def _parser(version: str) -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"exitc {version}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks and library warnings")
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _DefaultsFormatter
     sub = p.add_subparsers(dest="command", required=True, parser_class=lambda **k: argparse.ArgumentParser(
         parents=[common], formatter_class=fmt, **k))
 
@@ -31,7 +43,7 @@ def _parser(version: str) -> argparse.ArgumentParser:
     i.add_argument("model")
     i.add_argument("--output", help="prediction output name, if the model has several")
     i.add_argument("--data", help=".npz with real inputs to profile on (default: random inputs)")
-    i.add_argument("--batch-size", type=int, default=32)
+    i.add_argument("--batch-size", type=int, default=32, help="batch size to measure costs at")
 
     c = sub.add_parser("compile", help="compile a model into an early-exit model directory")
     c.add_argument("model", help="model.onnx, or FILE.py:NAME for a PyTorch nn.Module/factory (needs torch)")
@@ -62,20 +74,22 @@ def _parser(version: str) -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="benchmark a compiled model against the original")
     b.add_argument("artifact")
     b.add_argument("--data", required=True, help=".npz test data never seen by compile")
-    b.add_argument("--batch-size", type=int, default=32)
-    b.add_argument("--rounds", type=int, default=3)
-    b.add_argument("--latency-rows", type=int, default=300)
+    b.add_argument("--batch-size", type=int, default=32, help="rows per call for the throughput comparison")
+    b.add_argument("--rounds", type=int, default=3, help="interleaved passes over the data (the median is reported)")
+    b.add_argument("--latency-rows", type=int, default=300, help="rows timed one by one for batch-1 latency")
     b.add_argument("--original", help="original ONNX model (default: the path recorded at compile time)")
-    b.add_argument("--engine", default="auto", choices=["auto", "cpp", "python"])
+    b.add_argument("--engine", default="auto", choices=["auto", "cpp", "python"],
+                   help="runtime: libexitc (cpp), the Python reference, or auto (cpp where built)")
     b.add_argument("--json", help="write the results as JSON here")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
 
     r = sub.add_parser("run", help="run a compiled model on an .npz of inputs")
     r.add_argument("artifact")
-    r.add_argument("--input", required=True)
+    r.add_argument("--input", required=True, help=".npz of inputs (arrays named after the model inputs)")
     r.add_argument("-o", "--out", required=True, help="output .npz (model outputs + exitc_exit_index)")
-    r.add_argument("--batch-size", type=int, default=32)
-    r.add_argument("--engine", default="auto", choices=["auto", "cpp", "python"])
+    r.add_argument("--batch-size", type=int, default=32, help="rows per call")
+    r.add_argument("--engine", default="auto", choices=["auto", "cpp", "python"],
+                   help="runtime: libexitc (cpp), the Python reference, or auto (cpp where built)")
 
     from .triton import add_subcommands as add_triton_subcommands
 

@@ -158,6 +158,15 @@ def test_version_and_defaults_in_help():
     for default in ("(default: 0.99)", "(default: 0.95)", "(default: 0.5)", "(default: 4000)", "(default: 0.25)",
                     "(default: linear,mlp)"):
         assert default in text, default
+    assert "(default: None)" not in text and "(default: False)" not in text
+    # every subcommand shows its numeric defaults too
+    for command, defaults in (("bench", ("(default: 32)", "(default: 3)", "(default: 300)", "(default: auto)")),
+                              ("run", ("(default: 32)", "(default: auto)")), ("inspect", ("(default: 32)",))):
+        res = exitc(command, "--help")
+        text = " ".join(res.stdout.split())
+        assert res.returncode == 0 and "(default: None)" not in text, command
+        for default in defaults:
+            assert default in text, (command, default)
 
 
 # Each pipeline stage, made to fail with an unexpected error (a bug): one line naming the stage,
