@@ -188,3 +188,22 @@ def test_batch1_forms_first_exit_where_a_cheap_first_exit_takes_a_minority():
     assert BATCH1_FORMS[form[0]] == "original" and mean[0] == median[0]
     form, _, _ = batch1_forms(cm, [0, 1, 2], reach, never_slower=False)
     assert [BATCH1_FORMS[f] for f in form] == ["exits", "exits"]
+
+
+def test_fit_cost_charges_each_exit_that_takes_rows(monkeypatch):
+    """Exit sets are compared on the fit split with each exit charged FIT_EXIT_PRIOR disagreements:
+    an exit whose rows meet the required agreement with no room to spare takes them only without
+    the charge."""
+    from exitc import policy
+    n = 1000
+    scores = np.full((n, 1), 0.2, np.float32)
+    scores[:610] = 0.99                      # 610 rows leave at any threshold that takes one
+    agree = np.ones((n, 1), bool)
+    agree[600:] = False                      # 10 of them disagree (agreement 0.99), and every other row
+    profile = _profile(k=1)
+    charged = policy.fit_cost([0], scores, agree, profile, req=0.99, never_slower=False)
+    monkeypatch.setattr(policy, "FIT_EXIT_PRIOR", 0.0)
+    uncharged = policy.fit_cost([0], scores, agree, profile, req=0.99, never_slower=False)
+    nobody_leaves = float(policy.objective(policy.CostModel(profile), [0], np.ones((1, 2)), 0.25, False)[0])
+    assert uncharged < nobody_leaves
+    assert charged == nobody_leaves          # the only feasible configuration takes no rows
