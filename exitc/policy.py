@@ -268,9 +268,9 @@ def not_slower(cm: CostModel, exits: list[int], reach: np.ndarray) -> np.ndarray
 # Disagreements each exit that takes rows is charged on the fit split when exit sets are compared
 # (fit_cost): the posterior mean of an exit's disagreements under a Jeffreys prior, Beta(1/2, 1/2),
 # on its disagreement rate is about what was seen plus one half. Why: the share of rows an exit can
-# take at the ~99.5% precision the guarantee needs rests on a handful of disagreements, and it
-# swings by +-7 points between random halves of 3000 rows (cv_native, one head refitted on 6
-# splits: 0.28 to 0.47). The search over exit sets then picks exits that were lucky on the fit
+# take at the ~99.5% precision the guarantee needs rests on a handful of disagreements: one
+# cv_native head refitted on 6 random halves of 3000 rows took 0.30 to 0.52 of the other half's
+# rows at 99.47% precision. The search over exit sets then picks exits that were lucky on the fit
 # split; on the certification split they take few rows and spend the disagreement budget the
 # cheap first exit needed. Measured on cached heads (certified plan on the certification split,
 # predicted speedup at batch 32, no charge -> 0.5): cv_native seed 0 with four neighbour
