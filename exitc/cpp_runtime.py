@@ -16,7 +16,8 @@ from .manifest import read_manifest
 
 
 class CppExitModel:
-    def __init__(self, path: str, threads: int | None = None, use_conditional: bool = True):
+    def __init__(self, path: str, threads: int | None = None, use_conditional: bool = True, full_depth: bool = False):
+        """full_depth: no row exits (the heads still run), as in :class:`exitc.runtime.ExitModel`."""
         self.path = path
         self.manifest = read_manifest(path)  # same validation and messages as the reference
         m = self.manifest
@@ -26,7 +27,7 @@ class CppExitModel:
         self.num_classes = m["num_classes"]
         self.num_exits = len(m["segments"]) - 1
         try:
-            self._model = _exitc_runtime.load(path, int(threads or 0), bool(use_conditional))
+            self._model = _exitc_runtime.load(path, int(threads or 0), bool(use_conditional), bool(full_depth))
         except (ValueError, RuntimeError) as exc:
             raise ExitcError(str(exc)) from None
 

@@ -14,8 +14,9 @@
    the original) is measured beside it and kept where it wins (:func:`try_first_exit`); where
    batches measure slower, the driver falls back to the original model.
 
-Measured with the runtime `exitc.load` gives users (the C++ one when built); the full-depth
-overhead with the reference runtime. :func:`verify_stage` is the pipeline's verify stage: all three
+Measured with the runtime `exitc.load` gives users (the C++ one when built), the full-depth
+overhead too (libexitc's `full_depth` option; before it existed, the reference runtime's Python
+per-call costs reported cv_native's full-depth batch-1 row at +16.8%). :func:`verify_stage` is the pipeline's verify stage: all three
 on the staged artifact, the decisions written into its manifest.
 """
 
@@ -82,16 +83,17 @@ class Verification:
         return asdict(self)
 
 
-def _load(path: str, use_conditional: bool = True):
-    """The artifact as users load it: the C++ runtime when built, else the reference."""
+def _load(path: str, use_conditional: bool = True, full_depth: bool = False):
+    """The artifact as users load it: the C++ runtime when built, else the reference.
+    full_depth: no row exits (what a row that runs to the end pays, in the runtime users run)."""
     try:
         from .cpp_runtime import CppExitModel
 
-        return CppExitModel(path, use_conditional=use_conditional)
+        return CppExitModel(path, use_conditional=use_conditional, full_depth=full_depth)
     except ImportError:
         from .runtime import ExitModel
 
-        return ExitModel(path, use_conditional=use_conditional)
+        return ExitModel(path, use_conditional=use_conditional, full_depth=full_depth)
 
 
 def _within(got: np.ndarray, ref: np.ndarray) -> float:
@@ -147,11 +149,9 @@ def measure(path: str, model: onnx.ModelProto, data: Dataset, batch_size: int, h
     calls, so a second call firms up a borderline first one). Batch-1 latencies are measured for
     the original, the segments, the full-depth path and the artifact's batch-1 form if it has one
     ("conditional"); :func:`choose_batch1` decides between them."""
-    from .runtime import ExitModel
-
     original = make_session(model, "original model")
     compiled = _load(path, use_conditional=False)
-    full = ExitModel(path, use_conditional=False, full_depth=True)
+    full = _load(path, use_conditional=False, full_depth=True)
     feeds = data.feeds
 
     def run_orig(f):
@@ -219,9 +219,12 @@ def try_first_exit(staging: str, manifest: dict, model: onnx.ModelProto, holdout
                    result: Verification, log=print) -> bool:
     """Where batch-1 requests run the original: measure the first-exit form (exit 0, then the
     original for the rows it does not take) beside it, and keep it where :func:`first_exit_wins`.
-    The policy prices the first segment from costs measured through ONNX Runtime's Python API,
-    which on small graphs charges more per call than libexitc pays (cv_native's input head: 6%
-    of a request predicted, 2% measured), so here the measurement decides. The result is the
+    The policy's prices are least certain for small graphs (cv_native's input head: 5.6% of a
+    batch-1 request predicted, 7-10% measured through libexitc on 2026-12-06; an earlier note
+    here said 2%, read off a p50 at the exit-fraction cliff), so here the measurement decides. With
+    fewer than half the rows leaving at exit 0, the p50 is the fastest of the full-depth requests,
+    which is why the form can pass within MEDIAN_TOLERANCE while a full-depth request pays more
+    on average. The result is the
     plan's at exit 0 and the original's elsewhere: the certified bound holds (policy.batch1_forms)."""
     cond = manifest["conditional"]
     cond["after_first_exit"] = True

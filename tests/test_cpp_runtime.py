@@ -49,6 +49,21 @@ def test_cpp_matches_reference(tmp_path, kind):
     assert s["rows"] == sum(s["exit_counts"]) > 0
 
 
+def test_cpp_full_depth_matches_reference(tmp_path):
+    """full_depth (what verify times a row that runs to the end with): no row exits, outputs as the
+    reference's full-depth mode, on an artifact where rows do exit normally."""
+    path, feeds = _artifact(tmp_path, "cnn")
+    ref, fast = ExitModel(path, full_depth=True), cpp.CppExitModel(path, full_depth=True)
+    _, normal_idx = cpp.CppExitModel(path).run(feeds)
+    assert (normal_idx < 3).any(), "rows must exit when not at full depth"
+    for b in (1, 7, 64):
+        f = {k: v[:b] for k, v in feeds.items()}
+        (want,), want_idx = ref.run(f)
+        (got,), got_idx = fast.run(f)
+        assert (got_idx == 3).all() and (want_idx == 3).all()
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_cpp_concurrent_calls_equal_single_threaded(tmp_path):
     path, feeds = _artifact(tmp_path, "cnn")
     model = cpp.CppExitModel(path)

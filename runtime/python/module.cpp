@@ -1,5 +1,5 @@
 // _exitc_runtime: Python binding of the C++ runtime.
-//   m = _exitc_runtime.load(path, intra_op_threads=0, use_conditional=True)
+//   m = _exitc_runtime.load(path, intra_op_threads=0, use_conditional=True, full_depth=False)
 //   outputs, exit_index = m.run({"x": np.ndarray, ...})   # dict of arrays, int64 [batch]
 //   m.stats() -> {"rows": n, "exit_counts": [...], "exit_fractions": [...], "calls": n,
 //                 "engine_seconds": s, "overhead_seconds": s}   (see exitc::ExitStats)
@@ -70,7 +70,8 @@ py::array to_array(Tensor&& tensor) {
 
 class PyModel {
 public:
-    PyModel(const std::string& path, int threads, bool use_conditional) : model_(load(path, threads, use_conditional)) {}
+    PyModel(const std::string& path, int threads, bool use_conditional, bool full_depth)
+        : model_(load(path, threads, use_conditional, full_depth)) {}
 
     py::tuple run(const py::dict& feeds) const {
         // Keep contiguous arrays alive for the duration of the call.
@@ -128,10 +129,11 @@ public:
     }
 
 private:
-    static Model load(const std::string& path, int threads, bool use_conditional) {
+    static Model load(const std::string& path, int threads, bool use_conditional, bool full_depth) {
         ModelOptions options;
         options.executor.intra_op_threads = threads;
         options.use_conditional = use_conditional;
+        options.full_depth = full_depth;
         py::gil_scoped_release release;
         return Model::load(path, options);
     }
@@ -163,10 +165,11 @@ PYBIND11_MODULE(_exitc_runtime, m) {
         .def_property_readonly("has_conditional", &PyModel::has_conditional)
         .def_property_readonly("input_names", &PyModel::input_names)
         .def_property_readonly("output_names", &PyModel::output_names);
-    m.def("load", [](const std::string& path, int intra_op_threads, bool use_conditional) {
-              return std::make_unique<PyModel>(path, intra_op_threads, use_conditional);
+    m.def("load", [](const std::string& path, int intra_op_threads, bool use_conditional, bool full_depth) {
+              return std::make_unique<PyModel>(path, intra_op_threads, use_conditional, full_depth);
           },
           py::arg("path"), py::arg("intra_op_threads") = 0, py::arg("use_conditional") = true,
+          py::arg("full_depth") = false,
           "Load a compiled artifact directory (model.exitc).");
     m.attr("SCHEMA_VERSION") = kSchemaVersion;
 }

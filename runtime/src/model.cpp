@@ -78,6 +78,7 @@ struct Model::Impl {
     std::map<std::string, int> slot_of;
     std::vector<SegmentPlan> segments;
     std::unique_ptr<SegmentExecutor> conditional;
+    bool full_depth = false;  // ModelOptions::full_depth
     std::vector<const char*> conditional_feed_names;
     std::vector<const char*> conditional_output_names;
     // manifest.sequence: the mask's index among the inputs, and which inputs are cut.
@@ -205,7 +206,8 @@ Model Model::load(const std::string& artifact_dir, const ModelOptions& options) 
         for (int slot : impl->segments[s].feed_slots) needed[static_cast<std::size_t>(slot)] = 1;
     }
 
-    if (m.conditional_file && options.use_conditional) {
+    impl->full_depth = options.full_depth;
+    if (m.conditional_file && options.use_conditional && !options.full_depth) {
         const std::string label = join_path(artifact_dir, *m.conditional_file);
         ExecutorOptions exec_options = options.executor;
         exec_options.label = label;
@@ -431,7 +433,8 @@ bool Model::Impl::run_segments(const std::vector<TensorView>& inputs, int64_t ba
         const TensorView& score = out.tensors[plan.carry_slots.size() + 1];
         const auto pred_axis = static_cast<std::size_t>(manifest.outputs[static_cast<std::size_t>(prediction_output)].batch_axis);
 
-        const std::size_t leaving = exit_mask(score.as<float>(), static_cast<std::size_t>(rows), plan.exit->threshold, ws.exits);
+        const std::size_t leaving =
+            full_depth ? 0 : exit_mask(score.as<float>(), static_cast<std::size_t>(rows), plan.exit->threshold, ws.exits);
         if (leaving > 0) {
             ws.keep.clear();
             ws.leaving.clear();

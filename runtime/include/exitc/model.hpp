@@ -17,6 +17,10 @@ namespace exitc {
 struct ModelOptions {
     ExecutorOptions executor;        // engine session settings (threads, spinning)
     bool use_conditional = true;     // batch-1 calls use conditional.onnx when the artifact has it
+    // No row exits (every head still runs, and conditional.onnx is not used): each row pays what a
+    // row that runs to the end pays. For measuring that cost (exitc's verify stage); outputs are
+    // then the original's.
+    bool full_depth = false;
     // Overrides the engine chosen from the manifest's "backend" (tests, other engines).
     ExecutorFactory executor_factory;
 };
