@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import itertools
 import json
 import os
 
@@ -59,7 +60,9 @@ def write_reports(out_dir, manifest, plan, candidates, heads, profile, check, op
                                                  if plan.predicted_median_b1 else 1.0),
                  "predicted_full_depth_overhead": plan.full_depth_overhead,
                  "batch1": plan.batch1,
-                 "reason": plan.reason},
+                 "reason": plan.reason,
+                 "notes": [n for n in [median_cliff_note(plan, check.batch1_form if check is not None
+                                                         else plan.batch1)] if n]},
         "validation": check.to_json(),
         "speed": [dict(zip(("metric", "predicted", "measured"), r)) for r in speed_rows(plan, profile, check)],
         "profile": profile.to_json() if profile else None,
@@ -146,6 +149,7 @@ Kept exits (candidate indices): {e(kept)}. Predicted speedup at batch {rep['opti
 <p>Method: {e(cal['method'])}.</p>
 <h2>Speed against the original</h2><table><tr><th>metric</th><th>predicted</th><th>measured (held-out rows)</th></tr>
 {''.join('<tr>' + ''.join(f'<td>{e(str(v))}</td>' for v in r.values()) + '</tr>' for r in rep['speed'])}</table>
+{''.join(f'<p>{e(n)}</p>' for n in plan.get('notes', []))}
 {''.join(f'<img src="{p}" alt="{p}"><br>' for p in plots)}
 <h2>Candidates</h2><table><tr><th>#</th><th>tensor</th><th>layout</th><th>FLOPs share</th><th>measured cost share</th>
 <th>head</th><th>head agreement (held-out)</th></tr>{rows}</table>
@@ -189,6 +193,31 @@ def speed_rows(plan, profile, check) -> list[list[str]]:
     ]
 
 
+# Within this many points of one half, the share of rows that leave early decides which side
+# of the batch-1 median request is on, and traffic a little harder or easier than the calibration
+# rows moves it (cv_native: 50.8% of the certification rows left at exit 0; the test split's
+# p50 was 9.41x at 52% and 0.98x at 47% in another compile).
+MEDIAN_CLIFF = 0.05
+
+
+def median_cliff_note(plan, form: str) -> str | None:
+    """A warning where the batch-1 median request sits on the cliff between an early exit and the
+    full-depth path (the median is an early request only while more than half the requests leave
+    by one exit), or None."""
+    if not plan.exits or form == "original":
+        return None
+    left = list(itertools.accumulate(plan.exit_fractions[:-1]))
+    k = 0 if form == "first_exit" else next((i for i, v in enumerate(left) if v >= 0.5), len(left) - 1)
+    share = float(left[k])
+    if abs(share - 0.5) >= MEDIAN_CLIFF:
+        return None
+    side = ("an early one" if share >= 0.5 else "one that runs to the end")
+    return (f"note: {share:.1%} of the held-out rows left by exit {k}, so the median batch-1 request is {side}; "
+            f"on traffic slightly {'harder' if share >= 0.5 else 'easier'} than the calibration rows it is "
+            f"{'one that runs to the end (p50 about 1x)' if share >= 0.5 else 'an early one'}: read the mean "
+            f"batch-1 latency, not the p50")
+
+
 def print_summary(result, log=print) -> None:
     plan = result.plan
     check = result.verification
@@ -215,5 +244,8 @@ def print_summary(result, log=print) -> None:
                             f"{(plan.full_depth_overhead or {}).get('batch1_first_exit', 0.0) * 100:+.1f}% predicted "
                             "for that exit); batches use every exit"),
              "segmented": "batch-1 requests run the segments"}.get(form, form))
+        note = median_cliff_note(plan, form)
+        if note:
+            log(note)
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in result.stage_seconds.items())
     log(f"compiled in {result.seconds:.1f}s ({stages}) -> {result.out_dir}")

@@ -1,0 +1,27 @@
+"""The compile summary's warnings (exitc.report)."""
+
+from exitc.policy import Plan
+from exitc.report import median_cliff_note
+
+
+def _plan(fractions):
+    exits = list(range(len(fractions) - 1))
+    return Plan(exits, [0.9] * len(exits), 0.1, 0.99, 0.95, 1500, 1500, 0.995, 0.995, 0.9904, list(fractions),
+                1.0, 1.0, 2.0, 2.0)
+
+
+def test_median_cliff_note_where_about_half_the_rows_leave():
+    note = median_cliff_note(_plan([0.508, 0.492]), "segmented")
+    assert note and "50.8%" in note and "exit 0" in note and "an early one" in note
+    # none of the exits gets half the rows out: the median request runs to the end
+    note = median_cliff_note(_plan([0.47, 0.02, 0.51]), "segmented")
+    assert note and "49.0%" in note and "exit 1" in note and "runs to the end" in note
+    # the first-exit form: exit 0 alone decides
+    assert "exit 0" in median_cliff_note(_plan([0.53, 0.10, 0.37]), "first_exit")
+
+
+def test_no_median_cliff_note_far_from_half_or_without_exits():
+    assert median_cliff_note(_plan([0.30, 0.40, 0.30]), "segmented") is None   # 70% out by exit 1
+    assert median_cliff_note(_plan([0.60, 0.10, 0.30]), "first_exit") is None
+    assert median_cliff_note(_plan([0.508, 0.492]), "original") is None
+    assert median_cliff_note(Plan.without_exits(0.99, 0.95, "none"), "segmented") is None
