@@ -3,6 +3,7 @@
 // argv[1]: directory with tiny.exitc/.cases and side.exitc/.cases.
 
 #include <chrono>
+#include <cmath>
 #include <vector>
 
 #include "exitc/model.hpp"
@@ -41,6 +42,43 @@ EXITC_TEST(tiny_segmented) { run_all_cases("tiny", false); }
 EXITC_TEST(tiny_with_conditional) { run_all_cases("tiny", true); }
 EXITC_TEST(side_inputs_segmented) { run_all_cases("side", false); }
 EXITC_TEST(side_inputs_with_conditional) { run_all_cases("side", true); }
+
+EXITC_TEST(full_depth_no_row_exits) {
+    // ModelOptions::full_depth (what exitc's verify stage times a row that runs to the end with):
+    // no row exits, conditional.onnx is not loaded, and the rows that ran to the end in the
+    // reference get the same outputs.
+    ModelOptions options;
+    options.full_depth = true;
+    options.executor.intra_op_threads = 1;
+    const Model model = Model::load(dir() + "/side.exitc", options);
+    CHECK(!model.has_conditional());
+    const auto cases = load_cases(dir() + "/side.cases");
+    const auto end = static_cast<int64_t>(model.num_exits());
+    std::size_t compared = 0, exited_in_reference = 0;
+    for (const auto& c : cases) {
+        const RunResult result = model.run(c.feeds());
+        for (int64_t r = 0; r < c.batch; ++r) {
+            CHECK_EQ(result.exit_index[static_cast<std::size_t>(r)], end);
+            if (c.expected_exit_index()[r] != end) ++exited_in_reference;
+        }
+        for (const auto& expected : c.outputs) {
+            const Tensor& got = result.output(expected.name);
+            CHECK(got.shape() == Shape(expected.shape));
+            if (expected.shape.empty() || expected.shape[0] != c.batch) continue;  // rows on axis 0 only
+            const int64_t per_row = got.num_elements() / c.batch;
+            const auto* want = reinterpret_cast<const float*>(expected.bytes.data());
+            const float* have = got.as<float>();
+            for (int64_t r = 0; r < c.batch; ++r) {
+                if (c.expected_exit_index()[r] != end) continue;
+                for (int64_t i = r * per_row; i < (r + 1) * per_row; ++i) CHECK(std::fabs(want[i] - have[i]) <= 1e-4f);
+                ++compared;
+            }
+        }
+    }
+    CHECK(compared > 0);
+    CHECK(exited_in_reference > 0);  // the cases do exit rows normally: full_depth changed something
+    CHECK_EQ(model.stats().rows_per_exit.back(), model.stats().rows);
+}
 
 EXITC_TEST(repeated_calls_reuse_workspace) {
     // Same input twice, then a smaller batch: stale workspace contents must never leak through.
