@@ -22,7 +22,7 @@ class _DefaultsFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if (action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text
+        if (not any(action.default is v for v in (None, False, argparse.SUPPRESS)) and "%(default)" not in text
                 and action.option_strings and action.nargs != 0):
             text += " (default: %(default)s)"
         return text
@@ -61,6 +61,8 @@ def _parser(version: str) -> argparse.ArgumentParser:
     c.add_argument("--max-fit-rows", type=int, default=D.max_fit_rows,
                    help="fit the heads on at most this many rows; the rest certify")
     c.add_argument("--heads", default=",".join(D.head_kinds), help="head kinds to try (linear, mlp)")
+    c.add_argument("--seed", type=int, default=D.seed,
+                   help="seed of the fit/certification split, the synthetic neighbours and the head fits")
     c.add_argument("--no-augment", action="store_true",
                    help="fit heads on the calibration rows only, without synthetic neighbours labelled by the original")
     c.add_argument("--no-trim-padding", action="store_true",
@@ -159,7 +161,7 @@ def cmd_compile(a) -> int:
                           head_kinds=tuple(k for k in a.heads.split(",") if k),
                           latency_weight=a.latency_weight, progress=_progress(a), force=a.force,
                           augment=not a.no_augment, never_slower=not a.allow_slower,
-                          trim_padding=not a.no_trim_padding)
+                          trim_padding=not a.no_trim_padding, seed=a.seed)
     if torch_module:
         from .torch_frontend import compile_module_cli
 

@@ -77,5 +77,7 @@ class CompileOptions:
                 raise ExitcError(f"--heads: unknown head kind {kind!r} ({', '.join(HEAD_KINDS)})")
         if not self.head_kinds:
             raise ExitcError(f"--heads: no head kind given ({', '.join(HEAD_KINDS)})")
+        if self.seed < 0:
+            raise ExitcError(f"--seed {self.seed} must be >= 0")
         if self.max_fit_rows < 50:
             raise ExitcError(f"--max-fit-rows {self.max_fit_rows} must be >= 50")

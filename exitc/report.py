@@ -48,7 +48,7 @@ def write_reports(out_dir, manifest, plan, candidates, heads, profile, check, op
     rep = {
         "manifest": {k: manifest[k] for k in ("calibration", "profile", "prediction_output", "num_classes")},
         "options": {"target_acc": opts.target_acc, "confidence": opts.confidence, "batch_size": opts.batch_size,
-                    "certify_fraction": opts.certify_fraction, "max_fit_rows": opts.max_fit_rows},
+                    "certify_fraction": opts.certify_fraction, "max_fit_rows": opts.max_fit_rows, "seed": opts.seed},
         "candidates": _candidate_rows(candidates, heads, profile),
         "plan": {"exits": plan.exits, "thresholds": plan.thresholds, "mu": plan.mu,
                  "exit_fractions_certify": plan.exit_fractions, "agreement_fit": plan.agreement_fit,

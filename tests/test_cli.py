@@ -127,6 +127,11 @@ def test_target_out_of_range(tmp_path, cnn, value):
                        out=str(tmp_path / "o"))
 
 
+def test_negative_seed(tmp_path, cnn):
+    assert_clean_error(exitc("compile", str(cnn / "model.onnx"), "--calib", str(cnn / "calib.npz"), "--seed=-1",
+                             "-o", str(tmp_path / "o")), "--seed -1", ">= 0", out=str(tmp_path / "o"))
+
+
 def test_op_onnxruntime_cannot_run(tmp_path, cnn):
     g = helper.make_graph([helper.make_node("FancyOp", ["x"], ["h"], domain="com.example"),
                            helper.make_node("Flatten", ["h"], ["logits"])], "g",
@@ -156,7 +161,7 @@ def test_version_and_defaults_in_help():
     assert res.returncode == 0
     text = " ".join(res.stdout.split())
     for default in ("(default: 0.99)", "(default: 0.95)", "(default: 0.5)", "(default: 4000)", "(default: 0.25)",
-                    "(default: linear,mlp)"):
+                    "(default: linear,mlp)", "(default: 0)"):
         assert default in text, default
     assert "(default: None)" not in text and "(default: False)" not in text
     # every subcommand shows its numeric defaults too
