@@ -9,11 +9,17 @@ segment engines (exit decisions, compaction, scatter) relative to the original m
 ("decide+compact"), for each runtime.
 
     .venv/bin/python bench/run_samples.py [--samples cv,nlp] [--engines cpp,python] [--rounds 3]
+        [--seeds 0,1,2] [--calib-rows 3000]
 
 Samples (each built by samples/build_<name>.py into samples/.cache/<name>/): cv, nlp (the
 default), and the slower ones kept out of CI: cv_native (MobileNetV2 on preprocessed 3x160x160
 images, 3000 calibration rows) and nlp_austen (6-class MiniLM, 2000 calibration rows).
 `--samples new` runs those two, `--samples all` all four.
+
+`--seeds` compiles each sample once per seed (`exitc compile --seed`: another fit/certification
+split, other neighbours), `--calib-rows N` from only the first N calibration rows (the "CV from
+3000 rows" figures: `--samples cv --calib-rows 3000`); each such artifact has its own directory
+(model.seed1.exitc, model.rows3000.seed0.exitc, ...).
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ import platform
 import subprocess
 import sys
 import time
+
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -59,14 +67,33 @@ def ensure_built(name: str) -> None:
     subprocess.run([sys.executable, os.path.join(ROOT, "samples", f"build_{name}.py")], check=True)
 
 
-def ensure_compiled(name: str, recompile: bool, target: float) -> tuple[str, float | None]:
+def calib_file(name: str, rows: int | None) -> str:
+    """The sample's calibration set, or a cached copy of its first `rows` rows."""
+    full = os.path.join(sample_dir(name), "calib.npz")
+    if rows is None:
+        return full
+    path = os.path.join(sample_dir(name), f"calib.first{rows}.npz")
+    if not os.path.exists(path):
+        with np.load(full) as z:
+            arrays = {k: z[k][:rows] for k in z.files}
+        if len(next(iter(arrays.values()))) < rows:
+            raise SystemExit(f"run_samples: {full} has fewer than {rows} rows")
+        np.savez(path + ".tmp.npz", **arrays)
+        os.replace(path + ".tmp.npz", path)
+    return path
+
+
+def ensure_compiled(name: str, recompile: bool, target: float, seed: int = 0,
+                    calib_rows: int | None = None) -> tuple[str, float | None]:
     d = sample_dir(name)
-    out = os.path.join(d, "model.exitc")
+    tag = (f".rows{calib_rows}" if calib_rows else "") + (f".seed{seed}" if seed or calib_rows else "")
+    out = os.path.join(d, f"model{tag}.exitc")
     if os.path.isdir(out) and not recompile:
         return out, None
     t = time.perf_counter()
     subprocess.run([sys.executable, "-m", "exitc", "compile", os.path.join(d, "model.onnx"), "--calib",
-                    os.path.join(d, "calib.npz"), "--target-acc", str(target), "-o", out, "--force"], check=True)
+                    calib_file(name, calib_rows), "--target-acc", str(target), "--seed", str(seed), "-o", out,
+                    "--force"], check=True)
     return out, time.perf_counter() - t
 
 
@@ -92,21 +119,27 @@ def main() -> int:
     ap.add_argument("--latency-rows", type=int, default=300)
     ap.add_argument("--target-acc", type=float, default=0.99)
     ap.add_argument("--recompile", action="store_true")
+    ap.add_argument("--seeds", default="0", help="comma-separated compile seeds (exitc compile --seed)")
+    ap.add_argument("--calib-rows", type=int, help="compile from only the first N calibration rows")
     ap.add_argument("--json", default=os.path.join(ROOT, "samples", ".cache", "bench_samples.json"))
     a = ap.parse_args()
     rows, results = [], []
-    for name in sample_names(a.samples):
+    seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
+    runs = [(name, seed) for name in sample_names(a.samples) for seed in seeds]
+    for name, seed in runs:
         ensure_built(name)
-        artifact, compile_s = ensure_compiled(name, a.recompile, a.target_acc)
+        artifact, compile_s = ensure_compiled(name, a.recompile, a.target_acc, seed, a.calib_rows)
         test = os.path.join(sample_dir(name), "test.npz")
+        label = (name + (f" ({a.calib_rows} rows)" if a.calib_rows else "")
+                 + (f" seed {seed}" if len(seeds) > 1 or seed else ""))
         for engine in a.engines.split(","):
             r = bench(artifact, test, BenchOptions(a.batch_size, a.rounds, a.latency_rows, engine, progress=False),
                       log=lambda *x: None)
-            r.update(sample=name, engine=engine, compile_seconds=compile_s)
+            r.update(sample=name, seed=seed, calib_rows=a.calib_rows, engine=engine, compile_seconds=compile_s)
             r["runtime_overhead_share"] = runtime_overhead(artifact, engine, test, a.batch_size,
                                                            1.0 / r["throughput_original"])
             results.append(r)
-            rows.append([name, engine, f"{r['agreement']:.4f}", f"{r['agreement_bound']:.4f}",
+            rows.append([label, engine, f"{r['agreement']:.4f}", f"{r['agreement_bound']:.4f}",
                          f"{r.get('accuracy_original', float('nan')):.4f}/{r.get('accuracy_exitc', float('nan')):.4f}",
                          f"{r['throughput_original']:.1f}", f"{r['throughput_exitc']:.1f}", f"{r['speedup_throughput']:.2f}x",
                          f"{r['latency_p50_ms_original']:.2f}", f"{r['latency_p50_ms_exitc']:.2f}",

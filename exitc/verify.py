@@ -8,7 +8,9 @@
    beats the segments' (measured, not assumed: ONNX Runtime optimises `If` branches less).
 3. **Never slower**: throughput at the deployment batch and the median (p50) and mean latency at
    batch 1, compiled against the original, measured interleaved on held-out rows, and the cost of
-   a row that runs to the end (heads and per-call costs) against the original's. Where the
+   a row that runs to the end (heads and per-call costs) against the original's. Batch-1
+   latencies of the forms with exits are weighted to the exit shares of all held-out rows
+   (stratum_weights): the timed rows say what each path costs, the held-out rows how many take it. Where the
    median batch-1 request measures slower (by more than policy.MEDIAN_TOLERANCE), batch-1
    requests run the original; where they run the original, the first-exit form (exit 0, then
    the original) is measured beside it and kept where it wins (:func:`try_first_exit`); where
@@ -68,6 +70,9 @@ class Verification:
     # what the artifact runs at batch 1: segmented | conditional (the If-graph) | first_exit | original
     batch1_form: str = "segmented"
     measurements: int = 0
+    # The plan's exit fractions on all held-out rows (exits..., end): batch-1 latencies of the
+    # forms with exits are weighted to them (stratified_summary); None: unweighted.
+    exit_shares: list[float] | None = None
 
     notes: list[str] = field(default_factory=list)     # decisions taken on these measurements
 
@@ -143,12 +148,14 @@ def check_exact(path: str, model: onnx.ModelProto, sig: Signature, data: Dataset
     result.max_abs_diff_full_depth = max_diff
 
 
-def measure(path: str, model: onnx.ModelProto, data: Dataset, batch_size: int, has_conditional: bool,
+def measure(path: str, model: onnx.ModelProto, data: Dataset, batch_size: int, conditional: dict | None,
             result: Verification) -> None:
     """Part 3 of the module doc (one more measurement each call; ratios are averaged over the
     calls, so a second call firms up a borderline first one). Batch-1 latencies are measured for
     the original, the segments, the full-depth path and the artifact's batch-1 form if it has one
-    ("conditional"); :func:`choose_batch1` decides between them."""
+    ("conditional": the manifest's `conditional` section, None without one); :func:`choose_batch1`
+    decides between them. Forms with exits have their latencies weighted to the held-out rows'
+    exit shares (`result.exit_shares`, stratum_weights)."""
     original = make_session(model, "original model")
     compiled = _load(path, use_conditional=False)
     full = _load(path, use_conditional=False, full_depth=True)
@@ -175,9 +182,17 @@ def measure(path: str, model: onnx.ModelProto, data: Dataset, batch_size: int, h
         full_ratios.append(t_f / t_o - 1.0)
 
     forms = {"original": run_orig, "segmented": compiled.run, "full_depth": full.run}
-    if has_conditional:
+    rows = min(LATENCY_ROWS, data.rows)
+    weights = {"segmented": exit_weights(compiled, data, rows, result.exit_shares)}
+    if conditional is not None:
         forms["conditional"] = _load(path, use_conditional=True).run
-    lat = measure_batch1(forms, data, result)
+        # the If-graph takes the rows the segments take; the original form none; the first-exit
+        # form those exit 0 takes
+        if conditional.get("form") == "if":
+            weights["conditional"] = weights["segmented"]
+        elif conditional.get("after_first_exit"):
+            weights["conditional"] = exit_weights(compiled, data, rows, result.exit_shares, first_exit_only=True)
+    lat = measure_batch1(forms, data, result, weights=weights)
 
     k = result.measurements
     avg = (lambda old, new: running_mean(old, new, k))
@@ -189,19 +204,61 @@ def measure(path: str, model: onnx.ModelProto, data: Dataset, batch_size: int, h
     result.measurements = k + 1
 
 
-def measure_batch1(forms: dict, data: Dataset, result: Verification, average: bool = True) -> dict[str, np.ndarray]:
+def measure_batch1(forms: dict, data: Dataset, result: Verification, average: bool = True,
+                   weights: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Batch-1 latencies of `forms` (name -> run function), interleaved row by row on
     LATENCY_ROWS held-out rows; mean and p50 recorded in `result.latency_ms_b1` (with `average`,
-    averaged with an earlier measurement of the same name: result.measurements of them so far).
-    Returns the seconds per row by name."""
+    averaged with an earlier measurement of the same name: result.measurements of them so far),
+    weighted per row where `weights` names the form (stratified_summary). Returns the seconds
+    per row by name."""
     rows = min(LATENCY_ROWS, data.rows)
     lat = dict(zip(forms, batch1_latencies(list(forms.values()), data.feeds, rows)))
     k = result.measurements if average else 0
     for name, v in lat.items():
+        mean, p50 = stratified_summary(v, (weights or {}).get(name))
         old = result.latency_ms_b1.get(name) or {}
-        result.latency_ms_b1[name] = {"mean_ms": running_mean(old.get("mean_ms"), float(v.mean() * 1e3), k),
-                                      "p50_ms": running_mean(old.get("p50_ms"), float(np.median(v) * 1e3), k)}
+        result.latency_ms_b1[name] = {"mean_ms": running_mean(old.get("mean_ms"), mean * 1e3, k),
+                                      "p50_ms": running_mean(old.get("p50_ms"), p50 * 1e3, k)}
     return lat
+
+
+def exit_weights(model, data: Dataset, rows: int, shares, first_exit_only: bool = False) -> np.ndarray | None:
+    """stratum_weights for the first `rows` held-out rows as `model` (the artifact with exits)
+    sends them: grouped by exit index, or by "taken at exit 0" with `first_exit_only`; None
+    without shares."""
+    if not shares:
+        return None
+    _, idx = model.run({k: v[:rows] for k, v in data.feeds.items()})
+    idx = np.asarray(idx, np.int64)
+    if first_exit_only:
+        return stratum_weights((idx != 0).astype(np.int64), [shares[0], 1.0 - shares[0]])
+    return stratum_weights(idx, shares)
+
+
+def stratum_weights(groups: np.ndarray, shares) -> np.ndarray:
+    """Per-row weights that give each group of a latency sample (rows grouped by exit index) the
+    share it has on all held-out rows (post-stratification; groups the sample lacks are dropped
+    and the rest renormalised).
+
+    Why: a batch-1 median sits on a cliff where about half the rows leave early, and on a few
+    hundred timed rows the share that leaves moves by +-3 points from sample to sample. CV from
+    3000 rows (54% of the held-out rows left by exit 1, whose path costs half a request) measured
+    its median request at 0.94x in one compile and sent batch-1 requests to the original, where
+    the test split then showed 1.96x-2.09x. Weighted, the timing sample answers what each path
+    costs, and the held-out rows say how many take it."""
+    shares = np.asarray(shares, float)
+    counts = np.bincount(groups, minlength=len(shares))[:len(shares)]
+    w = np.where(counts[groups] > 0, shares[groups] / np.maximum(counts[groups], 1), 0.0)
+    return w / w.sum() if w.sum() > 0 else np.full(len(groups), 1.0 / len(groups))
+
+
+def stratified_summary(seconds: np.ndarray, weights: np.ndarray | None = None) -> tuple[float, float]:
+    """(mean, median) of per-row latencies, weighted (stratum_weights) or not."""
+    if weights is None:
+        return float(seconds.mean()), float(np.median(seconds))
+    order = np.argsort(seconds, kind="stable")
+    cum = np.cumsum(weights[order])
+    return float(np.dot(weights, seconds)), float(seconds[order][np.searchsorted(cum, 0.5 * cum[-1])])
 
 
 def running_mean(old: float | None, new: float, k: int) -> float:
@@ -209,13 +266,15 @@ def running_mean(old: float | None, new: float, k: int) -> float:
     return new if old is None or k == 0 else (old * k + new) / (k + 1)
 
 
-def first_exit_wins(lat: dict[str, np.ndarray]) -> bool:
+def first_exit_wins(lat: dict[str, np.ndarray], weights: dict[str, np.ndarray] | None = None) -> bool:
     """On batch-1 latencies measured side by side (seconds per row of "original", the original
-    model; "conditional", the artifact's original form; "first_exit"): the first-exit form keeps
-    the median request within the policy's MEDIAN_TOLERANCE of the original's and lowers the
-    mean below the artifact's original form."""
-    return bool(np.median(lat["original"]) / np.median(lat["first_exit"]) >= 1.0 / (1.0 + MEDIAN_TOLERANCE)
-                and lat["first_exit"].mean() < lat["conditional"].mean())
+    model; "conditional", the artifact's original form; "first_exit"; per-row `weights` by name
+    where given, see stratified_summary): the first-exit form keeps the median request within the
+    policy's MEDIAN_TOLERANCE of the original's and lowers the mean below the artifact's original
+    form."""
+    mean_first, p50_first = stratified_summary(lat["first_exit"], (weights or {}).get("first_exit"))
+    return bool(np.median(lat["original"]) / p50_first >= 1.0 / (1.0 + MEDIAN_TOLERANCE)
+                and mean_first < lat["conditional"].mean())
 
 
 def try_first_exit(staging: str, manifest: dict, model: onnx.ModelProto, holdout: Dataset,
@@ -227,8 +286,9 @@ def try_first_exit(staging: str, manifest: dict, model: onnx.ModelProto, holdout
     here said 2%, read off a p50 at the exit-fraction cliff), so here the measurement decides. With
     fewer than half the rows leaving at exit 0, the p50 is the fastest of the full-depth requests,
     which is why the form can pass within MEDIAN_TOLERANCE while a full-depth request pays more
-    on average. The result is the
-    plan's at exit 0 and the original's elsewhere: the certified bound holds (policy.batch1_forms)."""
+    on average. The first-exit form's latencies are weighted to the held-out share exit 0 takes
+    (stratum_weights). The result is the plan's at exit 0 and the original's elsewhere: the
+    certified bound holds (policy.batch1_forms)."""
     cond = manifest["conditional"]
     cond["after_first_exit"] = True
     emit.update_manifest(staging, manifest)
@@ -239,14 +299,19 @@ def try_first_exit(staging: str, manifest: dict, model: onnx.ModelProto, holdout
         emit.update_manifest(staging, manifest)
     original = make_session(model, "original model")
     plain = _load(staging, use_conditional=True)
+    segmented = _load(staging, use_conditional=False)  # which rows exit 0 takes (the weights)
     forms = {"original": original.run, "conditional": plain.run, "first_exit": variant.run}
     # Twice the usual rows: at 47% leaving at exit 0 the p50 of 100 rows moved by +-4% between rounds.
-    if not first_exit_wins(dict(zip(forms, batch1_latencies(list(forms.values()), holdout.feeds,
-                                                             min(2 * LATENCY_ROWS, holdout.rows))))):
+    rows = min(2 * LATENCY_ROWS, holdout.rows)
+    weights = {"first_exit": exit_weights(segmented, holdout, rows, result.exit_shares, first_exit_only=True)}
+    if not first_exit_wins(dict(zip(forms, batch1_latencies(list(forms.values()), holdout.feeds, rows))), weights):
         return False
     # Measured again for the record (the decision's own round is not reused: a winner's round
     # is biased towards it); the three side by side, replacing the earlier batch-1 figures.
-    measure_batch1(forms, holdout, result, average=False)
+    rows = min(LATENCY_ROWS, holdout.rows)
+    measure_batch1(forms, holdout, result, average=False,
+                   weights={"first_exit": exit_weights(segmented, holdout, rows, result.exit_shares,
+                                                       first_exit_only=True)})
     cond["after_first_exit"] = True
     emit.update_manifest(staging, manifest)
     lat = result.latency_ms_b1
@@ -287,14 +352,14 @@ def verify_stage(staging: str, manifest: dict, model: onnx.ModelProto, sig: Sign
     first measurement says slower), the batch-1 form chosen on the measurements (batch-1 requests
     run the original where the median one measures slower), and the figures recorded in the
     manifest."""
-    check = Verification(batch_size=opts.batch_size)
+    check = Verification(batch_size=opts.batch_size, exit_shares=list(plan.exit_fractions) if plan.exits else None)
     check_exact(staging, model, sig, holdout, opts.batch_size, check)
     if not plan.exits:
         return check
 
     def measure_and_choose() -> str:
         cond = manifest.get("conditional")
-        measure(staging, model, holdout, opts.batch_size, cond is not None, check)
+        measure(staging, model, holdout, opts.batch_size, cond, check)
         return choose_batch1(check, cond)
 
     measure_and_choose()
@@ -313,7 +378,7 @@ def verify_stage(staging: str, manifest: dict, model: onnx.ModelProto, sig: Sign
         plan.predicted_median_b1 = plan.predicted_cost_b1 = plan.original_cost_b1
         emit.write_batch1_form(staging, manifest, "original", model)
         check.latency_ms_b1.pop("conditional", None)  # that was the If-graph
-        measure(staging, model, holdout, opts.batch_size, True, check)
+        measure(staging, model, holdout, opts.batch_size, manifest["conditional"], check)
         choose_batch1(check, manifest["conditional"])
     elif check.batch1_form == "segmented" and manifest.get("conditional"):
         emit.drop_conditional(staging, manifest)

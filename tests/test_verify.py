@@ -41,7 +41,7 @@ def test_try_first_exit_writes_the_manifest_only_where_it_wins(setup, tmp_path, 
                                                                                     batch1="original")))
     seen = {}
 
-    def decide(lat):
+    def decide(lat, weights=None):
         seen.update(lat)
         return wins
 
@@ -59,3 +59,33 @@ def test_try_first_exit_writes_the_manifest_only_where_it_wins(setup, tmp_path, 
         assert verify.choose_batch1(check, on_disk) == "first_exit"
         assert check.p50_ratio_b1 == pytest.approx(check.latency_ms_b1["original"]["p50_ms"]
                                                    / check.latency_ms_b1["first_exit"]["p50_ms"])
+
+
+def test_stratified_p50_follows_the_held_out_exit_shares():
+    """A timing sample where 40% of the rows took the early exit, from held-out rows where 60% do:
+    weighted to the held-out shares the median request is an early one (unweighted it would be a
+    full-depth one); the mean moves the same way."""
+    groups = np.array([0] * 40 + [1] * 60)
+    seconds = np.where(groups == 0, 0.1, 1.0)
+    w = verify.stratum_weights(groups, [0.6, 0.4])
+    assert w.sum() == pytest.approx(1.0)
+    assert w[0] == pytest.approx(0.6 / 40) and w[-1] == pytest.approx(0.4 / 60)
+    mean, p50 = verify.stratified_summary(seconds, w)
+    assert p50 == 0.1 and mean == pytest.approx(0.6 * 0.1 + 0.4 * 1.0)
+    assert verify.stratified_summary(seconds) == (pytest.approx(0.64), 1.0)   # unweighted
+    # a group the sample lacks is dropped and the rest renormalised
+    w = verify.stratum_weights(np.array([0, 0, 2]), [0.5, 0.2, 0.3])
+    assert w == pytest.approx([0.5 / 0.8 / 2, 0.5 / 0.8 / 2, 0.3 / 0.8])
+
+
+def test_first_exit_wins_reads_weights():
+    orig = [1.0] * 10
+    first = [0.05] * 4 + [1.02] * 6                  # 40% leave in the sample: p50 a full-depth row
+    lat = _lat(orig, orig, first)
+    weights = {"first_exit": verify.stratum_weights(np.array([0] * 4 + [1] * 6), [0.6, 0.4])}
+    assert verify.first_exit_wins(lat, weights)   # 60% of the held-out rows leave: p50 an early row
+    assert verify.first_exit_wins(lat)            # unweighted: p50 1.02, within the tolerance
+    slow = _lat(orig, orig, [0.05] * 4 + [1.05] * 6)
+    assert not verify.first_exit_wins(slow)       # p50 1.05: outside it
+    assert verify.first_exit_wins(slow, {"first_exit": verify.stratum_weights(np.array([0] * 4 + [1] * 6),
+                                                                              [0.6, 0.4])})
