@@ -289,8 +289,8 @@ def fit_cost(exits: list[int], fit_scores: np.ndarray, fit_agree: np.ndarray, pr
     if not exits:
         return float(objective(cm, [], np.ones((1, 1)), latency_weight, never_slower)[0])
     th = thresholds_for(cm.saved_share(exits, profile.batch_size), MU_GRID)
-    agreement, reach, exit_at = simulate(fit_scores[:, exits], fit_agree[:, exits], th)
-    taking = np.stack([(exit_at == e).any(axis=1) for e in range(len(exits))], axis=1).sum(axis=1)
+    agreement, reach, _ = simulate(fit_scores[:, exits], fit_agree[:, exits], th)
+    taking = (reach[:, :-1] > reach[:, 1:]).sum(axis=1)  # exits some row leaves at
     agreement = agreement - FIT_EXIT_PRIOR * taking / len(fit_scores)
     cost = objective(cm, exits, reach, latency_weight, never_slower)
     feasible = agreement >= req

@@ -10,16 +10,18 @@
    batch 1, compiled against the original, measured interleaved on held-out rows, and the cost of
    a row that runs to the end (heads and per-call costs) against the original's. Batch-1
    latencies of the forms with exits are weighted to the exit shares of all held-out rows
-   (stratum_weights): the timed rows say what each path costs, the held-out rows how many take it. Where the
-   median batch-1 request measures slower (by more than policy.MEDIAN_TOLERANCE), batch-1
-   requests run the original; where they run the original, the first-exit form (exit 0, then
-   the original) is measured beside it and kept where it wins (:func:`try_first_exit`); where
-   batches measure slower, the driver falls back to the original model.
+   (stratum_weights): the timed rows say what each path costs, the held-out rows how many take
+   it. Where the median batch-1 request measures slower (by more than
+   policy.MEDIAN_TOLERANCE), batch-1 requests run the original; where they run the original, the
+   first-exit form (exit 0, then the original) is measured beside it and kept where it wins
+   (:func:`try_first_exit`); where batches measure slower, the driver falls back to the original
+   model.
 
 Measured with the runtime `exitc.load` gives users (the C++ one when built), the full-depth
 overhead too (libexitc's `full_depth` option; before it existed, the reference runtime's Python
-per-call costs reported cv_native's full-depth batch-1 row at +16.8%). :func:`verify_stage` is the pipeline's verify stage: all three
-on the staged artifact, the decisions written into its manifest.
+per-call costs reported cv_native's full-depth batch-1 row at +16.8%). :func:`verify_stage` is
+the pipeline's verify stage: all three on the staged artifact, the decisions written into its
+manifest.
 """
 
 from __future__ import annotations
@@ -182,8 +184,8 @@ def measure(path: str, model: onnx.ModelProto, data: Dataset, batch_size: int, c
         full_ratios.append(t_f / t_o - 1.0)
 
     forms = {"original": run_orig, "segmented": compiled.run, "full_depth": full.run}
-    rows = min(LATENCY_ROWS, data.rows)
-    weights = {"segmented": exit_weights(compiled, data, rows, result.exit_shares)}
+    idx = exit_indices(compiled, data, min(LATENCY_ROWS, data.rows), result.exit_shares)
+    weights = {"segmented": exit_weights(idx, result.exit_shares)}
     if conditional is not None:
         forms["conditional"] = _load(path, use_conditional=True).run
         # the If-graph takes the rows the segments take; the original form none; the first-exit
@@ -191,7 +193,7 @@ def measure(path: str, model: onnx.ModelProto, data: Dataset, batch_size: int, c
         if conditional.get("form") == "if":
             weights["conditional"] = weights["segmented"]
         elif conditional.get("after_first_exit"):
-            weights["conditional"] = exit_weights(compiled, data, rows, result.exit_shares, first_exit_only=True)
+            weights["conditional"] = exit_weights(idx, result.exit_shares, first_exit_only=True)
     lat = measure_batch1(forms, data, result, weights=weights)
 
     k = result.measurements
@@ -222,14 +224,20 @@ def measure_batch1(forms: dict, data: Dataset, result: Verification, average: bo
     return lat
 
 
-def exit_weights(model, data: Dataset, rows: int, shares, first_exit_only: bool = False) -> np.ndarray | None:
-    """stratum_weights for the first `rows` held-out rows as `model` (the artifact with exits)
-    sends them: grouped by exit index, or by "taken at exit 0" with `first_exit_only`; None
-    without shares."""
+def exit_indices(model, data: Dataset, rows: int, shares) -> np.ndarray | None:
+    """The exit index `model` (the artifact with exits) gives each of the first `rows` held-out
+    rows (a row's exit does not depend on the rows beside it); None without shares to weight to."""
     if not shares:
         return None
     _, idx = model.run({k: v[:rows] for k, v in data.feeds.items()})
-    idx = np.asarray(idx, np.int64)
+    return np.asarray(idx, np.int64)
+
+
+def exit_weights(idx: np.ndarray | None, shares, first_exit_only: bool = False) -> np.ndarray | None:
+    """stratum_weights for rows with exit indices `idx` (exit_indices): grouped by exit index,
+    or by "taken at exit 0" with `first_exit_only`; None without indices."""
+    if idx is None:
+        return None
     if first_exit_only:
         return stratum_weights((idx != 0).astype(np.int64), [shares[0], 1.0 - shares[0]])
     return stratum_weights(idx, shares)
@@ -303,15 +311,16 @@ def try_first_exit(staging: str, manifest: dict, model: onnx.ModelProto, holdout
     forms = {"original": original.run, "conditional": plain.run, "first_exit": variant.run}
     # Twice the usual rows: at 47% leaving at exit 0 the p50 of 100 rows moved by +-4% between rounds.
     rows = min(2 * LATENCY_ROWS, holdout.rows)
-    weights = {"first_exit": exit_weights(segmented, holdout, rows, result.exit_shares, first_exit_only=True)}
+    idx = exit_indices(segmented, holdout, rows, result.exit_shares)
+    weights = {"first_exit": exit_weights(idx, result.exit_shares, first_exit_only=True)}
     if not first_exit_wins(dict(zip(forms, batch1_latencies(list(forms.values()), holdout.feeds, rows))), weights):
         return False
     # Measured again for the record (the decision's own round is not reused: a winner's round
-    # is biased towards it); the three side by side, replacing the earlier batch-1 figures.
-    rows = min(LATENCY_ROWS, holdout.rows)
+    # is biased towards it); the three side by side, replacing the earlier batch-1 figures. Its
+    # rows are the first LATENCY_ROWS of the decision's: their exit indices are a prefix.
+    head = None if idx is None else idx[:min(LATENCY_ROWS, holdout.rows)]
     measure_batch1(forms, holdout, result, average=False,
-                   weights={"first_exit": exit_weights(segmented, holdout, rows, result.exit_shares,
-                                                       first_exit_only=True)})
+                   weights={"first_exit": exit_weights(head, result.exit_shares, first_exit_only=True)})
     cond["after_first_exit"] = True
     emit.update_manifest(staging, manifest)
     lat = result.latency_ms_b1
