@@ -89,3 +89,32 @@ def test_first_exit_wins_reads_weights():
     assert not verify.first_exit_wins(slow)       # p50 1.05: outside it
     assert verify.first_exit_wins(slow, {"first_exit": verify.stratum_weights(np.array([0] * 4 + [1] * 6),
                                                                               [0.6, 0.4])})
+
+
+def test_stratified_rows_have_the_held_out_exit_mix():
+    """Rows sorted so that the early-exit ones come first (the first 40 of 100 all leave at exit
+    0): the selection has the held-out shares, spread over each group, sorted, without repeats."""
+    idx = np.array([0] * 60 + [1] * 10 + [2] * 30)
+    sel = verify.stratified_rows(idx, [0.5, 0.1, 0.4], 40)
+    assert len(sel) == 40 and np.all(np.diff(sel) > 0)
+    assert np.bincount(idx[sel], minlength=3).tolist() == [20, 4, 16]
+    assert sel[0] == 0 and sel[19] == 59             # group 0's picks span its rows, not its first 20
+    # largest remainder: 7 rows at shares 0.5/0.1/0.4 -> 3.5/0.7/2.8 -> 3 + 1 (largest rests) ...
+    assert np.bincount(idx[verify.stratified_rows(idx, [0.5, 0.1, 0.4], 7)], minlength=3).tolist() == [3, 1, 3]
+    # a group short of rows is topped up with other rows
+    short = verify.stratified_rows(np.array([0] * 95 + [1] * 5), [0.5, 0.5], 20)
+    assert len(short) == 20 and len(np.unique(short)) == 20 and np.sum(short >= 95) == 5
+    assert verify.stratified_rows(idx, [0.5, 0.1, 0.4], 100).tolist() == list(range(100))
+
+
+def test_throughput_rows_match_the_shares_from_a_pool_spread_over_the_file():
+    class ByRow:  # exit index = the row's value of x (a stand-in for the artifact)
+        def run(self, feeds):
+            return [feeds["x"]], feeds["x"][:, 0].astype(np.int64)
+
+    x = np.repeat([0, 1], [300, 700]).reshape(-1, 1).astype(np.float32)  # file sorted: exits first
+    data = Dataset({"x": x}, None, "calib.npz")
+    got = verify.throughput_rows(ByRow(), data, 64, 16, [0.3, 0.7])
+    assert got.rows == 64 and int((got.feeds["x"][:, 0] == 0).sum()) == round(0.3 * 64)
+    # without shares: the first n rows, as before
+    assert verify.throughput_rows(ByRow(), data, 64, 16, None).feeds["x"][:, 0].sum() == 0
