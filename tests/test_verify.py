@@ -107,14 +107,30 @@ def test_stratified_rows_have_the_held_out_exit_mix():
     assert verify.stratified_rows(idx, [0.5, 0.1, 0.4], 100).tolist() == list(range(100))
 
 
-def test_throughput_rows_match_the_shares_from_a_pool_spread_over_the_file():
+def test_throughput_rows_have_the_held_out_shares():
     class ByRow:  # exit index = the row's value of x (a stand-in for the artifact)
         def run(self, feeds):
             return [feeds["x"]], feeds["x"][:, 0].astype(np.int64)
 
-    x = np.repeat([0, 1], [300, 700]).reshape(-1, 1).astype(np.float32)  # file sorted: exits first
+    x = np.random.default_rng(0).permutation(np.repeat([0, 1], [300, 700])).reshape(-1, 1).astype(np.float32)
     data = Dataset({"x": x}, None, "calib.npz")
-    got = verify.throughput_rows(ByRow(), data, 64, 16, [0.3, 0.7])
-    assert got.rows == 64 and int((got.feeds["x"][:, 0] == 0).sum()) == round(0.3 * 64)
+    got = verify.throughput_rows(ByRow(), data, 64, 16, [0.5, 0.5])   # shares other than the pool's 0.3
+    assert got.rows == 64 and int((got.feeds["x"][:, 0] == 0).sum()) == 32
     # without shares: the first n rows, as before
-    assert verify.throughput_rows(ByRow(), data, 64, 16, None).feeds["x"][:, 0].sum() == 0
+    assert np.array_equal(verify.throughput_rows(ByRow(), data, 64, 16, None).feeds["x"], x[:64])
+
+
+def test_verify_stage_reads_the_held_out_rows_in_random_order(monkeypatch):
+    """A calibration file sorted by class: the rows every check reads first must not all be one
+    class (verify_stage shuffles the held-out rows, with the compile's seed)."""
+    from exitc.options import CompileOptions
+    from exitc.policy import Plan
+
+    seen = {}
+    monkeypatch.setattr(verify, "check_exact", lambda path, model, sig, data, b, check: seen.update(x=data.feeds["x"]))
+    x = np.arange(400, dtype=np.float32).reshape(-1, 1)
+    plan = Plan.without_exits(0.99, 0.95, "none", 0, 400, 1.0, 1.0)
+    verify.verify_stage("staging", {}, None, None, Dataset({"x": x}, None, "c.npz"), plan, CompileOptions())
+    got = seen["x"][:, 0]
+    assert sorted(got.tolist()) == x[:, 0].tolist()          # every row, once
+    assert got[:100].max() > 200                              # the first hundred are not the file's first
