@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import subprocess
 import sys
 import tempfile
@@ -30,17 +29,16 @@ import numpy as np  # noqa: E402
 
 from bench.zoo import check, fetch  # noqa: E402
 from bench.zoo.models import BY_NAME, ZOO  # noqa: E402
+from exitc import analysis  # noqa: E402
+from exitc.options import CompileOptions  # noqa: E402
 
 TARGETS = (0.99, 0.98, 0.95, 0.9)
-CONFIDENCE = 0.95
-CERTIFY_FRACTION = 0.7
 
 
 def rows_needed(target: float) -> int:
     """exitc's minimum calibration rows for `target` at the default confidence and certify
-    fraction (exitc/analysis.py: check_rows)."""
-    cert = math.ceil(math.log(1 - CONFIDENCE) / math.log(target))
-    return max(math.ceil(cert / CERTIFY_FRACTION), cert + 100)
+    fraction (exitc.analysis.rows_needed, which check_rows enforces)."""
+    return analysis.rows_needed(CompileOptions(target_acc=target))
 
 
 def bench_one(name: str, work: Path, batch: int) -> dict:

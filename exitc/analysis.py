@@ -40,16 +40,21 @@ def split_rows(n: int, certify_fraction: float, seed: int, max_fit_rows: int | N
     return np.sort(perm[n_cert:]), np.sort(perm[:n_cert])
 
 
-def check_rows(data: Dataset, opts: CompileOptions) -> None:
-    """Raise a one-line ExitcError unless `data` has enough rows for --target-acc at --confidence:
-    enough that --certify-fraction of them can certify it (stats.min_rows_for), and at least 100
-    more than that minimum. Nothing to check at --target-acc 1.0 (no exit is certified)."""
-    need_cert = min_rows_for(opts.target_acc, opts.confidence)
+def rows_needed(opts: CompileOptions) -> int:
+    """Calibration rows --target-acc at --confidence needs: enough that --certify-fraction of them
+    can certify it (stats.min_rows_for), and at least 100 more than that minimum; 0 at
+    --target-acc 1.0 (no exit is certified)."""
     if opts.target_acc >= 1.0:
-        return
-    need = int(np.ceil(need_cert / opts.certify_fraction))
-    need = max(need, need_cert + 100)
+        return 0
+    need_cert = min_rows_for(opts.target_acc, opts.confidence)
+    return max(int(np.ceil(need_cert / opts.certify_fraction)), need_cert + 100)
+
+
+def check_rows(data: Dataset, opts: CompileOptions) -> None:
+    """Raise a one-line ExitcError unless `data` has rows_needed(opts) rows."""
+    need = rows_needed(opts)
     if data.rows < need:
+        need_cert = min_rows_for(opts.target_acc, opts.confidence)
         raise ExitcError(f"{data.path}: {data.rows} calibration rows; --target-acc {opts.target_acc} at --confidence "
                          f"{opts.confidence} needs at least {need} ({need_cert} for certification)")
 
