@@ -207,3 +207,19 @@ def test_fit_cost_charges_each_exit_that_takes_rows(monkeypatch):
     nobody_leaves = float(policy.objective(policy.CostModel(profile), [0], np.ones((1, 2)), 0.25, False)[0])
     assert uncharged < nobody_leaves
     assert charged == nobody_leaves          # the only feasible configuration takes no rows
+
+
+def test_fit_cost_keeps_perfect_exits_where_certification_allows_no_disagreement():
+    """A certification split too small to allow any disagreement (req 1): the charge must not
+    rule out an exit that agrees on every fit row, since a perfect certification split certifies
+    it; an exit with one disagreement stays out."""
+    from exitc import policy
+    n = 300
+    scores = np.full((n, 1), 0.2, np.float32)
+    scores[:290] = 0.99
+    agree = np.ones((n, 1), bool)
+    profile = _profile(k=1)
+    nobody_leaves = float(policy.objective(policy.CostModel(profile), [0], np.ones((1, 2)), 0.25, False)[0])
+    assert policy.fit_cost([0], scores, agree, profile, req=1.0, never_slower=False) < nobody_leaves
+    agree[5] = False
+    assert policy.fit_cost([0], scores, agree, profile, req=1.0, never_slower=False) == nobody_leaves
