@@ -11,8 +11,9 @@
    a row that runs to the end (heads and per-call costs) against the original's. Batch-1
    latencies of the forms with exits are weighted to the exit shares of all held-out rows
    (stratum_weights): the timed rows say what each path costs, the held-out rows how many take
-   it; throughput is timed on rows drawn with those shares (throughput_rows). Where the median batch-1 request measures slower (by more than
-   policy.MEDIAN_TOLERANCE), batch-1 requests run the original; where they run the original, the
+   it; throughput is timed on rows drawn with those shares (throughput_rows). Where the median
+   batch-1 request measures slower (by more than policy.MEDIAN_TOLERANCE), batch-1 requests run
+   the original; where they run the original, the
    first-exit form (exit 0, then the original) is measured beside it and kept where it wins
    (:func:`try_first_exit`); where batches measure slower, the driver falls back to the original
    model.
@@ -175,7 +176,10 @@ def measure(path: str, model: onnx.ModelProto, data: Dataset, batch_size: int, c
     t_batch, _ = run_all(run_orig, feeds, b, b)
     n = int(np.clip(round(THROUGHPUT_SECONDS / max(t_batch, 1e-6)), 4, 16)) * b
     n = min(n, data.rows)
-    timed = throughput_rows(compiled, data, n, b, result.exit_shares).feeds
+    # Exit indices once, for the throughput pool and the batch-1 rows (both prefixes of `data`).
+    idx = exit_indices(compiled, data, min(data.rows, max(THROUGHPUT_POOL * n, LATENCY_ROWS)),
+                       result.exit_shares, b)
+    timed = throughput_rows(data, n, idx, result.exit_shares).feeds
     # Warm-up over the rows measured (was one batch): compaction makes ragged batches, and each
     # new size pays a first run. Paired on cv_native (4 x 2 rounds of 512 rows, fresh sessions):
     # 1.79x with one batch, 1.84x with the rows; exitc bench measured 1.87x on the test split.
@@ -188,7 +192,8 @@ def measure(path: str, model: onnx.ModelProto, data: Dataset, batch_size: int, c
         full_ratios.append(t_f / t_o - 1.0)
 
     forms = {"original": run_orig, "segmented": compiled.run, "full_depth": full.run}
-    idx = exit_indices(compiled, data, min(LATENCY_ROWS, data.rows), result.exit_shares)
+    if idx is not None:
+        idx = idx[:min(LATENCY_ROWS, data.rows)]
     weights = {"segmented": exit_weights(idx, result.exit_shares)}
     if conditional is not None:
         forms["conditional"] = _load(path, use_conditional=True).run
@@ -269,15 +274,14 @@ def stratified_rows(idx: np.ndarray, shares, n: int) -> np.ndarray:
     return np.sort(sel)
 
 
-def throughput_rows(model, data: Dataset, n: int, batch: int, shares) -> Dataset:
-    """The `n` held-out rows to time at batch `batch`: of the first THROUGHPUT_POOL * n held-out
-    rows (in random order: verify_stage shuffles them), those with the held-out exit mix
-    (stratified_rows; exit indices from `model`, the artifact with exits); the first `n` rows
-    without shares to match."""
-    if not shares or n >= data.rows:
+def throughput_rows(data: Dataset, n: int, idx: np.ndarray | None, shares) -> Dataset:
+    """The `n` held-out rows to time at batch N: of the first THROUGHPUT_POOL * n held-out rows
+    (in random order: verify_stage shuffles them), those with the held-out exit mix
+    (stratified_rows; `idx`: exit_indices of a prefix of `data` at least that long); the first
+    `n` rows without indices."""
+    if idx is None or n >= data.rows:
         return data.take(np.arange(min(n, data.rows)))
-    pool = data.take(np.arange(min(data.rows, THROUGHPUT_POOL * n)))
-    return pool.take(stratified_rows(exit_indices(model, pool, pool.rows, shares, batch), shares, n))
+    return data.take(stratified_rows(idx[:THROUGHPUT_POOL * n], shares, n))
 
 
 def exit_weights(idx: np.ndarray | None, shares, first_exit_only: bool = False) -> np.ndarray | None:

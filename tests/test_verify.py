@@ -92,8 +92,8 @@ def test_first_exit_wins_reads_weights():
 
 
 def test_stratified_rows_have_the_held_out_exit_mix():
-    """Rows sorted so that the early-exit ones come first (the first 40 of 100 all leave at exit
-    0): the selection has the held-out shares, spread over each group, sorted, without repeats."""
+    """Rows sorted by exit (the first 60 of 100 leave at exit 0): the selection has the held-out
+    shares, spread over each group, sorted, without repeats."""
     idx = np.array([0] * 60 + [1] * 10 + [2] * 30)
     sel = verify.stratified_rows(idx, [0.5, 0.1, 0.4], 40)
     assert len(sel) == 40 and np.all(np.diff(sel) > 0)
@@ -108,16 +108,21 @@ def test_stratified_rows_have_the_held_out_exit_mix():
 
 
 def test_throughput_rows_have_the_held_out_shares():
-    class ByRow:  # exit index = the row's value of x (a stand-in for the artifact)
+    class ByRow:  # exit index = column 0 of x (a stand-in for the artifact); column 1: the row
         def run(self, feeds):
             return [feeds["x"]], feeds["x"][:, 0].astype(np.int64)
 
-    x = np.random.default_rng(0).permutation(np.repeat([0, 1], [300, 700])).reshape(-1, 1).astype(np.float32)
+    exits = np.random.default_rng(0).permutation(np.repeat([0, 1], [300, 700]))
+    x = np.stack([exits, np.arange(1000)], axis=1).astype(np.float32)
     data = Dataset({"x": x}, None, "calib.npz")
-    got = verify.throughput_rows(ByRow(), data, 64, 16, [0.5, 0.5])   # shares other than the pool's 0.3
-    assert got.rows == 64 and int((got.feeds["x"][:, 0] == 0).sum()) == 32
-    # without shares: the first n rows, as before
-    assert np.array_equal(verify.throughput_rows(ByRow(), data, 64, 16, None).feeds["x"], x[:64])
+    shares = [0.5, 0.5]                                                  # other than the pool's 0.3
+    idx = verify.exit_indices(ByRow(), data, 300, shares, batch=16)
+    assert np.array_equal(idx, exits[:300])                            # batched, in row order
+    got = verify.throughput_rows(data, 64, idx, shares).feeds["x"]
+    assert len(got) == 64 and int((got[:, 0] == 0).sum()) == 32
+    assert got[:, 1].max() < verify.THROUGHPUT_POOL * 64                # from the pool only
+    # without indices: the first n rows, as before
+    assert np.array_equal(verify.throughput_rows(data, 64, None, shares).feeds["x"], x[:64])
 
 
 def test_verify_stage_reads_the_held_out_rows_in_random_order(monkeypatch):
