@@ -32,6 +32,7 @@ from .passes.candidates import Candidate
 from .passes.graph import GraphIndex
 from .passes.normalize import Signature, observe_shapes, prepare
 from .passes.sequence import SequenceAxis, open_sequence, sequence_open_view
+from .passes.shape_reads import resolve_shape_reads
 from .passes.split import find_mask_input
 from .policy import Plan
 from .profile import Profile
@@ -90,8 +91,10 @@ def normalise_stage(raw: onnx.ModelProto, read_data: Callable[[Signature], Datas
             f"length of its longest row ({sequence.mask!r} says which tokens are padding)")
     elif why is not None:
         log(f"exitc: rows run at the padded length: {why}")
-    model = observe_shapes(runnable, sequence_open_view(sig, sequence),
-                           {k: v[:OBSERVE_ROWS] for k, v in data.feeds.items()}, label=label)
+    view = sequence_open_view(sig, sequence)
+    feeds = {k: v[:OBSERVE_ROWS] for k, v in data.feeds.items()}
+    model = observe_shapes(runnable, view, feeds, label=label)
+    model, _ = resolve_shape_reads(model, feeds, view.resized)
     if sig.dropped_outputs:
         log(f"exitc: the compiled model produces only the prediction output {sig.output.name!r}; the original's "
             f"other outputs ({', '.join(sig.dropped_outputs)}) are not produced (use --output to choose another)")

@@ -53,12 +53,16 @@ def tiny_cnn(opset: int = 17, blocks: int = 3, channels: int = 8, classes: int =
 
 
 def tiny_transformer(layers: int = 3, hidden: int = 16, seq: int = 8, vocab: int = 50, classes: int = 3,
-                     carry_mask: bool = False, seed: int = 0, opset: int = 17) -> onnx.ModelProto:
+                     carry_mask: bool = False, seed: int = 0, opset: int = 17,
+                     torchscript_style: bool = False) -> onnx.ModelProto:
     """input_ids/attention_mask[B,T] -> embeddings -> `layers` attention blocks -> masked mean -> logits.
 
     The extended attention mask is built once from `attention_mask` and read by every layer, as in
     exported BERT graphs. With ``carry_mask`` it passes through a non-recomputable op (Sigmoid),
-    so every cut must carry two tensors (hidden state + mask).
+    so every cut must carry two tensors (hidden state + mask). With ``torchscript_style``, as the
+    TorchScript exporter writes transformers >= 4.4x: the embeddings pass a LayerNorm spelled out
+    as ReduceMean/Sub/Pow/Sqrt/Div, and the mask is expanded to [B, T, T] at sizes read with
+    Shape from that LayerNorm's output (not from an input).
     """
     rng = np.random.default_rng(seed)
     nodes, inits = [], []
@@ -75,11 +79,30 @@ def tiny_transformer(layers: int = 3, hidden: int = 16, seq: int = 8, vocab: int
               helper.make_node("Sub", ["one", "m3"], ["inv"], name="mask_inv"),
               helper.make_node("Mul", ["inv", "neg"], ["ext0"], name="mask_ext")]
     ext = "ext0"
+    h = "h0"
+    if torchscript_style:
+        inits += [_init("ax_last", np.array([-1], np.int64)), _init("two", np.array(2.0, np.float32)),
+                  _init("ln_eps", np.array(1e-5, np.float32)), _init("i0", np.array([0], np.int64)),
+                  _init("i1", np.array([1], np.int64))]
+        nodes += [helper.make_node("ReduceMean", ["h0", "ax_last"] if opset >= 18 else ["h0"], ["e_mu"],
+                                   **({} if opset >= 18 else {"axes": [-1]}), name="emb_ln_mean"),
+                  helper.make_node("Sub", ["h0", "e_mu"], ["e_c"], name="emb_ln_sub"),
+                  helper.make_node("Pow", ["e_c", "two"], ["e_sq"], name="emb_ln_pow"),
+                  helper.make_node("ReduceMean", ["e_sq", "ax_last"] if opset >= 18 else ["e_sq"], ["e_var"],
+                                   **({} if opset >= 18 else {"axes": [-1]}), name="emb_ln_var"),
+                  helper.make_node("Add", ["e_var", "ln_eps"], ["e_ve"], name="emb_ln_add"),
+                  helper.make_node("Sqrt", ["e_ve"], ["e_sd"], name="emb_ln_sqrt"),
+                  helper.make_node("Div", ["e_c", "e_sd"], ["h0n"], name="emb_ln_div"),
+                  helper.make_node("Shape", ["h0n"], ["h_shape"], name="mask_shape"),
+                  helper.make_node("Gather", ["h_shape", "i0"], ["h_b"], axis=0, name="mask_b"),
+                  helper.make_node("Gather", ["h_shape", "i1"], ["h_t"], axis=0, name="mask_t"),
+                  helper.make_node("Concat", ["h_b", "h_t", "h_t"], ["m_shape"], axis=0, name="mask_dims"),
+                  helper.make_node("Expand", ["ext0", "m_shape"], ["ext4"], name="mask_expand")]
+        ext, h = "ext4", "h0n"
     if carry_mask:
         nodes += [helper.make_node("Sigmoid", [ext], ["ext_sig"], name="mask_sig"),
                   helper.make_node("Mul", ["ext_sig", "neg"], ["ext"], name="mask_scale")]
         ext = "ext"
-    h = "h0"
     for l in range(layers):
         for w in ("q", "k", "v", "o", "f1", "f2"):
             inits.append(_init(f"l{l}_{w}", (rng.standard_normal((H, H)) / np.sqrt(H)).astype(np.float32)))

@@ -9,6 +9,8 @@ from exitc.errors import ExitcError
 from exitc.passes import ExitHead, build_segments, conditional_model, find_candidates, normalize, probe_model
 from exitc.passes.candidates import recompute_ok
 from exitc.passes.heads import NchwPooling, grid_kernel, head_forward, nchw_pooling
+from exitc.passes.normalize import observe_shapes, prepare
+from exitc.passes.shape_reads import resolve_shape_reads
 from exitc.passes.split import EXIT_INDEX, find_mask_input, head_model, probe_name
 
 from synthetic import preprocessed_cnn, tiny_cnn, tiny_mlp, tiny_transformer, transformer_feeds
@@ -37,6 +39,7 @@ MODELS = {
     "cnn_opset11_batch1": (lambda: tiny_cnn(opset=11, batch=1), "cnn"),
     "transformer": (lambda: tiny_transformer(), "transformer"),
     "transformer_two_tensor_carry": (lambda: tiny_transformer(carry_mask=True), "transformer"),
+    "transformer_torchscript_style": (lambda: tiny_transformer(torchscript_style=True), "transformer"),
     "mlp": (lambda: tiny_mlp(), "mlp"),
 }
 
@@ -113,6 +116,59 @@ def test_two_tensor_carry_is_found():
     model2, _ = normalize(tiny_transformer())
     assert all(c.side == () for c in find_candidates(model2))
     assert recompute_ok(model2, "ext0") and not recompute_ok(model, "ext")
+
+
+def test_shape_read_from_an_activation_is_rewritten_to_read_the_input():
+    # The 4-D mask is expanded to sizes read with Shape from the embeddings' LayerNorm output, so
+    # it cannot be recomputed from the inputs, and carried it is too large to be a side tensor:
+    # only the cut after the last layer (where the mask is dead) would be an exit.
+    raw = tiny_transformer(layers=4, torchscript_style=True)
+    feeds = transformer_feeds(3)
+    model, sig = prepare(raw)
+    model = observe_shapes(model, sig, feeds)
+    assert not recompute_ok(model, "ext4")
+    assert len(find_candidates(model, input_exit=False)) <= 1
+    fixed, n = resolve_shape_reads(model, feeds)
+    assert n == 1 and recompute_ok(fixed, "ext4")
+    shape_node = [n for n in fixed.graph.node if "h_shape" in n.output]
+    assert shape_node[0].op_type == "Concat"  # the Shape of "h0n" is gone; the rest reads the inputs
+    assert not any(n.op_type == "Shape" and n.input[0] == "h0n" for n in fixed.graph.node)
+    cands = find_candidates(fixed, input_exit=False)
+    assert len(cands) >= 3 and all(c.side == () for c in cands), [(c.tensor, c.side) for c in cands]
+    for n_rows in (1, 5):
+        f = transformer_feeds(n_rows, seed=1)
+        np.testing.assert_array_equal(run(fixed, f)["logits"], run(model, f)["logits"])
+    assert model.graph.node[0] is not fixed.graph.node[0] and any(n.op_type == "Shape" and n.input[0] == "h0n"
+                                                                  for n in model.graph.node)  # argument untouched
+
+
+def test_shape_read_that_no_input_explains_stays():
+    # A size that follows the data (how many tokens are set), not an input's shape: not rewritten.
+    m = tiny_transformer()
+    g = m.graph
+    g.node.extend([onnx.helper.make_node("NonZero", ["attention_mask"], ["nz"], name="nz"),
+                   onnx.helper.make_node("Cast", ["nz"], ["nzf"], to=onnx.TensorProto.FLOAT, name="nzf"),
+                   onnx.helper.make_node("Relu", ["nzf"], ["nzr"], name="nzr"),
+                   onnx.helper.make_node("Shape", ["nzr"], ["nz_shape"], name="nz_shape"),
+                   onnx.helper.make_node("Cast", ["nz_shape"], ["nz_count"], to=onnx.TensorProto.FLOAT, name="nzc"),
+                   onnx.helper.make_node("ReduceMax", ["nz_count"], ["nz_max"], keepdims=0, name="nzm"),
+                   onnx.helper.make_node("Mul", ["logits", "nz_max"], ["scaled"], name="scale_out")])
+    del g.output[:]
+    g.output.append(onnx.helper.make_tensor_value_info("scaled", onnx.TensorProto.FLOAT, ["B", 3]))
+    model, sig = prepare(m)
+    feeds = transformer_feeds(3)
+    model = observe_shapes(model, sig, feeds)
+    same, n = resolve_shape_reads(model, feeds)
+    assert n == 0 and same is model
+
+
+def test_input_exit_is_not_a_statistic_of_the_input():
+    # With the embeddings' LayerNorm spelled out and the embeddings recomputable (Gather, Add), the
+    # cut that carries least before the first MatMul holds the per-token mean [B, T, 1]; the input
+    # exit must read the normalised embeddings instead.
+    model, _ = normalize(tiny_transformer(torchscript_style=True))
+    first = find_candidates(model)[0]
+    assert first.flops_fraction < 0.02 and first.tensor == "h0n", first
 
 
 def test_input_exit_reads_what_the_first_heavy_op_reads():

@@ -4,6 +4,7 @@ Each pass is a function from a model (or graph view) to a new model or a plain d
 it, with a docstring stating what it guarantees; none mutates its argument.
 
 - :mod:`.normalize`: load, check, make the batch symbolic, pick the prediction output.
+- :mod:`.shape_reads`: sizes read from activations (`Shape`) rewritten to read the graph inputs.
 - :mod:`.candidates`: find cut points where one activation carries the state.
 - :mod:`.heads`: exit heads (pooling + classifier + exit gate) as ONNX nodes.
 - :mod:`.split`: probe model, segments with fused heads, conditional single-graph form.

@@ -234,10 +234,15 @@ def prepare(model: onnx.ModelProto, output: str | None = None, label: str = "mod
 
 def normalize(model: onnx.ModelProto, output: str | None = None, label: str = "model",
               feeds: dict[str, np.ndarray] | None = None) -> tuple[onnx.ModelProto, Signature]:
-    """prepare, then observe_shapes on `feeds` (real rows; random ones of the declared shapes if
-    None, which needs every non-batch input dim to be known)."""
+    """prepare, then observe_shapes and shape_reads.resolve_shape_reads on `feeds` (real rows;
+    random ones of the declared shapes if None, which needs every non-batch input dim to be known)."""
+    from .shape_reads import resolve_shape_reads  # it builds on this module
+
     model, sig = prepare(model, output, label)
+    if feeds is None:
+        feeds = example_feeds(sig, 3)
     model = observe_shapes(model, sig, feeds, label)
+    model, _ = resolve_shape_reads(model, feeds, sig.resized)
     return model, sig
 
 
