@@ -116,3 +116,52 @@ def test_cv_module_compiles_like_its_onnx_file(compiled):
     assert c.plan.exits == result.plan.exits
     assert abs(c.plan.agreement_bound - result.plan.agreement_bound) <= 0.005
     assert abs(c.plan.agreement_certify - result.plan.agreement_certify) <= 0.005
+
+
+def test_nlp_model_through_the_torchscript_exporter_gets_its_exits(compiled, tmp_path):
+    """The NLP sample's MiniLM as most users export it: the TorchScript exporter (opset 14), batch
+    and sequence axes dynamic. transformers builds its 4-D attention mask from Shape(embeddings)
+    there; without passes.shape_reads every cut but the last had to carry that mask, and the model
+    got 2 candidate exits instead of the dynamo export's one per layer. Its segments must still
+    compute the original's logits."""
+    name, d, _, _, result = compiled
+    if name != "nlp":
+        pytest.skip("the NLP sample is the transformer")
+    import onnx
+    import torch
+
+    from exitc.driver import load_stage
+    from exitc.passes import build_segments, find_candidates
+    from exitc.passes.split import find_mask_input
+
+    sys.path.insert(0, os.path.join(ROOT, "samples"))
+    import build_nlp
+
+    _, module, _ = build_nlp.build_torch_model()
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(os.path.join(d, "model.onnx")).graph.initializer}
+    w = next(a for a in weights.values() if a.shape in ((384, 2), (2, 384)) and a.dtype == np.float32)
+    b = next(a for a in weights.values() if a.shape == (2,) and a.dtype == np.float32)
+    module.head.weight.data = torch.from_numpy(np.ascontiguousarray(w if w.shape == (2, 384) else w.T))
+    module.head.bias.data = torch.from_numpy(b.copy())
+    module.eval()
+    calib = os.path.join(d, "calib.npz")
+    data = np.load(calib)
+    names = list(build_nlp.INPUT_NAMES)
+    path = str(tmp_path / "torchscript.onnx")
+    axes = {k: {0: "batch_size", 1: "sequence_length"} for k in names}
+    with torch.no_grad():
+        torch.onnx.export(module, tuple(torch.from_numpy(data[k][:2]) for k in names), path, dynamo=False,
+                          opset_version=14, input_names=names, output_names=["logits"],
+                          dynamic_axes={**axes, "logits": {0: "batch_size"}})
+    front = load_stage(path, calib, CompileOptions(progress=False), log=lambda *a: None)
+    cands = find_candidates(front.model)
+    assert len(cands) == len(result.candidates), [c.tensor for c in cands]
+    assert all(c.side == () for c in cands)
+    feeds = {k: front.data.feeds[k][:5] for k in names}
+    ref = make_session(front.model, "reference").run(feeds, ["logits"])[0]
+    state = dict(feeds)
+    for seg in build_segments(front.model, cands, [None] * len(cands), find_mask_input(front.model)):
+        if seg.model.graph.node:
+            outs = [o.name for o in seg.model.graph.output]
+            state.update(zip(outs, make_session(seg.model, "segment").run({k: state[k] for k in seg.inputs}, outs)))
+    np.testing.assert_allclose(state["logits"], ref, rtol=1e-5, atol=1e-5)
