@@ -151,6 +151,28 @@ class TritonPythonModel:
         n_exits = len(self.model.manifest["segments"]) - 1
         self.rows_metric = [self.rows_family.Metric(labels={"model": args["model_name"], "exit": str(e)})
                             for e in range(n_exits + 1)]
+        # Agreement monitor (exitc.monitor): a share of the early rows also run at full depth.
+        self.monitor = None
+        rate = float(params.get("monitor_sample_rate", "0") or 0)
+        if rate > 0:
+            from exitc.monitor import AgreementMonitor
+
+            self.model = self.monitor = AgreementMonitor(self.model, sample_rate=rate)
+            # Families live as long as their metrics (Triton refuses to set a metric of a dead family).
+            self.agreement_family = gauge = pb_utils.MetricFamily(
+                name="exitc_python_agreement",
+                description="Live agreement with the original model: estimate, one-sided bounds at the artifact's "
+                            "confidence, certified target (agreement monitor; NaN until an early row is checked)",
+                kind=pb_utils.MetricFamily.GAUGE)
+            self.agreement_metric = {k: gauge.Metric(labels={"model": args["model_name"], "value": k})
+                                     for k in ("estimate", "lower", "upper", "target")}
+            self.checked_family = checked = pb_utils.MetricFamily(
+                name="exitc_python_monitor_rows",
+                description="Early rows checked at full depth, and how many of them the exit got wrong "
+                            "(agreement monitor)",
+                kind=pb_utils.MetricFamily.GAUGE)
+            self.checked_metric = {k: checked.Metric(labels={"model": args["model_name"], "rows": k})
+                                   for k in ("sampled", "disagreements")}
 
     def _feeds(self, request):
         feeds = {}
@@ -179,6 +201,13 @@ class TritonPythonModel:
                 outputs, exit_index = self.model.run(merged)
                 for e in range(len(self.rows_metric)):
                     self.rows_metric[e].increment(int(np.sum(exit_index == e)))
+                if self.monitor is not None:
+                    rep = self.monitor.report()
+                    for k, v in (("estimate", rep.agreement_estimate), ("lower", rep.agreement_lower),
+                                 ("upper", rep.agreement_upper), ("target", rep.target)):
+                        self.agreement_metric[k].set(float(v))
+                    self.checked_metric["sampled"].set(float(sum(rep.sampled)))
+                    self.checked_metric["disagreements"].set(float(sum(rep.disagreements)))
                 by_name = dict(zip(self.model_outputs, outputs))
                 by_name["exitc_exit_index"] = np.asarray(exit_index, dtype=np.int64).reshape(-1, 1)
                 row0 = 0
@@ -204,8 +233,11 @@ def _default_sys_path() -> str:
 
 def export_triton(artifact: str, repo: str, name: str | None = None, max_batch_size: int = 64, instances: int = 1,
                   backend: str = "exitc", mode: str = "plain", max_queue_delay_us: int = 500, force: bool = False,
-                  copy_backend: bool = False, extra_parameters: dict[str, str] | None = None) -> str:
-    """Writes <repo>/<name>/{config.pbtxt, 1/model.exitc[, 1/model.py]}; returns the model directory."""
+                  copy_backend: bool = False, extra_parameters: dict[str, str] | None = None,
+                  monitor_sample_rate: float = 0.0) -> str:
+    """Writes <repo>/<name>/{config.pbtxt, 1/model.exitc[, 1/model.py]}; returns the model directory.
+    `monitor_sample_rate` > 0 (Python backend): the agreement monitor (exitc.monitor) checks that
+    share of the early rows at full depth and reports live agreement as metrics."""
     manifest = read_manifest(artifact)  # the one reader: format, schema version, segment files checked
     if backend not in ("exitc", "python"):
         raise ExitcError(f"--backend {backend!r}: expected exitc or python")
@@ -217,12 +249,19 @@ def export_triton(artifact: str, repo: str, name: str | None = None, max_batch_s
         raise ExitcError(f"--max-batch-size {max_batch_size}: must be at least 1")
     if instances < 1:
         raise ExitcError(f"--instances {instances}: must be at least 1")
+    if not (0.0 <= monitor_sample_rate <= 1.0):
+        raise ExitcError(f"--monitor-sample-rate {monitor_sample_rate}: must be in [0, 1]")
+    if monitor_sample_rate > 0 and backend != "python":
+        # The C++ backend has no agreement monitor yet (libexitc would need the full-depth twin).
+        raise ExitcError("--monitor-sample-rate needs --backend python (the C++ backend has no agreement monitor yet)")
     name = name or os.path.splitext(os.path.basename(os.path.normpath(artifact)))[0]
     if not name or "/" in name or name.startswith("."):
         raise ExitcError(f"--name {name!r}: not a valid model name")
     params = dict(extra_parameters or {})
     if backend == "python":
         params.setdefault("exitc_sys_path", _default_sys_path())
+    if monitor_sample_rate > 0:
+        params["monitor_sample_rate"] = repr(float(monitor_sample_rate))
     text = config_pbtxt(manifest, name, max_batch_size, instances, backend, mode, max_queue_delay_us,
                         extra_parameters=params)
     model_dir = os.path.join(repo, name)
@@ -246,7 +285,7 @@ def export_triton(artifact: str, repo: str, name: str | None = None, max_batch_s
 def cmd_export_triton(a) -> int:
     model_dir = export_triton(a.artifact, a.repo, name=a.name, max_batch_size=a.max_batch_size, instances=a.instances,
                               backend=a.backend, mode=a.mode, max_queue_delay_us=a.max_queue_delay_us, force=a.force,
-                              copy_backend=a.copy_backend)
+                              copy_backend=a.copy_backend, monitor_sample_rate=a.monitor_sample_rate)
     print(f"wrote {model_dir} (backend {a.backend}"
           + (f", mode {a.mode}" if a.backend == "exitc" else "") + f", max_batch_size {a.max_batch_size})")
     if a.backend == "exitc" and not a.copy_backend:
@@ -273,5 +312,8 @@ def add_subcommands(sub) -> dict:
     e.add_argument("--copy-backend", action="store_true",
                    help="copy libtriton_exitc.so into the model directory (no --backend-directory needed)")
     e.add_argument("--force", action="store_true", help="replace an existing model directory")
+    e.add_argument("--monitor-sample-rate", type=float, default=0.0,
+                   help="python backend: share of early-exit rows also run at full depth to report live "
+                        "agreement with the original as metrics (exitc.monitor; 0 = off)")
     sub.add_parser("backend-dir", help="print the Triton backend directory holding exitc/libtriton_exitc.so")
     return {"export-triton": cmd_export_triton, "backend-dir": cmd_backend_dir}

@@ -103,6 +103,8 @@ def setup(tmp_path_factory):
                       extra_parameters={**params, "continuous_max_wait_us": "2000"})
         export_triton(art, str(repo), name=f"{key}_py", max_batch_size=MAX_BATCH, backend="python",
                       extra_parameters={"engine": "cpp"})
+    export_triton(arts["tiny"][0], str(repo), name="tiny_pymon", max_batch_size=MAX_BATCH, backend="python",
+                  extra_parameters={"engine": "python"}, monitor_sample_rate=1.0)
     server = TritonServer(repo, backend_dir=backends, log_path=tmp / "tritonserver.log")
     server.start()
     models = {key: exitc.load(art, threads=1) for key, (art, _) in arts.items()}
@@ -332,3 +334,31 @@ def test_clean_shutdown(tmp_path):
     log = server.log_text()
     assert "successfully unloaded 'tiny_cont' version 1" in log
     assert "exitc backend: " in log and "refusing" not in log
+
+
+def test_python_backend_agreement_monitor_reports_live_agreement(setup):
+    """--monitor-sample-rate 1: every early row is also run at full depth; the metrics show the
+    rows checked, the disagreements and the live agreement, as exitc.monitor computes them."""
+    from exitc.monitor import AgreementMonitor
+
+    server, arts, models = setup
+    x = inputs_for("tiny", arts, 5 * MAX_BATCH, seed=7)
+    parts = np.array_split(x, 5)
+    c = http.InferenceServerClient(server.http_url)
+    try:
+        for part in parts:
+            infer(c, http, "tiny_pymon", part)
+    finally:
+        c.close()
+    local = AgreementMonitor(exitc.load(arts["tiny"][0], engine="python"), sample_rate=1.0, seed=0)
+    for part in parts:
+        local.run({"x": part})
+    want = local.report()
+    text = server.metrics()
+    assert sum(want.sampled) > 0, "the tiny artifact's exits take some of these rows"
+    assert metric_value(text, "exitc_python_monitor_rows", model="tiny_pymon", rows="sampled") == sum(want.sampled)
+    assert metric_value(text, "exitc_python_monitor_rows", model="tiny_pymon",
+                        rows="disagreements") == sum(want.disagreements)
+    got = metric_value(text, "exitc_python_agreement", model="tiny_pymon", value="lower")
+    assert got == pytest.approx(want.agreement_lower, abs=1e-6)
+    assert metric_value(text, "exitc_python_agreement", model="tiny_pymon", value="target") == pytest.approx(want.target)

@@ -53,6 +53,8 @@ def test_python_backend_writes_model_py(tiny, tmp_path):
     ({"backend": "python", "mode": "continuous"}, "needs --backend exitc"),
     ({"max_batch_size": 0}, "--max-batch-size 0"),
     ({"instances": 0}, "--instances 0"),
+    ({"monitor_sample_rate": 1.5, "backend": "python"}, "--monitor-sample-rate 1.5"),
+    ({"monitor_sample_rate": 0.01}, "needs --backend python"),
 ])
 def test_bad_options_are_one_line_errors(tiny, tmp_path, kwargs, needle):
     with pytest.raises(ExitcError, match=needle.replace("(", r"\(")):
