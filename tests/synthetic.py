@@ -150,6 +150,37 @@ def tiny_transformer(layers: int = 3, hidden: int = 16, seq: int = 8, vocab: int
     return model
 
 
+def tiny_cnn1d(blocks: int = 3, channels: int = 8, length: int = 64, classes: int = 4, seed: int = 0) -> onnx.ModelProto:
+    """signal[N,1,L] -> blocks of Conv1d(k=3, pad 1) + ReLU with a residual Add -> mean over L ->
+    logits: a 1-D CNN (audio, ECG, sensor series) whose activations are [batch, channels, length]."""
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+    x, cin = "signal", 1
+    for b in range(blocks):
+        inits += [_init(f"c{b}_w", (rng.standard_normal((channels, cin, 3)) / np.sqrt(3 * cin)).astype(np.float32)),
+                  _init(f"c{b}_b", np.zeros(channels, np.float32)),
+                  _init(f"d{b}_w", (rng.standard_normal((channels, channels, 3)) / np.sqrt(3 * channels)).astype(np.float32))]
+        nodes += [helper.make_node("Conv", [x, f"c{b}_w", f"c{b}_b"], [f"c{b}"], pads=[1, 1], name=f"conv{b}"),
+                  helper.make_node("Relu", [f"c{b}"], [f"r{b}"], name=f"relu{b}"),
+                  helper.make_node("Conv", [f"r{b}", f"d{b}_w"], [f"d{b}"], pads=[1, 1], name=f"conv{b}b"),
+                  helper.make_node("Add", [f"r{b}", f"d{b}"], [f"h{b}"], name=f"res{b}")]
+        x, cin = f"h{b}", channels
+    inits += [_init("axes2", np.array([2], np.int64)),
+              _init("fc_w", (rng.standard_normal((channels, classes)) * 2).astype(np.float32)),
+              _init("fc_b", np.zeros(classes, np.float32))]
+    nodes += [helper.make_node("ReduceMean", [x, "axes2"], ["pooled"], keepdims=0, name="gap"),
+              helper.make_node("MatMul", ["pooled", "fc_w"], ["z"], name="fc"),
+              helper.make_node("Add", ["z", "fc_b"], ["logits"], name="fc_add")]
+    graph = helper.make_graph(nodes, "tiny_cnn1d",
+                              [helper.make_tensor_value_info("signal", TensorProto.FLOAT, ["N", 1, length])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
+                              initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], producer_name="exitc-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
 def tiny_mlp(layers: int = 4, width: int = 32, features: int = 16, classes: int = 4, seed: int = 0) -> onnx.ModelProto:
     rng = np.random.default_rng(seed)
     nodes, inits = [], []
@@ -201,6 +232,8 @@ def numpy_pooled(x: np.ndarray, layout: str, mask: np.ndarray | None = None, poo
 
     x = x.astype(np.float64)
     n = len(x)
+    if layout == "ncl":  # 1-D maps: pooled as [B, C, L, 1]
+        x, layout = x[..., None], "nchw"
     if layout == "nchw":
         parts = [x.mean(axis=(2, 3)), x.max(axis=(2, 3))]
         if pooling is not None and pooling.grid is not None:

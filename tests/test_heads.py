@@ -34,6 +34,8 @@ RTOL, ATOL = 1e-4, 1e-5  # float32: ORT, numpy and torch sum in different orders
 LAYOUTS = {
     "nchw_grid": ("nchw", (8, 8, 8), False, nchw_pooling((8, 8), 8)),
     "nchw_filters": ("nchw", (3, 32, 32), False, nchw_pooling((32, 32), 3)),
+    "ncl_grid": ("ncl", (6, 40), False, nchw_pooling((40, 1), 6)),
+    "ncl_signal": ("ncl", (1, 64), False, nchw_pooling((64, 1), 1)),
     "btc_mask": ("btc", (6, 8), True, None),
     "btc_nomask": ("btc", (6, 8), False, None),
     "bf": ("bf", (10,), False, None),
@@ -43,6 +45,8 @@ LAYOUTS = {
 def test_layouts_cover_both_nchw_poolings():
     assert LAYOUTS["nchw_grid"][3].grid is not None and LAYOUTS["nchw_grid"][3].filters is None
     assert LAYOUTS["nchw_filters"][3].filters is not None and LAYOUTS["nchw_filters"][3].grid is None
+    # 1-D maps: cells along the length only (8 for a 6-channel map, 16 for a one-channel signal)
+    assert LAYOUTS["ncl_grid"][3].grid == (5, 1) and LAYOUTS["ncl_signal"][3].grid == (4, 1)
 
 
 def make_case(layout_name: str, kind: str, chained: bool, probabilities: bool, seed: int = 0):

@@ -13,7 +13,7 @@ from exitc.passes.normalize import observe_shapes, prepare
 from exitc.passes.shape_reads import resolve_shape_reads
 from exitc.passes.split import EXIT_INDEX, find_mask_input, head_model, probe_name
 
-from synthetic import preprocessed_cnn, tiny_cnn, tiny_mlp, tiny_transformer, transformer_feeds
+from synthetic import preprocessed_cnn, tiny_cnn, tiny_cnn1d, tiny_mlp, tiny_transformer, transformer_feeds
 
 
 def run(model, feeds, outputs=None):
@@ -30,6 +30,8 @@ def feeds_for(kind, n, seed=0):
         return transformer_feeds(n, seed=seed)
     if kind == "mlp":
         return {"x": rng.standard_normal((n, 16)).astype(np.float32)}
+    if kind == "cnn1d":
+        return {"signal": rng.standard_normal((n, 1, 64)).astype(np.float32)}
     return {"x": rng.standard_normal((n, 3, 16, 16)).astype(np.float32)}
 
 
@@ -41,6 +43,7 @@ MODELS = {
     "transformer_two_tensor_carry": (lambda: tiny_transformer(carry_mask=True), "transformer"),
     "transformer_torchscript_style": (lambda: tiny_transformer(torchscript_style=True), "transformer"),
     "mlp": (lambda: tiny_mlp(), "mlp"),
+    "cnn1d": (lambda: tiny_cnn1d(), "cnn1d"),
 }
 
 
@@ -160,6 +163,23 @@ def test_shape_read_that_no_input_explains_stays():
     model = observe_shapes(model, sig, feeds)
     same, n = resolve_shape_reads(model, feeds)
     assert n == 0 and same is model
+
+
+def test_conv1d_maps_are_channels_first():
+    # [batch, channels, length] activations of a 1-D CNN are pooled per channel (global average,
+    # max and cells along the length), not as [batch, tokens, channels]: a head reading them as
+    # tokens would average the channels away and call the length its features.
+    model, _ = normalize(tiny_cnn1d(channels=8, length=64))
+    cands = find_candidates(model)
+    assert cands[0].tensor == "signal" and cands[0].layout == "ncl" and cands[0].features == 1
+    assert all(c.layout == "ncl" for c in cands), [(c.tensor, c.layout) for c in cands]
+    deep = cands[-1]
+    assert deep.features == 8 and deep.spatial == (64, 1) and deep.pooling.grid == (8, 1)
+    probed = run(probe_model(model, [deep], None), feeds_for("cnn1d", 3))
+    assert probed[probe_name(0)].shape == (3, 2 * 8 + 8 * 8)
+    # A transformer's [batch, tokens, channels] stays btc.
+    tmodel, _ = normalize(tiny_transformer())
+    assert {c.layout for c in find_candidates(tmodel)} == {"btc"}
 
 
 def test_input_exit_is_not_a_statistic_of_the_input():

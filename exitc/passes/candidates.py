@@ -58,11 +58,11 @@ class Candidate:
     cut: int                 # nodes[:cut] run before the exit
     tensor: str              # the main activation the exit head reads
     side: tuple[str, ...]    # batch-major side tensors carried along
-    layout: str              # "nchw" (B,C,H,W), "btc" (B,T,C) or "bf" (B,F)
+    layout: str              # "nchw" (B,C,H,W), "ncl" (B,C,L: 1-D conv maps), "btc" (B,T,C) or "bf" (B,F)
     features: int            # channel/feature size of the main tensor (C, C or F)
     row_elements: int        # elements per row carried across the cut
     flops_fraction: float    # estimated share of the model's arithmetic before the cut
-    spatial: tuple[int, int] | None = None  # (H, W) for nchw activations with static size
+    spatial: tuple[int, int] | None = None  # (H, W) for nchw, (L, 1) for ncl activations with static size
 
     @property
     def carried(self) -> tuple[str, ...]:
@@ -73,14 +73,45 @@ class Candidate:
         """What the head pools besides global avg/max (nchw only; see heads.nchw_pooling)."""
         from .heads import nchw_pooling
 
-        return nchw_pooling(self.spatial, self.features) if self.layout == "nchw" else None
+        return nchw_pooling(self.spatial, self.features) if self.layout in ("nchw", "ncl") else None
 
 
-def _layout(info: TensorInfo) -> str | None:
+# Ops whose rank-3 data input and output are channels-first [batch, channels, length] (ONNX's 1-D
+# convolution and pooling), and elementwise ops that keep that layout from an input to the output.
+CHANNELS_FIRST_OPS = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "BatchNormalization",
+                      "InstanceNormalization", "QLinearConv", "ConvInteger"}
+ELEMENTWISE_OPS = {"Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
+                   "Clip", "Add", "Sub", "Mul", "Div", "Erf", "Gelu", "Softplus", "Mish", "Identity", "Dropout"}
+
+
+def channels_first_1d(idx: GraphIndex) -> set[str]:
+    """Rank-3 tensors laid out [batch, channels, length]: read or written by a 1-D Conv, pooling
+    or normalisation, or computed elementwise from such a tensor at the same rank (a ReLU or a
+    residual Add between two convolutions). Every other rank-3 activation is [batch, tokens,
+    channels], as transformers keep it."""
+    def rank3(name: str) -> bool:
+        info = idx.infos.get(name)
+        return info is not None and info.rank == 3
+
+    found: set[str] = set()
+    for node in idx.nodes:
+        if node.op_type in CHANNELS_FIRST_OPS:
+            found |= {t for t in (node.input[:1] if node.input else []) if rank3(t)}
+            found |= {t for t in node.output[:1] if rank3(t)}
+    for node in idx.nodes:  # graph order: chains of elementwise ops after a convolution
+        if node.op_type in ELEMENTWISE_OPS and node.output and rank3(node.output[0]) \
+                and any(t in found for t in node.input):
+            found.add(node.output[0])
+    return found
+
+
+def _layout(info: TensorInfo, channels_first: set[str] = frozenset()) -> str | None:
     if info.elem_type not in FLOAT_TYPES or not info.batch_major:
         return None
     if info.rank == 4 and isinstance(info.shape[1], int):
         return "nchw"
+    if info.rank == 3 and info.name in channels_first:
+        return "ncl" if isinstance(info.shape[1], int) else None
     if info.rank == 3 and isinstance(info.shape[2], int):
         return "btc"
     if info.rank == 2 and isinstance(info.shape[1], int):
@@ -89,7 +120,13 @@ def _layout(info: TensorInfo) -> str | None:
 
 
 def _features(info: TensorInfo, layout: str) -> int:
-    return int(info.shape[1] if layout in ("nchw", "bf") else info.shape[2])
+    return int(info.shape[1] if layout in ("nchw", "ncl", "bf") else info.shape[2])
+
+
+def _spatial(info: TensorInfo, layout: str) -> tuple[int, int] | None:
+    """(H, W) of an nchw map, (L, 1) of an ncl one, where static; else None."""
+    dims = info.shape[2:4] if layout == "nchw" else info.shape[2:3] + [1] if layout == "ncl" else None
+    return tuple(dims) if dims is not None and all(isinstance(d, int) for d in dims) else None
 
 
 def _row_elems(info: TensorInfo | None) -> int:
@@ -205,6 +242,7 @@ def find_candidates(model: onnx.ModelProto, max_side: int = 3, max_candidates: i
     for f in flops:
         prefix.append(prefix[-1] + f)
     recompute = _Recompute(idx)
+    channels_first = channels_first_1d(idx)
     found: dict[tuple[str, ...], Candidate] = {}
     for cut, crossing in enumerate(crossing_tensors(idx)):
         if cut == 0 or not crossing:
@@ -221,7 +259,7 @@ def find_candidates(model: onnx.ModelProto, max_side: int = 3, max_candidates: i
         sizes = [_row_elems(info) for info in infos]
         main_i = max(range(len(carried)), key=lambda k: sizes[k])
         main_info = infos[main_i]
-        layout = _layout(main_info)
+        layout = _layout(main_info, channels_first)
         if layout is None:
             continue
         if any(sizes[k] > sizes[main_i] * SIDE_FRACTION for k in range(len(carried)) if k != main_i):
@@ -231,9 +269,7 @@ def find_candidates(model: onnx.ModelProto, max_side: int = 3, max_candidates: i
             continue
         found[key] = Candidate(cut=cut, tensor=carried[main_i], side=tuple(t for k, t in enumerate(carried) if k != main_i),
                                layout=layout, features=_features(main_info, layout), row_elements=sum(sizes),
-                               flops_fraction=frac,
-                               spatial=(tuple(main_info.shape[2:4]) if layout == "nchw"
-                                        and all(isinstance(d, int) for d in main_info.shape[2:4]) else None))
+                               flops_fraction=frac, spatial=_spatial(main_info, layout))
     cands = sorted(found.values(), key=lambda c: c.cut)
     # Of the cuts before the first heavy op only one is kept (the input exit): among those whose
     # main tensor the heavy op's input is computed from (a cut carrying just a mask is no exit),
@@ -253,7 +289,7 @@ def find_candidates(model: onnx.ModelProto, max_side: int = 3, max_candidates: i
     chosen = min((c for c in early if c.tensor in feeds_heavy and c.row_elements * INPUT_EXIT_MAX_SHRINK >= heavy_rows),
                  key=lambda c: (c.row_elements, -c.cut), default=None)
     if input_exit and chosen is None and first_heavy < len(idx.nodes):
-        chosen = _graph_input_exit(idx, idx.inputs_of[first_heavy])
+        chosen = _graph_input_exit(idx, idx.inputs_of[first_heavy], channels_first)
     # It takes no part in the neighbour rules below (its neighbours are of another kind).
     cands = [c for c in cands if c not in early]
     # Keep the cheapest cut among neighbours (block outputs rather than expanded inner tensors).
@@ -288,7 +324,7 @@ def find_candidates(model: onnx.ModelProto, max_side: int = 3, max_candidates: i
     return sorted(fixed + keep, key=lambda c: c.cut)[:max_candidates]
 
 
-def _graph_input_exit(idx: GraphIndex, heavy_inputs: list[str]) -> Candidate | None:
+def _graph_input_exit(idx: GraphIndex, heavy_inputs: list[str], channels_first: set[str] = frozenset()) -> Candidate | None:
     """The input exit of a model whose first heavy op reads a graph input directly (an image
     preprocessed outside the graph): a cut before any node (cut 0), its head reading the graph
     input itself. Nothing is carried: every segment reads the graph inputs anyway."""
@@ -297,13 +333,11 @@ def _graph_input_exit(idx: GraphIndex, heavy_inputs: list[str]) -> Candidate | N
         info = idx.infos.get(name)
         if name not in idx.graph_inputs or info is None:
             continue
-        layout = _layout(info)
+        layout = _layout(info, channels_first)
         if layout is None:
             continue
         c = Candidate(cut=0, tensor=name, side=(), layout=layout, features=_features(info, layout),
-                      row_elements=_row_elems(info), flops_fraction=0.0,
-                      spatial=(tuple(info.shape[2:4]) if layout == "nchw"
-                               and all(isinstance(d, int) for d in info.shape[2:4]) else None))
+                      row_elements=_row_elems(info), flops_fraction=0.0, spatial=_spatial(info, layout))
         if best is None or c.row_elements < best.row_elements:
             best = c
     return best

@@ -411,6 +411,8 @@ def pool_features(x: torch.Tensor, layout: str, mask: torch.Tensor | None = None
     `filters`: the random filters as a tensor, if the caller holds them (ExitHeadModule keeps
     them as a buffer); otherwise they are rebuilt from `pooling`."""
     x = x.float()
+    if layout == "ncl":  # [B, C, L] as [B, C, L, 1], as the ONNX nodes view it
+        x, layout = x.unsqueeze(-1), "nchw"
     if layout == "nchw":
         F = torch.nn.functional
         parts = [x.mean(dim=(2, 3)), x.amax(dim=(2, 3))]

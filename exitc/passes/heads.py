@@ -41,7 +41,7 @@ class ExitHead:
 
     index: int                    # exit number in the compiled model
     tensor: str                   # activation read
-    layout: str                   # "nchw" | "btc" | "bf"
+    layout: str                   # "nchw" | "ncl" | "btc" | "bf"
     elem_type: int                # ONNX dtype of the activation
     mask_input: str | None        # for "btc": graph input holding the attention mask
     layers: Layers                # [(W, b), ...]; ReLU between layers (layers_forward)
@@ -128,6 +128,11 @@ def grid_kernel(spatial: tuple[int, int] | None, channels: int) -> tuple[int, in
     """
     if spatial is None or not all(isinstance(d, int) for d in spatial):
         return None
+    if spatial[1] == 1 and spatial[0] > 1:  # a 1-D map (ncl, viewed as L x 1): cells along L only
+        for cells in ((16, 8, 4, 2) if channels <= IMAGE_CHANNELS else (8, 4, 2)):
+            if spatial[0] >= cells and cells * channels <= GRID_MAX_FEATURES:
+                return spatial[0] // cells, 1
+        return None
     for cells in ((16, 8, 4, 2) if channels <= IMAGE_CHANNELS else (4, 2)):
         if min(spatial) >= cells and cells * cells * channels <= GRID_MAX_FEATURES:
             return spatial[0] // cells, spatial[1] // cells
@@ -153,7 +158,8 @@ def pooling_nodes(tensor: str, layout: str, elem_type: int, mask_input: str | No
     """Nodes turning an activation into pooled features [batch, D].
 
     nchw: concat(global average, global max, and per `pooling` (see nchw_pooling) a grid of
-    averages -> 2C + cells*C, or random-filter features -> 2C + count*cells); the grid keeps
+    averages -> 2C + cells*C, or random-filter features -> 2C + count*cells); ncl (1-D maps of
+    Conv1d models): the same on [B, C, L, 1], so cells lie along L; the grid keeps
     coarse layout (sleeve vs no sleeve), which global pooling of early feature maps throws away.
     btc: concat(masked mean over tokens, first token) -> 2C. bf: the features themselves.
     Returns (nodes, initializers, output_name).
@@ -164,6 +170,10 @@ def pooling_nodes(tensor: str, layout: str, elem_type: int, mask_input: str | No
         nodes.append(helper.make_node("Cast", [x], [f"{prefix}_xf"], to=TensorProto.FLOAT, name=f"{prefix}_cast"))
         x = f"{prefix}_xf"
     out = f"{prefix}_pooled"
+    if layout == "ncl":  # [B, C, L] viewed as [B, C, L, 1]: the nchw pooling with cells along L
+        inits.append(const_tensor(f"{prefix}_as2d", np.array([0, 0, -1, 1], np.int64)))
+        nodes.append(helper.make_node("Reshape", [x, f"{prefix}_as2d"], [f"{prefix}_x2d"], name=f"{prefix}_as2d"))
+        x, layout = f"{prefix}_x2d", "nchw"
     if layout == "nchw":
         nodes += [
             helper.make_node("GlobalAveragePool", [x], [f"{prefix}_gap"], name=f"{prefix}_gap"),
