@@ -13,6 +13,8 @@ Perturbations are generic, chosen by the input's form, never by its meaning:
 * token inputs (integer, rank 2, with an attention mask): a few tokens dropped (the rest moved up,
   the row re-padded) or replaced by tokens drawn from other rows; the first and last real token
   (e.g. [CLS]/[SEP]) always stay;
+* 1-D signals (float, rank 3, at most 4 channels: [batch, channels, length]): small shifts in
+  time with edge padding, a little Gaussian noise;
 * other float inputs: a little Gaussian noise per feature.
 
 A perturbation is used only if the original's prediction is mostly stable under it (STABLE of the
@@ -91,19 +93,29 @@ def _image_axes(info: TensorInfo) -> tuple[int, int, int] | None:
     return None
 
 
-def _shift(name: str, h_axis: int, w_axis: int) -> Perturbation:
+def _signal_axes(info: TensorInfo) -> tuple[int, int] | None:
+    """(channel, length) axes of a 1-D signal input [batch, channels <= 4, length], or None."""
+    if info.rank != 3 or not np.issubdtype(info.dtype, np.floating):
+        return None
+    c = info.shape[1]
+    return (1, 2) if isinstance(c, int) and c <= 4 else None
+
+
+def _shift(name: str, *axes: int) -> Perturbation:
+    """Each changed row moved by up to SHIFT of its size along every axis in `axes` (edges repeated)."""
     def apply(feeds, rows, rng):
         x = feeds[name].copy()
-        hs, ws = x.shape[h_axis], x.shape[w_axis]
-        sh, sw = max(1, round(SHIFT * hs)), max(1, round(SHIFT * ws))
+        sizes = [x.shape[a] for a in axes]
+        steps = [max(1, round(SHIFT * n)) for n in sizes]
         pad = [(0, 0)] * x.ndim
-        pad[h_axis], pad[w_axis] = (sh, sh), (sw, sw)
+        for a, st in zip(axes, steps):
+            pad[a] = (st, st)
         for r in np.flatnonzero(rows):
-            dy, dx = rng.integers(-sh, sh + 1), rng.integers(-sw, sw + 1)
             padded = np.pad(x[r:r + 1], pad, mode="edge")
             idx = [slice(None)] * x.ndim
-            idx[h_axis] = slice(sh + dy, sh + dy + hs)
-            idx[w_axis] = slice(sw + dx, sw + dx + ws)
+            for a, n, st in zip(axes, sizes, steps):
+                d = rng.integers(-st, st + 1)
+                idx[a] = slice(st + d, st + d + n)
             x[r] = padded[tuple(idx)][0]
         return {**feeds, name: x}
     return apply
@@ -163,6 +175,10 @@ def perturbations(inputs: list[TensorInfo], feeds: Feeds, mask_input: str | None
             if x.shape[h] >= 8 and x.shape[w] >= 8:
                 out[f"shift:{info.name}"] = _shift(info.name, h, w)
                 out[f"flip:{info.name}"] = _flip(info.name, w)
+            out[f"noise:{info.name}"] = _noise(info.name, np.float32(NOISE * x.std()))
+        elif _signal_axes(info) is not None:  # a 1-D signal [batch, channels, length]: shifted in time
+            if x.shape[2] >= 8:
+                out[f"shift:{info.name}"] = _shift(info.name, 2)
             out[f"noise:{info.name}"] = _noise(info.name, np.float32(NOISE * x.std()))
         elif np.issubdtype(info.dtype, np.floating) and info.rank == 2:
             out[f"noise:{info.name}"] = _noise(info.name, (NOISE * x.std(axis=0)).astype(np.float32))

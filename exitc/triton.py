@@ -158,21 +158,19 @@ class TritonPythonModel:
             from exitc.monitor import AgreementMonitor
 
             self.model = self.monitor = AgreementMonitor(self.model, sample_rate=rate)
-            # Families live as long as their metrics (Triton refuses to set a metric of a dead family).
-            self.agreement_family = gauge = pb_utils.MetricFamily(
-                name="exitc_python_agreement",
-                description="Live agreement with the original model: estimate, one-sided bounds at the artifact's "
-                            "confidence, certified target (agreement monitor; NaN until an early row is checked)",
-                kind=pb_utils.MetricFamily.GAUGE)
-            self.agreement_metric = {k: gauge.Metric(labels={"model": args["model_name"], "value": k})
-                                     for k in ("estimate", "lower", "upper", "target")}
-            self.checked_family = checked = pb_utils.MetricFamily(
-                name="exitc_python_monitor_rows",
-                description="Early rows checked at full depth, and how many of them the exit got wrong "
-                            "(agreement monitor)",
-                kind=pb_utils.MetricFamily.GAUGE)
-            self.checked_metric = {k: checked.Metric(labels={"model": args["model_name"], "rows": k})
-                                   for k in ("sampled", "disagreements")}
+
+            def gauges(name, description, label, keys):
+                # Families live as long as their metrics (Triton refuses to set a metric of a dead family).
+                family = pb_utils.MetricFamily(name=name, description=description, kind=pb_utils.MetricFamily.GAUGE)
+                return family, {k: family.Metric(labels={"model": args["model_name"], label: k}) for k in keys}
+
+            self.agreement_family, self.agreement_metric = gauges(
+                "exitc_python_agreement", "Live agreement with the original model: estimate, one-sided bounds at the "
+                "artifact's confidence, certified target (agreement monitor; NaN until an early row is checked)",
+                "value", ("estimate", "lower", "upper", "target"))
+            self.checked_family, self.checked_metric = gauges(
+                "exitc_python_monitor_rows", "Early rows checked at full depth, and how many of them the exit got "
+                "wrong (agreement monitor)", "rows", ("sampled", "disagreements"))
 
     def _feeds(self, request):
         feeds = {}

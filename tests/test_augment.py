@@ -29,6 +29,21 @@ def test_image_perturbations_keep_shape_and_content():
     assert set(np.unique(shifted[0])) <= set(np.unique(x[0]))  # a shift only moves (and repeats edge) pixels
 
 
+def test_signals_shift_in_time_only():
+    # [batch, channels, length]: a shift moves a row along its length (a circular one would wrap);
+    # no flip (time is not mirror-symmetric in general).
+    t = np.arange(200, dtype=np.float32)
+    x = np.stack([np.stack([t, -t])] * 3)  # [3, 2, 200], every row 0..199 on channel 0
+    kinds = perturbations([TensorInfo("signal", TensorProto.FLOAT, ["batch", 2, 200])], {"signal": x}, None)
+    assert set(kinds) == {"shift:signal", "noise:signal"}
+    y = kinds["shift:signal"]({"signal": x}, np.ones(3, bool), np.random.default_rng(1))["signal"]
+    for r in range(3):
+        d = y[r, 0, 100] - x[r, 0, 100]  # the shift of this row
+        assert abs(d) <= 8 and np.array_equal(y[r, 0, 10:190], x[r, 0, 10:190] + d)
+        assert np.array_equal(y[r, 1], -y[r, 0])  # both channels moved together
+    assert any(y[r, 0, 100] != 100 for r in range(3))
+
+
 def test_nhwc_images_flip_along_width():
     x = np.random.default_rng(0).random((2, 16, 20, 3)).astype(np.float32)
     kinds = perturbations([image_input(("batch", 16, 20, 3))], {"pixels": x}, None)
