@@ -2,12 +2,15 @@
 
 A single-input model may use any one array name; an optional ``labels`` array is only used for
 reporting labelled accuracy. Every problem is reported as one line naming the file and tensor.
+An array of another dtype than the input's is cast where that keeps its meaning (see
+:func:`cast_to`: numpy's float64 default for a float32 input, int64 ids for an int32 input whose
+values fit) and refused otherwise; `Dataset.casts` says what was cast.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -21,6 +24,7 @@ class Dataset:
     feeds: dict[str, np.ndarray]     # input name -> array [rows, ...]
     labels: np.ndarray | None
     path: str
+    casts: dict[str, str] = field(default_factory=dict)  # input name -> "float64 -> float32" where cast
 
     @property
     def rows(self) -> int:
@@ -28,7 +32,23 @@ class Dataset:
 
     def take(self, index: np.ndarray) -> "Dataset":
         return Dataset({k: v[index] for k, v in self.feeds.items()},
-                       None if self.labels is None else self.labels[index], self.path)
+                       None if self.labels is None else self.labels[index], self.path, dict(self.casts))
+
+
+def cast_to(arr: np.ndarray, dtype: np.dtype) -> np.ndarray | None:
+    """`arr` as `dtype` where the cast keeps its meaning, else None: float to float (rounding only;
+    values must stay finite), integer to integer or integer to float where every value comes back
+    unchanged, bool to integer. Never float to integer or anything to bool."""
+    src, dst = arr.dtype, np.dtype(dtype)
+    if np.issubdtype(src, np.floating) and np.issubdtype(dst, np.floating):
+        with np.errstate(over="ignore"):
+            out = arr.astype(dst)
+        return out if np.isfinite(out).all() or not np.isfinite(arr).all() else None
+    if (np.issubdtype(src, np.integer) or src == np.bool_) and (np.issubdtype(dst, np.integer)
+                                                              or np.issubdtype(dst, np.floating)):
+        out = arr.astype(dst)
+        return out if np.array_equal(out.astype(src), arr) else None
+    return None
 
 
 def load_dataset(path: str, inputs, label: str = "data") -> Dataset:
@@ -46,13 +66,18 @@ def load_dataset(path: str, inputs, label: str = "data") -> Dataset:
         if len(arrays) != 1:
             raise ExitcError(f"{path}: missing input tensor {names[0]!r} (found {', '.join(sorted(arrays)) or 'none'})")
         arrays = {names[0]: next(iter(arrays.values()))}
-    feeds = {}
+    feeds, casts = {}, {}
     for info in inputs:
         if info.name not in arrays:
             raise ExitcError(f"{path}: missing input tensor {info.name!r} (found {', '.join(sorted(arrays)) or 'none'})")
         arr = arrays[info.name]
         if arr.dtype != info.dtype:
-            raise ExitcError(f"{path}: tensor {info.name!r} has dtype {arr.dtype}, the model expects {info.dtype}")
+            cast = cast_to(arr, info.dtype)
+            if cast is None:
+                raise ExitcError(f"{path}: tensor {info.name!r} has dtype {arr.dtype}, the model expects {info.dtype}"
+                                 " (and its values do not all convert unchanged)")
+            casts[info.name] = f"{arr.dtype} -> {info.dtype}"
+            arr = cast
         if arr.ndim != info.rank:
             raise ExitcError(f"{path}: tensor {info.name!r} has shape {list(arr.shape)}, the model expects "
                              f"{['rows'] + list(info.shape[1:])}")
@@ -74,7 +99,7 @@ def load_dataset(path: str, inputs, label: str = "data") -> Dataset:
         if labels.ndim != 1 or len(labels) != n:
             raise ExitcError(f"{path}: 'labels' has shape {list(labels.shape)}, expected [{n}]")
         labels = labels.astype(np.int64)
-    return Dataset(feeds, labels, path)
+    return Dataset(feeds, labels, path, casts)
 
 
 def batches(n: int, size: int):

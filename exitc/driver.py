@@ -84,6 +84,9 @@ def normalise_stage(raw: onnx.ModelProto, read_data: Callable[[Signature], Datas
     `read_data`, and every intermediate shape observed on real calibration rows."""
     reference, sig = prepare(raw, output=opts.output, label=label)
     data = read_data(sig)
+    if data.casts:
+        log(f"exitc: {data.path}: cast to the model's input dtypes: "
+            + ", ".join(f"{k} {v}" for k, v in data.casts.items()))
     runnable, sequence, why = (open_sequence(reference, sig.inputs, sig.output.name, data.feeds) if opts.trim_padding
                                else (reference, None, None))
     if sequence is not None:

@@ -104,7 +104,8 @@ def test_no_classification_output(tmp_path, cnn):
 
 @pytest.mark.parametrize("case,needles", [
     ("missing", ["missing input tensor 'x'"]),
-    ("dtype", ["'x'", "dtype float64", "float32"]),
+    ("dtype", ["'x'", "dtype <U3", "float32"]),
+    ("overflow", ["'x'", "dtype float64", "do not all convert"]),
     ("shape", ["'x'", "shape"]),
     ("nan", ["'x'", "NaN or Inf"]),
     ("few", ["needs at least", "certification"]),
@@ -112,7 +113,8 @@ def test_no_classification_output(tmp_path, cnn):
 def test_bad_calibration_data(tmp_path, cnn, case, needles):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1400, 3, 16, 16)).astype(np.float32)
-    arrays = {"missing": {"a": x, "b": x}, "dtype": {"x": x.astype(np.float64)},
+    arrays = {"missing": {"a": x, "b": x}, "dtype": {"x": np.full(x.shape, "abc")},
+              "overflow": {"x": np.where(rng.random(x.shape) < 1e-4, 1e300, x.astype(np.float64))},
               "shape": {"x": x[:, :, :8, :8]}, "nan": {"x": np.where(rng.random(x.shape) < 1e-4, np.nan, x)},
               "few": {"x": x[:300]}}[case]
     np.savez(tmp_path / "c.npz", **arrays)
