@@ -45,10 +45,10 @@ HEAVY_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm", "Einsum", "Attention", "
 # Range/Unsqueeze/Compare/Where on [batch, 1, seq, seq]); cones of light ops stay cheap next to
 # the heavy op a segment runs.
 MAX_RECOMPUTE_NODES = 256
-SIDE_FRACTION = 1 / 16
+SIDE_FRACTION = 1 / 16  # a side tensor holds at most this many elements per row relative to the main one
 # The input exit's tensor carries at least 1/this of the elements per row that the first heavy op
 # reads (a one-channel image before its three-channel normalised copy: 1/3).
-INPUT_EXIT_MAX_SHRINK = 8  # a side tensor holds at most this many elements per row relative to the main one
+INPUT_EXIT_MAX_SHRINK = 8
 
 
 @dataclass(frozen=True)
@@ -277,15 +277,15 @@ def find_candidates(model: onnx.ModelProto, max_side: int = 3, max_candidates: i
     # than its three-channel normalised copy: its head pools less and compaction copies less.
     early = [c for c in cands if c.cut <= first_heavy and c.flops_fraction < min_fraction]
     feeds_heavy: set[str] = set()
+    heavy_rows = 0  # elements per row the first heavy op reads (its batch-major inputs)
     if first_heavy < len(idx.nodes):
         heavy_inputs = idx.inputs_of[first_heavy]
         feeds_heavy = set(heavy_inputs) | {t for i in idx.cone(heavy_inputs, ()) for t in idx.inputs_of[i]}
+        heavy_rows = max((_row_elems(idx.infos[t]) for t in heavy_inputs
+                          if t in idx.infos and idx.infos[t].batch_major), default=0)
     # It must still carry the input, not a statistic of it: where a LayerNorm is exported as
     # ReduceMean/Sub/Div (TorchScript exporter) and the embeddings are recomputable, the cut that
     # carries least holds the per-token mean [batch, seq, 1], a head on which sees nothing.
-    heavy_rows = max((_row_elems(idx.infos.get(t)) for t in (idx.inputs_of[first_heavy] if first_heavy < len(idx.nodes)
-                                                             else []) if t not in idx.initializers
-                      and idx.infos.get(t) is not None and idx.infos[t].batch_major), default=0)
     chosen = min((c for c in early if c.tensor in feeds_heavy and c.row_elements * INPUT_EXIT_MAX_SHRINK >= heavy_rows),
                  key=lambda c: (c.row_elements, -c.cut), default=None)
     if input_exit and chosen is None and first_heavy < len(idx.nodes):

@@ -158,9 +158,9 @@ def pooling_nodes(tensor: str, layout: str, elem_type: int, mask_input: str | No
     """Nodes turning an activation into pooled features [batch, D].
 
     nchw: concat(global average, global max, and per `pooling` (see nchw_pooling) a grid of
-    averages -> 2C + cells*C, or random-filter features -> 2C + count*cells); ncl (1-D maps of
-    Conv1d models): the same on [B, C, L, 1], so cells lie along L; the grid keeps
+    averages -> 2C + cells*C, or random-filter features -> 2C + count*cells); the grid keeps
     coarse layout (sleeve vs no sleeve), which global pooling of early feature maps throws away.
+    ncl (1-D maps of Conv1d models): the nchw pooling on [B, C, L, 1], so cells lie along L.
     btc: concat(masked mean over tokens, first token) -> 2C. bf: the features themselves.
     Returns (nodes, initializers, output_name).
     """

@@ -284,6 +284,22 @@ def _output_shapes(sess, feeds) -> dict[str, np.ndarray]:
     return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
 
 
+def unoptimised_session(model: onnx.ModelProto, extra_outputs: list[str] | tuple[str, ...] = ()):
+    """An ORT CPU session of `model` with graph optimisations off, so that every tensor is computed
+    as the graph writes it; `extra_outputs` (intermediate tensors) become outputs too, on a copy.
+    FATAL-only logging (see exitc.backends.ort.session_options). Raises what ORT raises."""
+    import onnxruntime as ort
+
+    if extra_outputs:
+        model = copy.deepcopy(model)
+        known = {o.name for o in model.graph.output}
+        model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in extra_outputs if n not in known)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 4
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
 def observe_shapes(model: onnx.ModelProto, sig: Signature, feeds: dict[str, np.ndarray] | None = None,
                    label: str = "model") -> onnx.ModelProto:
     """Record every intermediate tensor's shape as observed by running the model on real rows.
@@ -298,22 +314,14 @@ def observe_shapes(model: onnx.ModelProto, sig: Signature, feeds: dict[str, np.n
     runs did not produce keep their inferred info. `feeds` defaults to random rows of the declared
     shapes. Returns a new model.
     """
-    import onnxruntime as ort
-
     model = copy.deepcopy(model)
     if feeds is None:
         feeds = example_feeds(sig, 3)
-    probe = copy.deepcopy(model)
-    g = probe.graph
+    g = model.graph
     known = {o.name for o in g.output} | {i.name for i in g.input}
     names = [o for n in g.node for o in n.output if o and o not in known]
-    for name in names:
-        g.output.append(onnx.ValueInfoProto(name=name))
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 4  # see exitc.backends.ort.session_options
     try:
-        sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        sess = unoptimised_session(model, names)
         runs = [_output_shapes(sess, _rows(feeds, b)) for b in (2, 3)]
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -28,18 +28,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .graph import GraphIndex
-from .normalize import _rows, resize_feeds
+from .normalize import _rows, resize_feeds, unoptimised_session
 
 PREFIX = "exitc_shape"
-
-
-def _session(model: onnx.ModelProto):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 4  # see exitc.backends.ort.session_options
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
 def _observed_runs(feeds: dict[str, np.ndarray], resized: dict[str, dict[int, int]]) -> list[dict[str, np.ndarray]]:
@@ -74,14 +65,9 @@ def resolve_shape_reads(model: onnx.ModelProto, feeds: dict[str, np.ndarray],
     if not shape_nodes:
         return model, 0
     runs = _observed_runs(feeds, resized or {})
-    probe = copy.deepcopy(model)
     wanted = [idx.nodes[i].output[0] for i in shape_nodes]
-    outputs = [o.name for o in model.graph.output]
-    for name in wanted:
-        if name not in outputs:
-            probe.graph.output.append(onnx.ValueInfoProto(name=name))
     try:
-        sess = _session(probe)
+        sess = unoptimised_session(model, wanted)
         names = [o.name for o in sess.get_outputs()]
         seen = [dict(zip(names, sess.run(None, r))) for r in runs]
     except Exception:  # the model does not run like this; keep it as it is
@@ -117,16 +103,16 @@ def resolve_shape_reads(model: onnx.ModelProto, feeds: dict[str, np.ndarray],
                 new_nodes += [helper.make_node("Shape", [src], [f"{p}_s{e}"], name=f"{p}_s{e}"),
                               helper.make_node("Gather", [f"{p}_s{e}", f"{p}_i{e}"], [f"{p}_g{e}"], axis=0,
                                                name=f"{p}_g{e}")]
-                g.value_info.extend([helper.make_tensor_value_info(f"{p}_s{e}", onnx.TensorProto.INT64,
-                                                               [runs[0][src].ndim]),
-                                 helper.make_tensor_value_info(f"{p}_g{e}", onnx.TensorProto.INT64, [1])])
+                g.value_info.extend([
+                    helper.make_tensor_value_info(f"{p}_s{e}", onnx.TensorProto.INT64, [runs[0][src].ndim]),
+                    helper.make_tensor_value_info(f"{p}_g{e}", onnx.TensorProto.INT64, [1])])
                 pieces.append(f"{p}_g{e}")
         new_nodes.append(helper.make_node("Concat", pieces, [node.output[0]], axis=0, name=f"{p}_cat"))
     del g.node[:]
     g.node.extend(new_nodes)
     # The rewritten model must compute what the original does on every observed run.
     try:
-        sess = _session(out)
+        sess = unoptimised_session(out)
         for r, s in zip(runs, seen):
             for o, got in zip([x.name for x in sess.get_outputs()], sess.run(None, r)):
                 if not np.array_equal(np.asarray(got), np.asarray(s[o]), equal_nan=True):
