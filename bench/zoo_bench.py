@@ -55,7 +55,7 @@ def bench_one(name: str, work: Path, batch: int) -> dict:
     extra = ["--output", m.prediction_output] if m.prediction_output else []
     out = work / name / "model.exitc"
     outcome = check.judge(fetch.model_path(name), calib, test, out, target, extra, timeout=1800)
-    ok, why = check.verdict(m.classifier, outcome)
+    ok, why = check.verdict(m.classifier, outcome, m.refusal)
     row.update(target=target, calib_rows=rows, compile_s=round(outcome.seconds, 1), ok=ok, kind=outcome.kind)
     if outcome.kind != "compiled":
         return {**row, "result": why}

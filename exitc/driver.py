@@ -30,7 +30,7 @@ from .options import CompileOptions
 from .passes import find_candidates, load_model
 from .passes.candidates import Candidate
 from .passes.graph import GraphIndex
-from .passes.normalize import Signature, observe_shapes, prepare
+from .passes.normalize import Signature, check_rows_independent, observe_shapes, prepare
 from .passes.sequence import SequenceAxis, open_sequence, sequence_open_view
 from .passes.shape_reads import resolve_shape_reads
 from .passes.split import find_mask_input
@@ -84,6 +84,7 @@ def normalise_stage(raw: onnx.ModelProto, read_data: Callable[[Signature], Datas
     `read_data`, and every intermediate shape observed on real calibration rows."""
     reference, sig = prepare(raw, output=opts.output, label=label)
     data = read_data(sig)
+    check_rows_independent(reference, sig, data.feeds, label)
     if data.casts:
         log(f"exitc: {data.path}: cast to the model's input dtypes: "
             + ", ".join(f"{k} {v}" for k, v in data.casts.items()))

@@ -255,3 +255,34 @@ def numpy_pooled(x: np.ndarray, layout: str, mask: np.ndarray | None = None, poo
     if layout == "bf":
         return x.astype(np.float32)
     raise ValueError(layout)
+
+
+def quantized_cnn(mode: str, seed: int = 0) -> onnx.ModelProto:
+    """tiny_cnn (opset 13) quantized by onnxruntime.quantization as users quantize for CPUs:
+    "qdq" (QuantizeLinear/DequantizeLinear pairs around float ops), "qoperator" (QLinearConv,
+    QLinearAdd) or "dynamic" (each activation's scale computed over the whole batch at run time)."""
+    import tempfile
+    from pathlib import Path
+
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
+                                          quantize_static)
+
+    rows = np.random.default_rng(seed).standard_normal((32, 3, 16, 16)).astype(np.float32)
+
+    class Rows(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"x": rows[i:i + 8]} for i in range(0, len(rows), 8)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, out = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(tiny_cnn(opset=13, seed=seed), str(src))
+        if mode == "dynamic":
+            quantize_dynamic(str(src), str(out), weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"])
+        else:
+            fmt = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}[mode]
+            quantize_static(str(src), str(out), Rows(), quant_format=fmt, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        return onnx.load(str(out))

@@ -9,11 +9,12 @@ from exitc.errors import ExitcError
 from exitc.passes import ExitHead, build_segments, conditional_model, find_candidates, normalize, probe_model
 from exitc.passes.candidates import recompute_ok
 from exitc.passes.heads import NchwPooling, grid_kernel, head_forward, nchw_pooling
-from exitc.passes.normalize import observe_shapes, prepare
+from exitc.passes.normalize import check_rows_independent, observe_shapes, prepare
 from exitc.passes.shape_reads import resolve_shape_reads
 from exitc.passes.split import EXIT_INDEX, find_mask_input, head_model, probe_name
 
-from synthetic import preprocessed_cnn, tiny_cnn, tiny_cnn1d, tiny_mlp, tiny_transformer, transformer_feeds
+from synthetic import (preprocessed_cnn, quantized_cnn, tiny_cnn, tiny_cnn1d, tiny_mlp, tiny_transformer,
+                       transformer_feeds)
 
 
 def run(model, feeds, outputs=None):
@@ -44,6 +45,8 @@ MODELS = {
     "transformer_torchscript_style": (lambda: tiny_transformer(torchscript_style=True), "transformer"),
     "mlp": (lambda: tiny_mlp(), "mlp"),
     "cnn1d": (lambda: tiny_cnn1d(), "cnn1d"),
+    "cnn_int8_qdq": (lambda: quantized_cnn("qdq"), "cnn"),
+    "cnn_int8_qoperator": (lambda: quantized_cnn("qoperator"), "cnn"),
 }
 
 
@@ -341,3 +344,44 @@ def test_conditional_form_matches_segmented_semantics(name, opset):
         one = run(cond, {k: v[i:i + 1] for k, v in feeds.items()})
         np.testing.assert_allclose(one[sig.output.name], want[i:i + 1], rtol=1e-5, atol=1e-5)
         assert one[EXIT_INDEX][0] == want_idx[i]
+
+
+@pytest.mark.parametrize("mode", ["qdq", "qoperator"])
+def test_quantized_model_is_cut_at_its_8_bit_activations(mode):
+    # A statically quantized model (onnxruntime.quantization, both formats) has the float model's
+    # exit points, each at the uint8 activation (in QDQ models the QuantizeLinear output, not its
+    # float copies on either side): the weights' DequantizeLinear nodes are recomputed where
+    # used, so nothing else is carried. Before, QDQ models had no candidate at all (every cut
+    # carried every dequantized weight) and operator-form ones only float tensors near the input.
+    float_model, _ = normalize(tiny_cnn(opset=13))
+    model, sig = normalize(quantized_cnn(mode))
+    cands = find_candidates(model)
+    infos = {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info}
+    assert cands[0].tensor == "x"
+    assert len(cands) == len(find_candidates(float_model)), [c.tensor for c in cands]
+    assert all(infos[c.tensor] == onnx.TensorProto.UINT8 and not c.side for c in cands[1:]), \
+        [(c.tensor, infos.get(c.tensor), c.side) for c in cands]
+    # Each segment keeps the quantized ops' inputs and outputs: ONNX Runtime (graph optimisations
+    # on, as in run) runs the same integer kernels, and the rows come out bit-identical.
+    feeds = feeds_for("cnn", 6, seed=3)
+    ref = run(model, feeds)[sig.output.name]
+    state = dict(feeds)
+    for seg in build_segments(model, cands, [None] * len(cands), find_mask_input(model)):
+        if seg.model.graph.node:
+            state.update(run(seg.model, {k: state[k] for k in seg.inputs}))
+    np.testing.assert_array_equal(state[sig.output.name], ref)
+    # A head reads the 8-bit map cast to float.
+    probed = run(probe_model(model, cands[1:2], None), feeds)
+    assert probed[probe_name(0)].dtype == np.float32 and np.isfinite(probed[probe_name(0)]).all()
+
+
+def test_model_whose_rows_depend_on_their_batch_is_refused():
+    # Dynamic quantization computes one scale over the whole batch: a row's output depends on the
+    # rows run with it, which segments running fewer rows cannot reproduce. One line, naming the op.
+    model, sig = prepare(quantized_cnn("dynamic"))
+    feeds = feeds_for("cnn", 8, seed=4)
+    feeds["x"][0] *= 8  # one row with a wider range moves the others' scale
+    with pytest.raises(ExitcError, match=r"depends on the other rows in its batch.*DynamicQuantizeLinear"):
+        check_rows_independent(model, sig, feeds, "q.onnx")
+    model, sig = prepare(quantized_cnn("qdq"))
+    check_rows_independent(model, sig, feeds, "q.onnx")  # static quantization: rows are independent

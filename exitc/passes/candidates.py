@@ -36,10 +36,32 @@ LIGHT_OPS = {
     "Transpose", "Tile", "Min", "Max", "Abs", "Floor", "Ceil", "Sqrt", "Trilu", "Flatten", "ReduceProd",
     "Mod", "IsNaN", "IsInf", "Sign", "GatherND", "GatherElements", "OneHot", "Xor", "BitwiseAnd", "BitwiseOr",
     "BitwiseNot", "Clip", "Reciprocal", "Pow", "Exp", "Log",
+    # Quantized models (QDQ format) dequantize every weight in a node of its own, often all at the
+    # start of the graph: those nodes read only initializers and are recomputed where used.
+    "QuantizeLinear", "DequantizeLinear",
 }
 # Ops that do the model's real work; cuts separated only by other ops are equivalent.
 HEAVY_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm", "Einsum", "Attention", "MultiHeadAttention", "LSTM", "GRU",
-             "RNN", "ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul", "FusedMatMul"}
+             "RNN", "ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul", "FusedMatMul", "QGemm",
+             "QAttention", "MatMulIntegerToFloat", "DynamicQuantizeMatMul"}
+# Where each heavy op reads its weight (Conv-like: [M, C/group, k...]) or its left operand
+# (MatMul-like: [..., K]) for the arithmetic estimate; the QLinear forms interleave scales and
+# zero points with their operands.
+CONV_WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "ConvInteger": 1, "QLinearConv": 3}
+MATMUL_LEFT_INPUT = {"MatMul": 0, "Gemm": 0, "MatMulInteger": 0, "QLinearMatMul": 0, "FusedMatMul": 0, "QGemm": 0,
+                     "MatMulIntegerToFloat": 0, "DynamicQuantizeMatMul": 0}
+# 8-bit activations of a quantized model (a QuantizeLinear's output in QDQ models, a QLinearConv's
+# in operator-form ones) are what its segments pass along: a cut there keeps every quantized op's
+# input and output as in the original, so ONNX Runtime runs the same integer kernels in each
+# segment. Their heads read them cast to float (the features are standardised per feature, so
+# the quantization's scale and zero point make no difference to a head).
+QUANTIZED_TYPES = {onnx.TensorProto.UINT8, onnx.TensorProto.INT8}
+QUANTIZING_OPS = {"QuantizeLinear", "QLinearConv", "QLinearAdd", "QLinearMul", "QLinearMatMul", "QGemm",
+                  "QLinearConcat", "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearSigmoid",
+                  "QLinearLeakyRelu", "QLinearSoftmax", "QLinearReduceMean"}
+# Ops that pass an 8-bit activation on as it is (ONNX Runtime runs them on the integers).
+QUANTIZED_PASS_OPS = {"MaxPool", "Relu", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity",
+                      "Resize", "Concat", "Slice", "Gather", "DepthToSpace", "SpaceToDepth", "Pad"}
 # A recomputed cone is copied into every later segment. 64 nodes was too few for the 4-D attention
 # mask transformers >= 4.4x build when exported with the TorchScript exporter (100 nodes of
 # Range/Unsqueeze/Compare/Where on [batch, 1, seq, seq]); cones of light ops stay cheap next to
@@ -105,8 +127,20 @@ def channels_first_1d(idx: GraphIndex) -> set[str]:
     return found
 
 
-def _layout(info: TensorInfo, channels_first: set[str] = frozenset()) -> str | None:
-    if info.elem_type not in FLOAT_TYPES or not info.batch_major:
+def quantized_activations(idx: GraphIndex) -> set[str]:
+    """8-bit tensors that hold a quantized model's activations: written by a quantizing op
+    (QuantizeLinear, QLinearConv, ...) or passed on from one by MaxPool, Reshape and the like.
+    Other 8-bit tensors (a uint8 image input, a bool-like mask) are not activations."""
+    found: set[str] = set()
+    for node in idx.nodes:  # graph order
+        if node.op_type in QUANTIZING_OPS or (node.op_type in QUANTIZED_PASS_OPS and node.input
+                                              and node.input[0] in found):
+            found |= {t for t in node.output[:1] if t in idx.infos and idx.infos[t].elem_type in QUANTIZED_TYPES}
+    return found
+
+
+def _layout(info: TensorInfo, channels_first: set[str] = frozenset(), quantized: set[str] = frozenset()) -> str | None:
+    if not (info.elem_type in FLOAT_TYPES or info.name in quantized) or not info.batch_major:
         return None
     if info.rank == 4 and isinstance(info.shape[1], int):
         return "nchw"
@@ -147,15 +181,17 @@ def estimate_flops(idx: GraphIndex) -> list[float]:
         out = idx.infos.get(node.output[0]) if node.output else None
         n_out = _row_elems(out) if out is not None and out.batch_major else 1
         f = float(n_out if n_out < (1 << 40) else 1)
-        if node.op_type in ("Conv", "ConvTranspose") and len(node.input) >= 2:
-            w = idx.infos.get(node.input[1])
+        wi = CONV_WEIGHT_INPUT.get(node.op_type)
+        ai = MATMUL_LEFT_INPUT.get(node.op_type)
+        if wi is not None and len(node.input) > wi:
+            w = idx.infos.get(node.input[wi])
             if w is not None and all(isinstance(d, int) for d in w.shape):
                 k = 1
                 for d in w.shape[1:]:
                     k *= d
                 f *= k
-        elif node.op_type in ("MatMul", "Gemm") and len(node.input) >= 2:
-            a = idx.infos.get(node.input[0])
+        elif ai is not None and len(node.input) >= 2:
+            a = idx.infos.get(node.input[ai])
             if a is not None and a.shape and isinstance(a.shape[-1], int):
                 trans_a = any(at.name == "transA" and at.i == 1 for at in node.attribute)
                 k = a.shape[0] if trans_a and isinstance(a.shape[0], int) else a.shape[-1]
@@ -243,6 +279,7 @@ def find_candidates(model: onnx.ModelProto, max_side: int = 3, max_candidates: i
         prefix.append(prefix[-1] + f)
     recompute = _Recompute(idx)
     channels_first = channels_first_1d(idx)
+    quantized = quantized_activations(idx)
     found: dict[tuple[str, ...], Candidate] = {}
     for cut, crossing in enumerate(crossing_tensors(idx)):
         if cut == 0 or not crossing:
@@ -259,7 +296,7 @@ def find_candidates(model: onnx.ModelProto, max_side: int = 3, max_candidates: i
         sizes = [_row_elems(info) for info in infos]
         main_i = max(range(len(carried)), key=lambda k: sizes[k])
         main_info = infos[main_i]
-        layout = _layout(main_info, channels_first)
+        layout = _layout(main_info, channels_first, quantized)
         if layout is None:
             continue
         if any(sizes[k] > sizes[main_i] * SIDE_FRACTION for k in range(len(carried)) if k != main_i):
@@ -292,6 +329,7 @@ def find_candidates(model: onnx.ModelProto, max_side: int = 3, max_candidates: i
         chosen = _graph_input_exit(idx, idx.inputs_of[first_heavy], channels_first)
     # It takes no part in the neighbour rules below (its neighbours are of another kind).
     cands = [c for c in cands if c not in early]
+    cands = _quantized_cuts_only(cands, quantized, idx)
     # Keep the cheapest cut among neighbours (block outputs rather than expanded inner tensors).
     keep = [c for k, c in enumerate(cands)
             if (k == 0 or c.row_elements <= cands[k - 1].row_elements)
@@ -300,7 +338,7 @@ def find_candidates(model: onnx.ModelProto, max_side: int = 3, max_candidates: i
     # exit point for cost purposes; keep the later one, whose head sees the finished activation.
     collapsed: list[Candidate] = []
     for c in keep:
-        if collapsed and not any(idx.nodes[i].op_type in HEAVY_OPS for i in range(collapsed[-1].cut, c.cut)):
+        if collapsed and _same_point(idx, collapsed[-1], c):
             collapsed[-1] = c
         else:
             collapsed.append(c)
@@ -324,12 +362,47 @@ def find_candidates(model: onnx.ModelProto, max_side: int = 3, max_candidates: i
     return sorted(fixed + keep, key=lambda c: c.cut)[:max_candidates]
 
 
+def _same_point(idx: GraphIndex, a: Candidate, b: Candidate) -> bool:
+    """No heavy op runs between the two cuts."""
+    return not any(idx.nodes[i].op_type in HEAVY_OPS for i in range(a.cut, b.cut))
+
+
+def _quantized_cuts_only(cands: list[Candidate], quantized: set[str], idx: GraphIndex) -> list[Candidate]:
+    """Where a run of cuts with no heavy op between them (Conv -> QuantizeLinear ->
+    DequantizeLinear) carries a quantized model's 8-bit activation at one cut, its float copies
+    on either side go: cut at the 8-bit tensor, every segment keeps each quantized op's inputs
+    and outputs as in the original (ONNX Runtime runs the same integer kernels, the rows come
+    out bit-identical) and carries a quarter of the bytes. Float models: unchanged."""
+    if not quantized:
+        return cands
+    runs: list[list[Candidate]] = []
+    for c in cands:
+        if runs and _same_point(idx, runs[-1][-1], c):
+            runs[-1].append(c)
+        else:
+            runs.append([c])
+    out = []
+    for run in runs:
+        q = [c for c in run if c.tensor in quantized]
+        out += q or run
+    return out
+
+
+def _unquantized(idx: GraphIndex, name: str) -> str:
+    """The tensor `name` is a quantized copy of: back through DequantizeLinear/QuantizeLinear
+    (a QDQ model's first Conv reads DQ(Q(image))), else `name`."""
+    while name in idx.producer and idx.nodes[idx.producer[name]].op_type in ("QuantizeLinear", "DequantizeLinear"):
+        name = idx.nodes[idx.producer[name]].input[0]
+    return name
+
+
 def _graph_input_exit(idx: GraphIndex, heavy_inputs: list[str], channels_first: set[str] = frozenset()) -> Candidate | None:
     """The input exit of a model whose first heavy op reads a graph input directly (an image
-    preprocessed outside the graph): a cut before any node (cut 0), its head reading the graph
-    input itself. Nothing is carried: every segment reads the graph inputs anyway."""
+    preprocessed outside the graph), or a quantized copy of one: a cut before any node (cut 0),
+    its head reading the graph input itself. Nothing is carried: every segment reads the graph inputs anyway."""
     best = None
     for name in heavy_inputs:
+        name = _unquantized(idx, name)
         info = idx.infos.get(name)
         if name not in idx.graph_inputs or info is None:
             continue

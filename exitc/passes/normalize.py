@@ -300,6 +300,48 @@ def unoptimised_session(model: onnx.ModelProto, extra_outputs: list[str] | tuple
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
+# Ops whose result for one row depends on the other rows of the batch: dynamic quantization
+# computes one scale and zero point over the whole tensor (ONNX Runtime's quantize_dynamic writes
+# it before every MatMulInteger; transformers.js' model_quantized.onnx files are made so).
+BATCH_COUPLED_OPS = ("DynamicQuantizeLinear", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM")
+# A row's output may move this much between batches of different sizes (ONNX Runtime's kernels
+# block the work differently); exitc.verify holds full-depth rows to the same tolerance.
+ROW_ATOL, ROW_RTOL = 1e-4, 1e-5
+
+
+def check_rows_independent(model: onnx.ModelProto, sig: Signature, feeds: dict[str, np.ndarray],
+                           label: str = "model") -> None:
+    """Raise ExitcError where a row's prediction depends on the other rows run with it.
+
+    An early-exit model runs each segment on the rows still in flight, so a row meets different
+    companions than in the original's batch; only a model that computes each row on its own can
+    be reproduced exactly at full depth, and only then does certifying agreement on calibration
+    rows say anything about traffic. Runs the first rows of `feeds` as one batch and each of the
+    first 3 alone, and compares the prediction output."""
+    have = len(next(iter(feeds.values())))
+    if have < 2:
+        return
+    n = min(have, 8)
+    try:
+        sess = unoptimised_session(model)
+        out = sig.output.name
+        together = sess.run([out], _rows(feeds, n))[0]
+        alone = np.concatenate([sess.run([out], {k: v[i:i + 1] for k, v in feeds.items()})[0] for i in range(3)])
+    except Exception:  # observe_shapes runs the model next and names what ONNX Runtime says
+        return
+    ref = together[:len(alone)].astype(np.float64)
+    diff = np.abs(alone.astype(np.float64) - ref)
+    if np.all(diff <= ROW_ATOL + ROW_RTOL * np.abs(ref)):
+        return
+    coupled = [n for n in model.graph.node if n.op_type in BATCH_COUPLED_OPS]
+    why = (f"{coupled[0].op_type} {coupled[0].name or coupled[0].output[0]!r} computes one scale for the whole batch; "
+           "quantize statically (QDQ) or compile the float model" if coupled
+           else "an op mixes rows (a batch statistic, a reduction over the batch axis)")
+    raise ExitcError(f"{label}: output {out!r} of a row depends on the other rows in its batch (max abs diff "
+                     f"{float(diff.max()):.3g} between a row run alone and in a batch of {n}): {why}; an early-exit "
+                     "model cannot reproduce it")
+
+
 def observe_shapes(model: onnx.ModelProto, sig: Signature, feeds: dict[str, np.ndarray] | None = None,
                    label: str = "model") -> onnx.ModelProto:
     """Record every intermediate tensor's shape as observed by running the model on real rows.
