@@ -234,8 +234,9 @@ def export_triton(artifact: str, repo: str, name: str | None = None, max_batch_s
                   copy_backend: bool = False, extra_parameters: dict[str, str] | None = None,
                   monitor_sample_rate: float = 0.0) -> str:
     """Writes <repo>/<name>/{config.pbtxt, 1/model.exitc[, 1/model.py]}; returns the model directory.
-    `monitor_sample_rate` > 0 (Python backend): the agreement monitor (exitc.monitor) checks that
-    share of the early rows at full depth and reports live agreement as metrics."""
+    `monitor_sample_rate` > 0: the agreement monitor (exitc.monitor in the Python backend,
+    exitc::AgreementMonitor in the C++ one) checks that share of the early rows at full depth and
+    reports live agreement as metrics."""
     manifest = read_manifest(artifact)  # the one reader: format, schema version, segment files checked
     if backend not in ("exitc", "python"):
         raise ExitcError(f"--backend {backend!r}: expected exitc or python")
@@ -249,9 +250,6 @@ def export_triton(artifact: str, repo: str, name: str | None = None, max_batch_s
         raise ExitcError(f"--instances {instances}: must be at least 1")
     if not (0.0 <= monitor_sample_rate <= 1.0):
         raise ExitcError(f"--monitor-sample-rate {monitor_sample_rate}: must be in [0, 1]")
-    if monitor_sample_rate > 0 and backend != "python":
-        # The C++ backend has no agreement monitor yet (libexitc would need the full-depth twin).
-        raise ExitcError("--monitor-sample-rate needs --backend python (the C++ backend has no agreement monitor yet)")
     name = name or os.path.splitext(os.path.basename(os.path.normpath(artifact)))[0]
     if not name or "/" in name or name.startswith("."):
         raise ExitcError(f"--name {name!r}: not a valid model name")
@@ -311,7 +309,7 @@ def add_subcommands(sub) -> dict:
                    help="copy libtriton_exitc.so into the model directory (no --backend-directory needed)")
     e.add_argument("--force", action="store_true", help="replace an existing model directory")
     e.add_argument("--monitor-sample-rate", type=float, default=0.0,
-                   help="python backend: share of early-exit rows also run at full depth to report live "
-                        "agreement with the original as metrics (exitc.monitor; 0 = off)")
+                   help="share of early-exit rows also run at full depth to report live agreement with the "
+                        "original as metrics (both backends; 0 = off)")
     sub.add_parser("backend-dir", help="print the Triton backend directory holding exitc/libtriton_exitc.so")
     return {"export-triton": cmd_export_triton, "backend-dir": cmd_backend_dir}

@@ -35,7 +35,7 @@ if [[ "${EXITC_SKIP_TSAN:-0}" != 1 ]]; then
     # The code that runs on several threads: one Model shared by callers, the ContinuousBatcher's
     # worker, the C ABI, and the Triton backend (against its mock of the Triton API).
     step "build-tsan/ (RelWithDebInfo, -fsanitize=thread; threaded tests)"
-    tsan_tests=(test_concurrency test_continuous test_c_api test_triton_backend)
+    tsan_tests=(test_concurrency test_continuous test_monitor test_c_api test_triton_backend)
     cmake -S . -B build-tsan "${common[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEXITC_TSAN=ON -DEXITC_INSTALL_CXX=OFF
     cmake --build build-tsan -j "$jobs" --target "${tsan_tests[@]}"
     ctest --test-dir build-tsan --output-on-failure -j "$jobs" \

@@ -105,6 +105,9 @@ def setup(tmp_path_factory):
                       extra_parameters={"engine": "cpp"})
     export_triton(arts["tiny"][0], str(repo), name="tiny_pymon", max_batch_size=MAX_BATCH, backend="python",
                   extra_parameters={"engine": "python"}, monitor_sample_rate=1.0)
+    for mode in ("plain", "continuous"):
+        export_triton(arts["tiny"][0], str(repo), name=f"tiny_cppmon_{mode}", max_batch_size=MAX_BATCH, mode=mode,
+                      extra_parameters=params, monitor_sample_rate=1.0)
     server = TritonServer(repo, backend_dir=backends, log_path=tmp / "tritonserver.log")
     server.start()
     models = {key: exitc.load(art, threads=1) for key, (art, _) in arts.items()}
@@ -336,9 +339,12 @@ def test_clean_shutdown(tmp_path):
     assert "exitc backend: " in log and "refusing" not in log
 
 
-def test_python_backend_agreement_monitor_reports_live_agreement(setup):
+@pytest.mark.parametrize("model,metric_prefix", [("tiny_pymon", "exitc_python_"), ("tiny_cppmon_plain", "exitc_"),
+                                                  ("tiny_cppmon_continuous", "exitc_")])
+def test_agreement_monitor_reports_live_agreement(setup, model, metric_prefix):
     """--monitor-sample-rate 1: every early row is also run at full depth; the metrics show the
-    rows checked, the disagreements and the live agreement, as exitc.monitor computes them."""
+    rows checked, the disagreements and the live agreement, as exitc.monitor computes them, in the
+    Python backend and in the C++ one (exitc::AgreementMonitor, plain and continuous mode)."""
     from exitc.monitor import AgreementMonitor
 
     server, arts, models = setup
@@ -347,7 +353,7 @@ def test_python_backend_agreement_monitor_reports_live_agreement(setup):
     c = http.InferenceServerClient(server.http_url)
     try:
         for part in parts:
-            infer(c, http, "tiny_pymon", part)
+            infer(c, http, model, part)
     finally:
         c.close()
     local = AgreementMonitor(exitc.load(arts["tiny"][0], engine="python"), sample_rate=1.0, seed=0)
@@ -355,10 +361,11 @@ def test_python_backend_agreement_monitor_reports_live_agreement(setup):
         local.run({"x": part})
     want = local.report()
     text = server.metrics()
+    rows, agreement = metric_prefix + "monitor_rows", metric_prefix + "agreement"
     assert sum(want.sampled) > 0, "the tiny artifact's exits take some of these rows"
-    assert metric_value(text, "exitc_python_monitor_rows", model="tiny_pymon", rows="sampled") == sum(want.sampled)
-    assert metric_value(text, "exitc_python_monitor_rows", model="tiny_pymon",
-                        rows="disagreements") == sum(want.disagreements)
-    got = metric_value(text, "exitc_python_agreement", model="tiny_pymon", value="lower")
-    assert got == pytest.approx(want.agreement_lower, abs=1e-6)
-    assert metric_value(text, "exitc_python_agreement", model="tiny_pymon", value="target") == pytest.approx(want.target)
+    assert metric_value(text, rows, model=model, rows="sampled") == sum(want.sampled)
+    assert metric_value(text, rows, model=model, rows="disagreements") == sum(want.disagreements)
+    for value in ("estimate", "lower", "upper"):
+        got = metric_value(text, agreement, model=model, value=value)
+        assert got == pytest.approx(getattr(want, f"agreement_{value}"), abs=1e-6), value
+    assert metric_value(text, agreement, model=model, value="target") == pytest.approx(want.target)

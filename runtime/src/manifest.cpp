@@ -264,6 +264,17 @@ Manifest Manifest::parse(const std::string& json_text, const std::string& origin
         }
         m.sequence = std::move(seq);
     }
+
+    auto cal_it = root.find("calibration");
+    if (cal_it != root.end() && !cal_it->is_null()) {
+        if (!cal_it->is_object()) r.fail("calibration", "must be an object or null");
+        CalibrationSpec cal;
+        if (cal_it->contains("target_acc")) cal.target_acc = r.number(*cal_it, "calibration", "target_acc");
+        if (cal_it->contains("confidence")) cal.confidence = r.number(*cal_it, "calibration", "confidence");
+        if (!(cal.target_acc >= 0.0 && cal.target_acc <= 1.0)) r.fail("calibration.target_acc", "must be in [0, 1]");
+        if (!(cal.confidence > 0.0 && cal.confidence < 1.0)) r.fail("calibration.confidence", "must be in (0, 1)");
+        m.calibration = cal;
+    }
     return m;
 }
 

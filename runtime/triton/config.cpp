@@ -75,6 +75,21 @@ int64_t int_parameter(const json& config, const std::string& key, int64_t fallba
     return v;
 }
 
+double rate_parameter(const json& config, const std::string& key, const std::string& model) {
+    const std::string text = parameter(config, key, "");
+    if (text.empty()) return 0.0;
+    std::size_t used = 0;
+    double v = -1.0;
+    try {
+        v = std::stod(text, &used);
+    } catch (const std::exception&) {
+        used = 0;
+    }
+    if (used != text.size() || !(v >= 0.0 && v <= 1.0))
+        bad(model, "parameter " + key + " = '" + text + "' must be a number in [0, 1]");
+    return v;
+}
+
 }  // namespace
 
 const IoConfig* ModelConfig::output(const std::string& name) const {
@@ -123,6 +138,7 @@ ModelConfig parse_model_config(const json& config) {
     if (policy == "fullest") c.continuous.policy = exitc::ContinuousBatcherOptions::Policy::kFullest;
     else if (policy == "deepest") c.continuous.policy = exitc::ContinuousBatcherOptions::Policy::kDeepest;
     else bad(m, "parameter continuous_policy = '" + policy + "' must be 'fullest' or 'deepest'");
+    c.monitor_sample_rate = rate_parameter(config, "monitor_sample_rate", m);
     return c;
 }
 

@@ -11,6 +11,8 @@
 //   continuous_max_wait_us latency bound per row and queue (default 5000)
 //   continuous_policy      "fullest" or "deepest" (default "fullest")
 //   continuous_max_pending_rows  back-pressure limit (default 4 * continuous_max_batch)
+//   monitor_sample_rate    share of the early rows the agreement monitor (exitc/monitor.hpp)
+//                          also runs at full depth, in [0, 1] (default 0: no monitor)
 
 #include <cstdint>
 #include <string>
@@ -42,6 +44,7 @@ struct ModelConfig {
     std::string artifact = "model.exitc";
     int intra_op_threads = 0;
     exitc::ContinuousBatcherOptions continuous;
+    double monitor_sample_rate = 0.0;
 
     const IoConfig* output(const std::string& name) const;
 };

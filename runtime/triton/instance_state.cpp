@@ -125,6 +125,7 @@ void ModelInstanceState::execute_plain(std::vector<Request>& requests, uint64_t 
             continue;
         }
         const uint64_t compute_end = now_ns();
+        model_.monitor_batch(feeds, result);  // before the responses: a client may read the metrics next
         int64_t row0 = 0;
         for (std::size_t i : members) {
             requests[i].respond(result, row0, compute_start, compute_end);
@@ -145,6 +146,7 @@ void ModelInstanceState::execute_continuous(std::vector<Request>& requests) {
             batcher_->submit(owned->feeds(), [this, owned, submitted](std::exception_ptr error, exitc::RunResult result) {
                 // Metrics first: once the response is out, a client may read them.
                 publish_continuous_stats();
+                if (!error) model_.monitor_batch(owned->feeds(), result);
                 if (!error) {
                     owned->respond(result, 0, submitted, now_ns());
                 } else {

@@ -44,11 +44,18 @@ MetricFamilies::MetricFamilies() {
                               "Segment runs (continuous depth-wise batching)", ok);
     segment_rows = new_family(TRITONSERVER_METRIC_KIND_COUNTER, "exitc_segment_rows_total",
                               "Rows carried by segment runs (mean batch = rows / runs; continuous)", ok);
+    agreement = new_family(TRITONSERVER_METRIC_KIND_GAUGE, "exitc_agreement",
+                           "Live agreement with the original model (agreement monitor): estimate, one-sided bounds at "
+                           "the artifact's confidence, certified target (NaN until an early row is checked)", ok);
+    monitor_rows = new_family(TRITONSERVER_METRIC_KIND_GAUGE, "exitc_monitor_rows",
+                              "Early rows checked at full depth, and how many of them the exit got wrong (agreement monitor)",
+                              ok);
     ok_ = ok;
 }
 
 MetricFamilies::~MetricFamilies() {
-    for (TRITONSERVER_MetricFamily* f : {rows, overhead, engine, queue, segment_runs, segment_rows}) delete_family(f);
+    for (TRITONSERVER_MetricFamily* f : {rows, overhead, engine, queue, segment_runs, segment_rows, agreement, monitor_rows})
+        delete_family(f);
 }
 
 MetricFamilies* metric_families() { return families_slot().get(); }
@@ -73,7 +80,8 @@ TRITONSERVER_Metric* ModelMetrics::make(TRITONSERVER_MetricFamily* family,
     return metric;
 }
 
-ModelMetrics::ModelMetrics(const std::string& model, uint64_t version, std::size_t num_exits, std::size_t num_segments) {
+ModelMetrics::ModelMetrics(const std::string& model, uint64_t version, std::size_t num_exits, std::size_t num_segments,
+                           bool monitored) {
     MetricFamilies* f = metric_families();
     if (!f || !f->available()) return;
     const std::string v = std::to_string(version);
@@ -87,6 +95,12 @@ ModelMetrics::ModelMetrics(const std::string& model, uint64_t version, std::size
         seg_runs_.push_back(make(f->segment_runs, {{"model", model}, {"version", v}, {"segment", seg}}));
         seg_rows_.push_back(make(f->segment_rows, {{"model", model}, {"version", v}, {"segment", seg}}));
     }
+    if (monitored) {
+        for (const char* value : {"estimate", "lower", "upper", "target"})
+            agreement_.push_back(make(f->agreement, {{"model", model}, {"version", v}, {"value", value}}));
+        sampled_ = make(f->monitor_rows, {{"model", model}, {"version", v}, {"rows", "sampled"}});
+        disagreements_ = make(f->monitor_rows, {{"model", model}, {"version", v}, {"rows", "disagreements"}});
+    }
 }
 
 ModelMetrics::~ModelMetrics() {
@@ -97,6 +111,22 @@ ModelMetrics::~ModelMetrics() {
 void ModelMetrics::increment(TRITONSERVER_Metric* m, double v) noexcept {
     if (!m || v <= 0) return;
     if (TRITONSERVER_Error* e = TRITONSERVER_MetricIncrement(m, v)) TRITONSERVER_ErrorDelete(e);
+}
+
+void ModelMetrics::set(TRITONSERVER_Metric* m, double v) noexcept {
+    if (!m) return;
+    if (TRITONSERVER_Error* e = TRITONSERVER_MetricSet(m, v)) TRITONSERVER_ErrorDelete(e);
+}
+
+void ModelMetrics::set_monitor(const exitc::MonitorReport& r) {
+    if (agreement_.size() == 4) {
+        set(agreement_[0], r.agreement_estimate);
+        set(agreement_[1], r.agreement_lower);
+        set(agreement_[2], r.agreement_upper);
+        set(agreement_[3], r.target);
+    }
+    set(sampled_, static_cast<double>(r.total_sampled()));
+    set(disagreements_, static_cast<double>(r.total_disagreements()));
 }
 
 void ModelMetrics::add_rows(const std::vector<uint64_t>& rows_per_exit) {
@@ -115,10 +145,7 @@ void ModelMetrics::add_segment_runs(const std::vector<uint64_t>& runs, const std
 }
 
 void ModelMetrics::set_queue_rows(const std::vector<uint64_t>& rows) {
-    for (std::size_t s = 0; s < rows.size() && s < queue_.size(); ++s) {
-        if (!queue_[s]) continue;
-        if (TRITONSERVER_Error* e = TRITONSERVER_MetricSet(queue_[s], static_cast<double>(rows[s]))) TRITONSERVER_ErrorDelete(e);
-    }
+    for (std::size_t s = 0; s < rows.size() && s < queue_.size(); ++s) set(queue_[s], static_cast<double>(rows[s]));
 }
 
 }  // namespace exitc_triton

@@ -2,6 +2,8 @@
 
 #include <sys/stat.h>
 
+#include <random>
+
 #include "common.hpp"
 #include "exitc/error.hpp"
 
@@ -54,14 +56,30 @@ std::unique_ptr<ModelState> ModelState::create(TRITONBACKEND_Model* model) {
         fail(TRITONSERVER_ERROR_INVALID_ARG, "model '" + state->name_ + "': cannot load " + artifact + ": " + e.what());
     }
     validate_against_manifest(state->config_, state->model_->manifest());
+    if (state->config_.monitor_sample_rate > 0) {
+        exitc::ModelOptions twin = options;
+        twin.full_depth = true;
+        try {
+            state->full_depth_ = std::make_unique<exitc::Model>(exitc::Model::load(artifact, twin));
+            state->monitor_ = std::make_unique<exitc::AgreementMonitor>(
+                *state->model_, *state->full_depth_, state->config_.monitor_sample_rate, std::random_device{}());
+        } catch (const exitc::Error& e) {
+            fail(TRITONSERVER_ERROR_INVALID_ARG, "model '" + state->name_ + "': agreement monitor: " + e.what());
+        }
+    }
     state->metrics_ = std::make_unique<ModelMetrics>(state->name_, state->version_, state->model_->num_exits(),
-                                                     state->model_->manifest().segments.size());
+                                                     state->model_->manifest().segments.size(),
+                                                     state->monitor_ != nullptr);
     state->last_ = state->model_->stats();
     EXITC_LOG(TRITONSERVER_LOG_INFO, "model '" << state->name_ << "' version " << state->version_ << ": "
                                                << artifact << ", " << state->model_->manifest().segments.size()
                                                << " segments, " << state->model_->num_exits() << " exits, mode "
                                                << (state->config_.mode == Mode::kPlain ? "plain" : "continuous")
-                                               << ", max_batch_size " << state->config_.max_batch_size);
+                                               << ", max_batch_size " << state->config_.max_batch_size
+                                               << (state->monitor_ ? ", agreement monitor sampling " +
+                                                                         std::to_string(state->config_.monitor_sample_rate) +
+                                                                         " of the early rows"
+                                                                   : std::string()));
     return state;
 }
 
@@ -74,6 +92,17 @@ void ModelState::publish_plain_stats() {
     metrics_->add_rows(rows);
     metrics_->add_seconds(now.overhead_seconds - last_.overhead_seconds, now.engine_seconds - last_.engine_seconds);
     last_ = now;
+}
+
+void ModelState::monitor_batch(const std::vector<exitc::NamedTensorView>& feeds, const exitc::RunResult& result) {
+    if (!monitor_) return;
+    try {
+        monitor_->observe(feeds, result);
+    } catch (const exitc::Error& e) {
+        EXITC_LOG(TRITONSERVER_LOG_WARN, "model '" << name_ << "': agreement monitor: " << e.what());
+        return;
+    }
+    metrics_->set_monitor(monitor_->report());
 }
 
 }  // namespace exitc_triton

@@ -56,6 +56,13 @@ struct SequenceSpec {
     double call_rows = 2.0;           // a call's fixed cost, in full-length rows
 };
 
+// What the compiler certified ("calibration"): agreement with the original of at least
+// target_acc at `confidence`. The exit loop ignores it; the agreement monitor reads it.
+struct CalibrationSpec {
+    double target_acc = 1.0;
+    double confidence = 0.95;
+};
+
 struct Manifest {
     int schema_version = kSchemaVersion;
     std::string exitc_version;
@@ -70,6 +77,7 @@ struct Manifest {
     // conditional file only for a row that exit does not take.
     bool conditional_after_first_exit = false;
     std::optional<SequenceSpec> sequence;
+    std::optional<CalibrationSpec> calibration;
 
     std::size_t num_exits() const noexcept { return segments.empty() ? 0 : segments.size() - 1; }
 
