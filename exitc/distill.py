@@ -141,15 +141,25 @@ def fit_gate(probs: np.ndarray, agree: np.ndarray, prev: np.ndarray | None = Non
     f = gate_features(probs, prev).astype(np.float64)
     d = f.shape[1]
     y = agree.astype(np.float64)
-    if y.min() == y.max():  # degenerate: always or never agrees
-        return np.zeros(d, np.float32), (20.0 if y[0] > 0 else -20.0)
-    n = len(y)
+    weight = np.ones(len(y))
+    if y.min() == y.max() and y[0] == 0:  # never agrees: never exits
+        return np.zeros(d, np.float32), -20.0
+    if y.min() == y.max():
+        # Agreed on every fit row (a small calibration set and an easy exit): a constant score
+        # would let every row out at one threshold or none, and one disagreement among the
+        # certification rows would then rule the exit out. Half a disagreement at the least
+        # confident row (the Jeffreys prior's half count) keeps the rows ranked by confidence, so
+        # certification can admit the most confident ones.
+        least = int(np.argmin(f[:, 0]))
+        f, y, weight = np.vstack([f, f[least:least + 1]]), np.append(y, 0.0), np.append(weight, 0.5)
+    n = weight.sum()
 
     def obj(theta):
         z = f @ theta[:d] + theta[d]
         s = 1 / (1 + np.exp(-z))
-        loss = -(y * np.log(s + 1e-12) + (1 - y) * np.log(1 - s + 1e-12)).mean() + 0.5 * l2 * (theta[:d] ** 2).sum()
-        g = (s - y) / n
+        loss = -(weight * (y * np.log(s + 1e-12) + (1 - y) * np.log(1 - s + 1e-12))).sum() / n \
+            + 0.5 * l2 * (theta[:d] ** 2).sum()
+        g = weight * (s - y) / n
         return loss, np.concatenate([f.T @ g + l2 * theta[:d], [g.sum()]])
 
     res = minimize(obj, np.zeros(d + 1), jac=True, method="L-BFGS-B", options={"maxiter": 300})

@@ -41,6 +41,23 @@ def test_gate_ranks_agreeing_rows_higher():
     assert w6.shape == (6,) and gate_scores(probs, w6, b6, probs).shape == (len(probs),)
 
 
+def test_gate_of_a_head_that_never_disagreed_still_ranks_rows():
+    # An easy exit on a small calibration set agrees on every fit row. Its gate must still order
+    # rows by confidence (a constant score lets all rows out at one threshold, and one
+    # disagreement among the certification rows then rules the exit out), and score them high.
+    rng = np.random.default_rng(2)
+    z = rng.standard_normal((300, 4)) * 3
+    probs = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    w, b = fit_gate(probs, np.ones(300, bool))
+    s = gate_scores(probs, w, b)
+    assert s.min() > 0.98
+    order = np.argsort(probs.max(1))
+    assert np.corrcoef(s[order], np.arange(300))[0, 1] > 0.8
+    assert s[order[-30:]].min() > s[order[:30]].max()  # the most confident tenth above the least
+    w, b = fit_gate(probs, np.zeros(300, bool))  # never agreed: never exits
+    assert gate_scores(probs, w, b).max() < 1e-6
+
+
 def test_distill_heads_oof_outputs():
     x, p = _teacher(n=900)
     cand = Candidate(cut=1, tensor="t", side=(), layout="bf", features=12, row_elements=12, flops_fraction=0.5)
