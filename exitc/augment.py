@@ -168,20 +168,20 @@ def perturbations(inputs: list[TensorInfo], feeds: Feeds, mask_input: str | None
     """The perturbations that suit these inputs (see the module doc), by name."""
     out: dict[str, Perturbation] = {}
     for info in inputs:
-        x = feeds[info.name]
+        x = feeds[info.name]  # spreads in float64: a float16 image's variance overflows in its own dtype
         axes = _image_axes(info)
         if axes is not None:
             _, h, w = axes
             if x.shape[h] >= 8 and x.shape[w] >= 8:
                 out[f"shift:{info.name}"] = _shift(info.name, h, w)
                 out[f"flip:{info.name}"] = _flip(info.name, w)
-            out[f"noise:{info.name}"] = _noise(info.name, np.float32(NOISE * x.std()))
+            out[f"noise:{info.name}"] = _noise(info.name, np.float32(NOISE * x.std(dtype=np.float64)))
         elif _signal_axes(info) is not None:  # a 1-D signal [batch, channels, length]: shifted in time
             if x.shape[2] >= 8:
                 out[f"shift:{info.name}"] = _shift(info.name, 2)
-            out[f"noise:{info.name}"] = _noise(info.name, np.float32(NOISE * x.std()))
+            out[f"noise:{info.name}"] = _noise(info.name, np.float32(NOISE * x.std(dtype=np.float64)))
         elif np.issubdtype(info.dtype, np.floating) and info.rank == 2:
-            out[f"noise:{info.name}"] = _noise(info.name, (NOISE * x.std(axis=0)).astype(np.float32))
+            out[f"noise:{info.name}"] = _noise(info.name, (NOISE * x.std(axis=0, dtype=np.float64)).astype(np.float32))
     if mask_input is not None:
         m = feeds[mask_input]
         tokens = [i.name for i in inputs if i.rank == 2 and np.issubdtype(i.dtype, np.integer)

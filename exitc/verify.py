@@ -4,6 +4,8 @@
    batch size and at batch 1 (and, where an input's size is open, at a second size), every row that
    ran the whole compiled model equals the original's output (max abs diff <= FULL_DEPTH_ATOL +
    FULL_DEPTH_RTOL * |original|). A deviation is a bug in exitc, raised as an internal error.
+   Models that compute in float16 or bfloat16 are held to that type's rounding instead (see
+   REDUCED_ULPS), with the same top-1 class.
 2. **Batch-1 form**: the conditional single-graph form is kept only if its mean batch-1 latency
    beats the segments' (measured, not assumed: ONNX Runtime optimises `If` branches less).
 3. **Never slower**: throughput at the deployment batch and the median (p50) and mean latency at
@@ -46,6 +48,14 @@ if TYPE_CHECKING:
 
 FULL_DEPTH_ATOL = 1e-4
 FULL_DEPTH_RTOL = 1e-5
+# Models that compute in float16 / bfloat16: ONNX Runtime's CPU kernels run most of their ops in
+# float32 (it inserts casts, then drops the cast pairs between consecutive ops), so a tensor the
+# whole model keeps in float32 is rounded to the reduced type where a segment ends and carries it.
+# Full-depth rows then match to that type's rounding, not bit for bit: within REDUCED_ULPS of its
+# epsilon times the row's largest magnitude, and with the same top-1 class. (The CV sample
+# converted to float16 by onnxruntime.transformers: max abs diff 0.028 on logits of magnitude ~10.)
+REDUCED_EPS = {onnx.TensorProto.FLOAT16: 2.0 ** -10, onnx.TensorProto.BFLOAT16: 2.0 ** -7}
+REDUCED_ULPS = 16
 EXACT_ROWS = 128
 RAGGED_BATCH = 7
 # Held-out rows timed at batch 1 per form. The median batch-1 request exits early only where more
@@ -65,6 +75,7 @@ class Verification:
     rows: int = 0                          # held-out rows compared
     agreement: float = 1.0                 # top-1 agreement with the original on them
     max_abs_diff_full_depth: float = 0.0
+    full_depth_tolerance: str = "exact"    # or "<n> ulps of float16/bfloat16" (REDUCED_ULPS)
     checked: list[str] = field(default_factory=list)   # what the exactness check ran ("batch 32", ...)
     batch_size: int = 32
     throughput_ratio: float | None = None  # original seconds / compiled seconds at batch_size
@@ -107,11 +118,27 @@ def _load(path: str, use_conditional: bool = True, full_depth: bool = False):
         return ExitModel(path, use_conditional=use_conditional, full_depth=full_depth)
 
 
-def _within(got: np.ndarray, ref: np.ndarray) -> float:
-    """Max abs difference, or +inf where it exceeds the tolerance."""
-    diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
-    ok = diff <= FULL_DEPTH_ATOL + FULL_DEPTH_RTOL * np.abs(ref)
-    return float(diff.max()) if ok.all() else float("inf")
+def reduced_precision_eps(model: onnx.ModelProto) -> float:
+    """The epsilon of the coarsest reduced float type (float16, bfloat16) among the model's
+    weights, inputs, outputs and inferred tensors; 0.0 where it computes in float32 or wider."""
+    g = model.graph
+    types = {t.data_type for t in g.initializer}
+    types |= {v.type.tensor_type.elem_type for v in list(g.input) + list(g.output) + list(g.value_info)}
+    return max((REDUCED_EPS[t] for t in types if t in REDUCED_EPS), default=0.0)
+
+
+def _within(got: np.ndarray, ref: np.ndarray, reduced_eps: float = 0.0) -> float:
+    """Max abs difference, or +inf where it exceeds the tolerance (see REDUCED_ULPS for
+    `reduced_eps` > 0, which also requires the same top-1 class per row)."""
+    got64, ref64 = got.astype(np.float64), ref.astype(np.float64)
+    diff = np.abs(got64 - ref64)
+    tol = FULL_DEPTH_ATOL + FULL_DEPTH_RTOL * np.abs(ref64)
+    if reduced_eps > 0:
+        scale = np.abs(ref64).reshape(len(ref64), -1).max(axis=1).reshape((-1,) + (1,) * (ref64.ndim - 1))
+        tol = tol + REDUCED_ULPS * reduced_eps * scale
+        if ref64.ndim == 2 and (got64.argmax(1) != ref64.argmax(1)).any():
+            return float("inf")
+    return float(diff.max()) if (diff <= tol).all() else float("inf")
 
 
 def check_exact(path: str, model: onnx.ModelProto, sig: Signature, data: Dataset, batch_size: int,
@@ -132,6 +159,8 @@ def check_exact(path: str, model: onnx.ModelProto, sig: Signature, data: Dataset
         runs.append((f"resized input ({sizes})", resize_feeds(small, sig.resized), len(small[next(iter(small))]), 8))
     agree = total = 0
     max_diff = 0.0
+    eps = reduced_precision_eps(model)
+    result.full_depth_tolerance = "exact" if eps == 0 else f"{REDUCED_ULPS} ulps of {'float16' if eps < 2 ** -8 else 'bfloat16'}"
     for what, f, rows, b in runs:
         for sl in batches(rows, b):
             part = {k: v[sl] for k, v in f.items()}
@@ -140,7 +169,7 @@ def check_exact(path: str, model: onnx.ModelProto, sig: Signature, data: Dataset
             got = outs[0]
             end = exit_index == compiled.num_exits
             if end.any():
-                d = _within(got[end], ref[end])
+                d = _within(got[end], ref[end], eps)
                 if not np.isfinite(d):
                     raise RuntimeError(f"compiled model deviates from the original on full-depth rows at {what} "
                                        f"(max abs diff {float(np.abs(got[end] - ref[end]).max()):.3g})")
@@ -418,6 +447,10 @@ def verify_stage(staging: str, manifest: dict, model: onnx.ModelProto, sig: Sign
     # sorted (by class, by length, by source), which file order does not give.
     holdout = holdout.take(np.random.default_rng(opts.seed).permutation(holdout.rows))
     check_exact(staging, model, sig, holdout, opts.batch_size, check)
+    if check.full_depth_tolerance != "exact":
+        log(f"exitc: reduced-precision model: full-depth rows match the original within {check.full_depth_tolerance} "
+            f"(max abs diff {check.max_abs_diff_full_depth:.3g}), with the same top-1 class, not bit for bit: ONNX "
+            "Runtime computes it in float32 between ops and a segment's end rounds what it carries")
     if not plan.exits:
         return check
 

@@ -114,3 +114,14 @@ def test_neighbour_budget_is_a_count_of_arithmetic_not_a_time(monkeypatch):
         counts.append(nb.rows)
     assert counts[0] == counts[1] == min(augment.MAX_COPIES * 300, augment.MAX_ROWS)
     assert counts[2] < counts[0]
+
+
+def test_noise_on_a_float16_image_is_finite():
+    # The spread of a 0..255 float16 image, computed in float16, overflows (inf noise: every
+    # noisy neighbour's prediction changed, and the noise kind was dropped as unstable).
+    rng = np.random.default_rng(0)
+    x = (rng.random((8, 1, 28, 28)) * 255).astype(np.float16)
+    info = TensorInfo("pixels", TensorProto.FLOAT16, ["batch", 1, 28, 28])
+    noisy = perturbations([info], {"pixels": x}, None)["noise:pixels"]({"pixels": x}, np.ones(8, bool), rng)["pixels"]
+    assert noisy.dtype == np.float16 and np.isfinite(noisy).all()
+    assert 0 < np.abs(noisy.astype(np.float32) - x).mean() < 0.2 * 255

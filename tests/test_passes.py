@@ -288,9 +288,10 @@ def test_probe_features_and_heads_match_numpy(name):
         np.testing.assert_allclose(got[head.score_name], want_score, rtol=1e-4, atol=1e-5)
 
 
-def _heads_for(model, cands, sig, mask, thresholds, seed=0):
+def _heads_for(model, cands, sig, mask, thresholds, seed=0, feeds=None):
     rng = np.random.default_rng(seed)
-    probed = run(probe_model(model, cands, mask), feeds_for("cnn" if cands[0].layout == "nchw" else "transformer", 2))
+    feeds = feeds if feeds is not None else feeds_for("cnn" if cands[0].layout == "nchw" else "transformer", 2)
+    probed = run(probe_model(model, cands, mask), feeds)
     heads = []
     for k, (c, t) in enumerate(zip(cands, thresholds)):
         d = probed[probe_name(k)].shape[1]
@@ -385,3 +386,49 @@ def test_model_whose_rows_depend_on_their_batch_is_refused():
         check_rows_independent(model, sig, feeds, "q.onnx")
     model, sig = prepare(quantized_cnn("qdq"))
     check_rows_independent(model, sig, feeds, "q.onnx")  # static quantization: rows are independent
+
+
+def test_float16_model_exits_answer_in_float16():
+    # A model converted to float16 (onnxruntime.transformers' converter, float16 inputs and
+    # outputs): heads compute in float32, but each exit's logits come out in the prediction
+    # output's dtype, as the last segment's do, so the runtimes can scatter them into one array
+    # and the conditional form's Where/If branches type-check (before: ORT refused to load it).
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model, sig = normalize(convert_float_to_float16(tiny_cnn(opset=17), keep_io_types=False))
+    assert sig.output.elem_type == onnx.TensorProto.FLOAT16
+    cands = find_candidates(model)[:3]
+    feeds = {"x": feeds_for("cnn", 12, seed=5)["x"].astype(np.float16)}
+    heads = _heads_for(model, cands, sig, None, [0.5] * len(cands), feeds=feeds)
+    for h in heads:
+        h.elem_type = onnx.TensorProto.FLOAT16
+    segs = build_segments(model, cands, heads, None)
+    state = dict(feeds)
+    for seg in segs:
+        state.update(run(seg.model, {k: state[k] for k in seg.inputs}))
+    assert all(state[h.logits_name].dtype == np.float16 for h in heads)
+    assert state[heads[0].score_name].dtype == np.float32
+    out = run(conditional_model(segs, model), feeds)
+    assert out[sig.output.name].dtype == np.float16 and out[sig.output.name].shape == (12, sig.num_classes)
+
+
+def test_graph_whose_nodes_are_out_of_order_is_sorted_at_load(tmp_path):
+    # onnxruntime.transformers' float16 converter (keep_io_types) appends the input Cast after the
+    # nodes that read it; ONNX Runtime runs such files, the ONNX checker rejects them. load_model
+    # sorts the nodes; a graph that cannot be sorted (a cycle) is still refused in one line.
+    from exitc.passes.normalize import load_model
+
+    m = tiny_cnn()
+    nodes = list(m.graph.node)
+    del m.graph.node[:]
+    m.graph.node.extend(nodes[3:] + nodes[:3])
+    path = tmp_path / "unsorted.onnx"
+    onnx.save(m, str(path))
+    loaded = load_model(str(path))
+    assert [n.name for n in loaded.graph.node] == [n.name for n in nodes]
+    np.testing.assert_array_equal(run(loaded, feeds_for("cnn", 2))["logits"], run(tiny_cnn(), feeds_for("cnn", 2))["logits"])
+    cyc = tiny_cnn()
+    cyc.graph.node[0].input[0] = "h1"  # the stem reads a later block's output
+    onnx.save(cyc, str(tmp_path / "cycle.onnx"))
+    with pytest.raises(ExitcError, match="cycle.onnx: the ONNX checker rejects this model"):
+        load_model(str(tmp_path / "cycle.onnx"))

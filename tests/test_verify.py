@@ -139,3 +139,21 @@ def test_verify_stage_reads_the_held_out_rows_in_random_order(monkeypatch):
     got = seen["x"][:, 0]
     assert sorted(got.tolist()) == x[:, 0].tolist()          # every row, once
     assert got[:100].max() > 200                              # the first hundred are not the file's first
+
+
+def test_full_depth_tolerance_of_reduced_precision_models():
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from synthetic import tiny_cnn
+
+    assert verify.reduced_precision_eps(tiny_cnn()) == 0.0
+    assert verify.reduced_precision_eps(convert_float_to_float16(tiny_cnn(), keep_io_types=True)) == 2.0 ** -10
+    ref = np.array([[10.0, 2.0, -3.0], [0.5, 0.25, 0.1]], np.float32)
+    near = ref + np.array([[0.028, -0.02, 0.0], [0.0, 0.003, 0.0]], np.float32)  # float16 rounding at scale 10
+    assert not np.isfinite(verify._within(near, ref))  # float32 models: exact to 1e-4
+    assert verify._within(near, ref, 2.0 ** -10) == pytest.approx(0.028, abs=1e-6)
+    swapped = ref.copy()
+    swapped[1] = [0.25, 0.2505, 0.1]  # within the rounding, but the top-1 class changes
+    assert not np.isfinite(verify._within(swapped, ref, 2.0 ** -10))
+    far = ref + np.array([[0.5, 0.0, 0.0], [0.0, 0.0, 0.0]], np.float32)  # 51 ulps at scale 10
+    assert not np.isfinite(verify._within(far, ref, 2.0 ** -10))

@@ -240,8 +240,11 @@ def pooling_nodes(tensor: str, layout: str, elem_type: int, mask_input: str | No
     return nodes, inits, out
 
 
-def head_nodes(head: ExitHead, mask_elem_type: int | None = None):
-    """Nodes for pooling + MLP/linear + gate. Returns (nodes, initializers, output value infos)."""
+def head_nodes(head: ExitHead, mask_elem_type: int | None = None, logits_type: int = TensorProto.FLOAT):
+    """Nodes for pooling + MLP/linear + gate. Returns (nodes, initializers, output value infos).
+    The head computes in float32; its logits output is cast to `logits_type`, the dtype of the
+    model's prediction output (a float16 model's exit rows answer in float16, as its last segment
+    does)."""
     p = f"exitc_h{head.index}"
     nodes, inits, h = pooling_nodes(head.tensor, head.layout, head.elem_type, head.mask_input, p, mask_elem_type,
                                     head.pooling)
@@ -301,11 +304,12 @@ def head_nodes(head: ExitHead, mask_elem_type: int | None = None):
         helper.make_node("Sigmoid", [f"{p}_gzb"], [f"{p}_gs"], name=f"{p}_gsig"),
         helper.make_node("Reshape", [f"{p}_gs", f"{p}_flat"], [head.score_name], name=f"{p}_score"),
     ]
-    if head.emit_probabilities:
-        nodes.append(helper.make_node("Identity", [f"{p}_prob"], [head.logits_name], name=f"{p}_out"))
+    answer = f"{p}_prob" if head.emit_probabilities else logits
+    if logits_type == TensorProto.FLOAT:
+        nodes.append(helper.make_node("Identity", [answer], [head.logits_name], name=f"{p}_out"))
     else:
-        nodes.append(helper.make_node("Identity", [logits], [head.logits_name], name=f"{p}_out"))
-    outputs = [helper.make_tensor_value_info(head.logits_name, TensorProto.FLOAT, ["batch", num_classes]),
+        nodes.append(helper.make_node("Cast", [answer], [head.logits_name], to=logits_type, name=f"{p}_out"))
+    outputs = [helper.make_tensor_value_info(head.logits_name, logits_type, ["batch", num_classes]),
                helper.make_tensor_value_info(head.score_name, TensorProto.FLOAT, ["batch"])]
     if head.export_probs:
         nodes.append(helper.make_node("Identity", [f"{p}_prob"], [head.probs_name], name=f"{p}_probs_out"))

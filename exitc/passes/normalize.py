@@ -21,7 +21,7 @@ from onnx import numpy_helper, shape_inference
 
 from ..errors import ExitcError
 
-from .graph import BATCH, GraphIndex, TensorInfo
+from .graph import BATCH, GraphIndex, TensorInfo, node_inputs
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 
@@ -60,8 +60,41 @@ def load_model(path: str) -> onnx.ModelProto:
         onnx.checker.check_model(model)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
-        raise ExitcError(f"{path}: the ONNX checker rejects this model: {first}") from None
+        # onnxruntime.transformers' float16 converter (keep_io_types) appends the input casts at
+        # the end of the node list; ONNX Runtime sorts graphs itself and runs such files.
+        if "topologically sorted" not in first or not topological_sort(model.graph):
+            raise ExitcError(f"{path}: the ONNX checker rejects this model: {first}") from None
+        try:
+            onnx.checker.check_model(model)
+        except Exception as again:
+            first = str(again).strip().splitlines()[0] if str(again).strip() else "invalid model"
+            raise ExitcError(f"{path}: the ONNX checker rejects this model: {first}") from None
     return model
+
+
+def topological_sort(graph: onnx.GraphProto) -> bool:
+    """Reorder `graph.node` (in place) so that every node follows the producers of its inputs,
+    keeping the file's order where it already does; False (graph untouched) where a cycle or an
+    input nothing produces makes that impossible."""
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    available |= {t.name for t in graph.sparse_initializer}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(i in available for i in node_inputs(node)):
+                ordered.append(node)
+                available.update(o for o in node.output if o)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            return False
+        pending = rest
+    nodes = [copy.deepcopy(n) for n in ordered]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return True
 
 
 def _infer(model: onnx.ModelProto, label: str) -> onnx.ModelProto:

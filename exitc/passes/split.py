@@ -89,7 +89,7 @@ def build_segments(model: onnx.ModelProto, cuts: list[Candidate], heads: list[Ex
         head = None if last else heads[k]
         extra_nodes, extra_inits, extra_outs = [], [], []
         if head is not None:
-            extra_nodes, extra_inits, extra_outs = head_nodes(head, mask_type)
+            extra_nodes, extra_inits, extra_outs = head_nodes(head, mask_type, _elem_type(idx, output))
         m = extract(model, inputs=available, outputs=targets, name=f"exitc_segment_{k}", index=idx,
                     extra_nodes=extra_nodes, extra_initializers=extra_inits, extra_outputs=extra_outs,
                     known_infos=head_infos)
@@ -120,7 +120,7 @@ def head_model(model: onnx.ModelProto, head: ExitHead, mask_input: str | None) -
     """A standalone model: the head reading `head.tensor` (and the mask input) as graph inputs."""
     idx = GraphIndex.build(model)
     mask_type = _elem_type(idx, mask_input) if mask_input else None
-    nodes, inits, outs = head_nodes(head, mask_type)
+    nodes, inits, outs = head_nodes(head, mask_type, _elem_type(idx, idx.graph_outputs[0]))
     info = idx.infos[head.tensor]
     inputs = [helper.make_tensor_value_info(head.tensor, info.elem_type, info.shape)]
     if head.layout == "btc" and mask_input:
@@ -159,6 +159,7 @@ def conditional_model(segments: list[SegmentGraph], source: onnx.ModelProto) -> 
     """
     output = segments[-1].outputs[0]
     out_vi = next(o for o in source.graph.output if o.name == output)
+    out_type = out_vi.type.tensor_type.elem_type or TensorProto.FLOAT
     inits: dict[str, onnx.TensorProto] = {}
     for s in segments:
         for t in s.model.graph.initializer:
@@ -206,7 +207,7 @@ def conditional_model(segments: list[SegmentGraph], source: onnx.ModelProto) -> 
         then_nodes = [helper.make_node("Identity", [h.logits_name], [f"{p}_then_out"], name=f"{p}_then_out"),
                       helper.make_node("Identity", [f"{p}_kidx"], [f"{p}_then_idx"], name=f"{p}_then_idx")]
         then_graph = helper.make_graph(then_nodes, f"{p}_then", [], [
-            helper.make_tensor_value_info(f"{p}_then_out", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info(f"{p}_then_out", out_type, None),
             helper.make_tensor_value_info(f"{p}_then_idx", TensorProto.INT64, None)])
         # else: run deeper, then take this exit's result for the rows that pass it
         deeper = level(k + 1, defined | {f"{p}_ge", f"{p}_kidx"}, f"{p}_deep_out", f"{p}_deep_idx")
@@ -216,7 +217,7 @@ def conditional_model(segments: list[SegmentGraph], source: onnx.ModelProto) -> 
             helper.make_node("Where", [f"{p}_ge", f"{p}_kidx", f"{p}_deep_idx"], [f"{p}_else_idx"], name=f"{p}_selidx"),
         ]
         else_graph = helper.make_graph(deeper, f"{p}_else", [], [
-            helper.make_tensor_value_info(f"{p}_else_out", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info(f"{p}_else_out", out_type, None),
             helper.make_tensor_value_info(f"{p}_else_idx", TensorProto.INT64, None)])
         nodes.append(helper.make_node("If", [f"{p}_cond"], [out_name, idx_name], then_branch=then_graph,
                                       else_branch=else_graph, name=f"{p}_if"))
