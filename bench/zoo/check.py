@@ -2,7 +2,9 @@
 
 The outcome is one of
   * "compiled": an artifact whose full-depth rows (exit index == number of exits) equal the
-    original's outputs (every output, max abs diff within TOLERANCE) on both runtimes; an output
+    original's outputs (every output, max abs diff within TOLERANCE; for a model that computes
+    in float16, within exitc.verify.REDUCED_ULPS of its epsilon at the outputs' scale) on both
+    runtimes; an output
     the manifest lists in `dropped_outputs` may be missing, any other may not;
   * "refused": exitc stopped with exit status 2 and exactly one line on stderr, no output left;
   * "failed": anything else (a traceback, an internal error, several lines, a partial output
@@ -150,12 +152,26 @@ def judge(model: Path, calib: Path, test: Path, out: Path, target: float, extra:
             problems.append(f"{engine} runtime: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
             continue
         result.diffs[engine], result.full_rows, result.agreement = max(diff, forced_diff), full, agree
-        if result.diffs[engine] > TOLERANCE:
-            problems.append(f"{engine} runtime: full-depth rows differ by {result.diffs[engine]:.3g} (> {TOLERANCE})")
     shutil.rmtree(forced, ignore_errors=True)
+    tolerance = allowed_diff(model, expected)
+    for engine, d in result.diffs.items():
+        if d > tolerance:
+            problems.append(f"{engine} runtime: full-depth rows differ by {d:.3g} (> {tolerance:.3g})")
     if problems:
         result.kind, result.detail = "failed", "; ".join(problems)
     return result
+
+
+def allowed_diff(model: Path, expected: list[np.ndarray]) -> float:
+    """TOLERANCE, or for a model that computes in float16/bfloat16 what exitc's verify allows
+    (full-depth rows rounded where a segment ends: REDUCED_ULPS of the type's epsilon)."""
+    import onnx
+
+    from exitc.verify import REDUCED_ULPS, reduced_precision_eps
+
+    eps = reduced_precision_eps(onnx.load(str(model), load_external_data=False))
+    scale = max((float(np.abs(e).max()) for e in expected if e.size), default=0.0)
+    return TOLERANCE + REDUCED_ULPS * eps * scale
 
 
 def verdict(model_is_classifier: bool, outcome: Outcome, refusal: str = "") -> tuple[bool, str]:

@@ -5,6 +5,7 @@ by skl2onnx (its own graph conventions: MatMul/Add/Relu chains, a `label` plus a
 `probabilities` output, ai.onnx.ml opset). `convert_opset`: a zoo model moved to another opset
 with onnx.version_converter, to cover the ends of the opset range exitc must read. `quantize`:
 a zoo model quantized to 8 bits by onnxruntime.quantization, as users quantize for CPUs.
+`to_float16`: a zoo model converted to float16 by onnxruntime.transformers' converter.
 """
 
 from __future__ import annotations
@@ -89,3 +90,14 @@ def quantize(src: Path, mode: str, calib_rows, input_name: str, dest: Path) -> N
         onnx.checker.check_model(model)
         with open_atomic(dest) as f:
             f.write(model.SerializeToString())
+
+
+def to_float16(src: Path, dest: Path) -> None:
+    """`src` in float16 with float32 inputs and outputs, written as the converter leaves it
+    (nodes out of topological order: the ONNX checker rejects the file, ONNX Runtime runs it)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    with open_atomic(dest) as f:
+        f.write(model.SerializeToString())

@@ -29,7 +29,7 @@ import numpy as np
 
 from . import export, inputs
 from .cache import CACHE, FetchError, data_path, last_line, model_path, open_atomic
-from .models import BY_NAME, ZOO, Converted, OwnExport, Quantized, Wheel, ZooModel
+from .models import BY_NAME, ZOO, Converted, Float16, OwnExport, Quantized, Wheel, ZooModel
 
 # 140 rows: above exitc's minimum of 129 at --target-acc 0.9; test rows all run full depth once
 # more with exits disabled (check.forced_full_depth), so 24 large-image rows suffice.
@@ -83,6 +83,8 @@ def fetch_model(m: ZooModel) -> Path:
         elif isinstance(src, Converted):
 
             export.convert_opset(fetch_model(BY_NAME[src.base]), src.opset, dest)
+        elif isinstance(src, Float16):
+            export.to_float16(fetch_model(BY_NAME[src.base]), dest)
         elif isinstance(src, Quantized):
             base = BY_NAME[src.base]
             path = fetch_model(base)

