@@ -68,6 +68,14 @@ def test_normalize_rejects_model_without_classification_output():
         normalize(m)
 
 
+def test_single_score_output_is_refused_saying_why():
+    # A binary classifier with one sigmoid output [batch, 1]: its argmax is always 0, so treating
+    # it as [batch, classes] would make every exit agree with it. Refused in one line, for now.
+    m = tiny_cnn(classes=1)
+    with pytest.raises(ExitcError, match=r"'logits' is \[batch, 1\], one score per row.*not supported yet"):
+        normalize(m)
+
+
 def test_normalize_requires_choice_between_two_outputs():
     m = tiny_cnn()
     m.graph.node.append(onnx.helper.make_node("Identity", ["logits"], ["logits2"]))

@@ -241,6 +241,12 @@ def prepare(model: onnx.ModelProto, output: str | None = None, label: str = "mod
         cands = [n for n in names if is_classification(n)]
         if not cands:
             shapes = ", ".join(f"{n} {idx.infos[n].shape if n in idx.infos else '?'}" for n in names)
+            single = [n for n in names if n in idx.infos and idx.infos[n].rank == 2 and idx.infos[n].batch_major
+                      and idx.infos[n].shape[1] == 1]
+            if single:  # the decision is a threshold on one score, which exitc does not derive yet
+                raise ExitcError(f"{label}: output {single[0]!r} is [batch, 1], one score per row (a binary classifier "
+                                 "with a sigmoid or a single logit); exitc needs [batch, classes] with at least 2 "
+                                 "classes, whose argmax is the prediction (not supported yet)")
             raise ExitcError(f"{label}: no batch-major classification output [batch, classes] found (outputs: {shapes})")
         if len(cands) > 1:
             raise ExitcError(f"{label}: several classification outputs ({', '.join(cands)}); choose one with --output NAME")
