@@ -23,6 +23,7 @@ from .measure import batch1_latencies, run_all, run_interleaved
 from .passes.normalize import load_model, prepare
 from .report import format_table
 from .runtime import load
+from .predictions import predicted_classes
 
 
 @dataclass
@@ -76,7 +77,8 @@ def bench(artifact: str, data_path: str, opts: BenchOptions, original: str | Non
     rows = min(opts.latency_rows, n)
     with tqdm(total=rows, desc="bench batch 1", unit="row", disable=not opts.progress, leave=False) as bar:
         lat_o, lat_c = batch1_latencies([run_orig, run_comp], feeds, rows, progress=bar)
-    pred_o, pred_c = ref.argmax(1), got.argmax(1)
+    probabilities = manifest.get("prediction_kind") == "probabilities"
+    pred_o, pred_c = predicted_classes(ref, probabilities), predicted_classes(got, probabilities)
     k = compiled.num_exits
     result = {
         "artifact": artifact, "data": data_path, "rows": n, "batch_size": b, "rounds": opts.rounds,

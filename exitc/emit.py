@@ -58,7 +58,8 @@ def build_manifest(model, sig, model_path, segments, cond_file, plan, profile, e
             if name in idx.infos:
                 carried.append(tensor_entry(idx.infos[name]))
             else:  # a head's probabilities, carried to the next exit's chained gate
-                carried.append({"name": name, "dtype": "float32", "shape": ["batch", sig.num_classes], "batch_axis": 0})
+                classes = 2 if sig.binary else sig.num_classes  # a binary original's heads learn two classes
+                carried.append({"name": name, "dtype": "float32", "shape": ["batch", classes], "batch_axis": 0})
     seg_entries = []
     for seg in segments:
         entry = {"index": seg.index, "file": f"segments/seg_{seg.index}.onnx", "inputs": seg.inputs,
@@ -139,17 +140,18 @@ class ArtifactSpec:
 
     def exit_heads(self) -> list[ExitHead]:
         """The plan's exit heads (:func:`plan_exit_heads`)."""
-        return plan_exit_heads(self.plan, self.heads, self.elem_types, self.mask_input, self.emit_probabilities)
+        return plan_exit_heads(self.plan, self.heads, self.elem_types, self.mask_input, self.emit_probabilities,
+                               binary=self.sig.binary)
 
 
 def plan_exit_heads(plan: "Plan", heads: "list[FittedHead]", elem_types: dict[str, int], mask_input: str | None,
-                    emit_probabilities: bool) -> list[ExitHead]:
+                    emit_probabilities: bool, binary: bool = False) -> list[ExitHead]:
     """The plan's exits as ExitHeads (passes.heads), in order, each with its threshold and the
     plan's gate: what the artifact fuses into its segments and what every runtime of it computes.
     Where the plan has chained gates (plan.gates), exit i reads exit i-1's probabilities, which
-    exit i-1 then exports."""
+    exit i-1 then exports. `binary`: the original answers one score per row (ExitHead.binary)."""
     exit_heads = [heads[c].exit_head(i, elem_types.get(heads[c].candidate.tensor, onnx.TensorProto.FLOAT),
-                                     mask_input, emit_probabilities, threshold=plan.thresholds[i])
+                                     mask_input, emit_probabilities, threshold=plan.thresholds[i], binary=binary)
                   for i, c in enumerate(plan.exits)]
     for i, (w, b) in enumerate(plan.gates):
         exit_heads[i].gate_w, exit_heads[i].gate_b = w, b

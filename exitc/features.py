@@ -17,11 +17,12 @@ from .passes.candidates import Candidate, estimate_flops
 from .passes.graph import GraphIndex
 from .passes.heads import softmax
 from .passes.split import probe_model, probe_name
+from .predictions import as_two_classes, is_binary, scores_are_probabilities
 
 
 @dataclass
 class FeatureCache:
-    outputs: np.ndarray          # the original's prediction output [rows, classes]
+    outputs: np.ndarray          # the original's prediction output [rows, classes] (a binary one's as two classes)
     probs: np.ndarray            # its class probabilities (soft targets)
     features: list[np.ndarray]   # pooled features per candidate [rows, D_k]
     outputs_are_probabilities: bool
@@ -32,7 +33,7 @@ class FeatureCache:
 
 
 def looks_like_probabilities(out: np.ndarray) -> bool:
-    return bool(out.min() >= -1e-6 and out.max() <= 1 + 1e-6 and np.allclose(out.sum(axis=1), 1.0, atol=1e-3))
+    return scores_are_probabilities(out)
 
 
 # Rows per probe run. Only memory and speed depend on it, not the features (the probe is the
@@ -71,6 +72,8 @@ class FeatureProbe:
         out = np.concatenate(parts[0]).astype(np.float32)
         if is_prob is None:
             is_prob = looks_like_probabilities(out)
+        if is_binary(out):  # heads learn a binary original as two classes (predictions.as_two_classes)
+            out = as_two_classes(out, is_prob)
         probs = out if is_prob else softmax(out)
         feats = [np.concatenate(p).astype(np.float32) for p in parts[1:]]
         return FeatureCache(out, probs.astype(np.float32), feats, is_prob)

@@ -29,6 +29,7 @@ from typing import Mapping
 import numpy as np
 
 from .errors import ExitcError
+from .predictions import predicted_classes
 from .stats import clopper_pearson_lower
 
 
@@ -76,6 +77,7 @@ class AgreementMonitor:
         self.num_exits = len(m["segments"]) - 1
         self.prediction_output = m["prediction_output"]
         self._output_index = [o["name"] for o in m["outputs"]].index(self.prediction_output)
+        self._probabilities = m.get("prediction_kind") == "probabilities"  # read for one score per row
         self._batch_axes = {t["name"]: int(t.get("batch_axis", 0)) for t in m["inputs"]}
         cal = m.get("calibration") or {}
         self.target = float(cal.get("target_acc", 1.0))       # what the compiler certified
@@ -112,7 +114,8 @@ class AgreementMonitor:
             part = {k: np.take(np.asarray(v), pick, axis=self._batch_axes.get(k, 0)) for k, v in feeds.items()}
             ref_outputs, _ = self.reference.run(part)
             full = ref_outputs[self._output_index]
-            wrong = np.asarray(prediction)[pick].argmax(axis=1) != np.asarray(full).argmax(axis=1)
+            wrong = (predicted_classes(np.asarray(prediction)[pick], self._probabilities)
+                     != predicted_classes(np.asarray(full), self._probabilities))
         counts = np.bincount(exit_index, minlength=self.num_exits + 1)
         sampled = np.bincount(exit_index[pick], minlength=self.num_exits + 1)
         wrong_at = np.bincount(exit_index[pick][wrong], minlength=self.num_exits + 1)

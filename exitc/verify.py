@@ -41,6 +41,7 @@ from .data import Dataset, batches
 from .measure import batch1_latencies, run_all, run_interleaved
 from .passes.normalize import Signature, resize_feeds
 from .policy import MEDIAN_TOLERANCE
+from .predictions import predicted_classes
 
 if TYPE_CHECKING:
     from .options import CompileOptions
@@ -127,7 +128,7 @@ def reduced_precision_eps(model: onnx.ModelProto) -> float:
     return max((REDUCED_EPS[t] for t in types if t in REDUCED_EPS), default=0.0)
 
 
-def _within(got: np.ndarray, ref: np.ndarray, reduced_eps: float = 0.0) -> float:
+def _within(got: np.ndarray, ref: np.ndarray, reduced_eps: float = 0.0, probabilities: bool = False) -> float:
     """Max abs difference, or +inf where it exceeds the tolerance (see REDUCED_ULPS for
     `reduced_eps` > 0, which also requires the same top-1 class per row)."""
     got64, ref64 = got.astype(np.float64), ref.astype(np.float64)
@@ -136,7 +137,7 @@ def _within(got: np.ndarray, ref: np.ndarray, reduced_eps: float = 0.0) -> float
     if reduced_eps > 0:
         scale = np.abs(ref64).reshape(len(ref64), -1).max(axis=1).reshape((-1,) + (1,) * (ref64.ndim - 1))
         tol = tol + REDUCED_ULPS * reduced_eps * scale
-        if ref64.ndim == 2 and (got64.argmax(1) != ref64.argmax(1)).any():
+        if ref64.ndim == 2 and (predicted_classes(got64, probabilities) != predicted_classes(ref64, probabilities)).any():
             return float("inf")
     return float(diff.max()) if (diff <= tol).all() else float("inf")
 
@@ -147,6 +148,7 @@ def check_exact(path: str, model: onnx.ModelProto, sig: Signature, data: Dataset
     from .runtime import ExitModel
 
     compiled = ExitModel(path)
+    probabilities = compiled.manifest.get("prediction_kind") == "probabilities"
     original = make_session(model, "original model")
     n = min(EXACT_ROWS, data.rows)
     feeds = {k: v[:n] for k, v in data.feeds.items()}
@@ -169,13 +171,13 @@ def check_exact(path: str, model: onnx.ModelProto, sig: Signature, data: Dataset
             got = outs[0]
             end = exit_index == compiled.num_exits
             if end.any():
-                d = _within(got[end], ref[end], eps)
+                d = _within(got[end], ref[end], eps, probabilities)
                 if not np.isfinite(d):
                     raise RuntimeError(f"compiled model deviates from the original on full-depth rows at {what} "
                                        f"(max abs diff {float(np.abs(got[end] - ref[end]).max()):.3g})")
                 max_diff = max(max_diff, d)
             if what == f"batch {batch_size}":
-                agree += int((got.argmax(1) == ref.argmax(1)).sum())
+                agree += int((predicted_classes(got, probabilities) == predicted_classes(ref, probabilities)).sum())
                 total += len(ref)
         result.checked.append(what)
     result.rows = total

@@ -286,3 +286,22 @@ def quantized_cnn(mode: str, seed: int = 0) -> onnx.ModelProto:
             quantize_static(str(src), str(out), Rows(), quant_format=fmt, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
         return onnx.load(str(out))
+
+
+def binary_cnn(sigmoid: bool, seed: int = 0) -> onnx.ModelProto:
+    """tiny_cnn with one score per row: logits [B, 1] (a single logit), or with `sigmoid` the
+    probability of class 1 ("probs" [B, 1]). The logit's bias puts the decision at its median
+    over standard-normal images, so both classes occur."""
+    import onnxruntime as ort
+
+    m = tiny_cnn(classes=1, seed=seed)
+    x = np.random.default_rng(seed + 100).standard_normal((256, 3, 16, 16)).astype(np.float32)
+    z = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    bias = next(t for t in m.graph.initializer if t.name == "fc_b")
+    bias.CopyFrom(numpy_helper.from_array(np.array([-np.median(z)], np.float32), "fc_b"))
+    if sigmoid:
+        m.graph.node.append(helper.make_node("Sigmoid", ["logits"], ["probs"], name="sigmoid"))
+        del m.graph.output[:]
+        m.graph.output.append(helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 1]))
+    onnx.checker.check_model(m)
+    return m

@@ -7,6 +7,7 @@ checked against an independent numpy pooling (synthetic.numpy_pooled)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 
 import numpy as np
@@ -183,3 +184,24 @@ def test_from_head_keeps_the_old_constructor_and_threshold():
         np.testing.assert_array_equal(buf.numpy(), dict(old.named_buffers())[name].numpy())
     with pytest.raises(ValueError, match="3 \\(plain\\) or 6"):
         ExitHeadModule("bf", head.layers, np.zeros(4, np.float32), 0.0)
+
+
+@pytest.mark.parametrize("probabilities", [False, True])
+def test_binary_heads_agree_in_all_three_forms(probabilities):
+    # A binary original's head: two classes inside, one score out (heads.binary_answer).
+    global CLASSES
+    saved, CLASSES = CLASSES, 2
+    try:
+        head, feeds = make_case("bf", "mlp", False, probabilities)
+    finally:
+        CLASSES = saved
+    head.binary = True
+    got = run_onnx(head, feeds)
+    want_out, want_score = head_forward(head, got["pooled"])
+    assert want_out.shape == (ROWS, 1)
+    np.testing.assert_allclose(got[head.logits_name], want_out, rtol=RTOL, atol=ATOL)
+    two = head_forward(dataclasses.replace(head, binary=False), got["pooled"])[0]
+    assert ((want_out[:, 0] > (0.5 if probabilities else 0.0)) == (two.argmax(1) == 1)).all()
+    if torch is not None:
+        t_out, t_score = run_torch(head, feeds)
+        np.testing.assert_allclose(t_out, want_out, rtol=RTOL, atol=ATOL)

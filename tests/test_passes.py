@@ -13,7 +13,7 @@ from exitc.passes.normalize import check_rows_independent, observe_shapes, prepa
 from exitc.passes.shape_reads import resolve_shape_reads
 from exitc.passes.split import EXIT_INDEX, find_mask_input, head_model, probe_name
 
-from synthetic import (preprocessed_cnn, quantized_cnn, tiny_cnn, tiny_cnn1d, tiny_mlp, tiny_transformer,
+from synthetic import (binary_cnn, preprocessed_cnn, quantized_cnn, tiny_cnn, tiny_cnn1d, tiny_mlp, tiny_transformer,
                        transformer_feeds)
 
 
@@ -68,12 +68,38 @@ def test_normalize_rejects_model_without_classification_output():
         normalize(m)
 
 
-def test_single_score_output_is_refused_saying_why():
-    # A binary classifier with one sigmoid output [batch, 1]: its argmax is always 0, so treating
-    # it as [batch, classes] would make every exit agree with it. Refused in one line, for now.
-    m = tiny_cnn(classes=1)
-    with pytest.raises(ExitcError, match=r"'logits' is \[batch, 1\], one score per row.*not supported yet"):
-        normalize(m)
+@pytest.mark.parametrize("sigmoid", [False, True])
+def test_binary_classifier_exits_answer_in_its_form(sigmoid):
+    # One score per row ([batch, 1]: a single logit, or a sigmoid probability): heads learn two
+    # classes and answer in the original's form (the logit difference, or the probability of
+    # class 1), in ONNX as in numpy (heads.head_forward); the conditional form keeps [batch, 1].
+    from exitc.passes.heads import head_forward
+
+    model, sig = normalize(binary_cnn(sigmoid))
+    assert sig.binary and sig.num_classes == 1
+    cands = find_candidates(model)[:2]
+    feeds = feeds_for("cnn", 10, seed=6)
+    probed = run(probe_model(model, cands, None), feeds)
+    rng = np.random.default_rng(1)
+    heads = []
+    for k, c in enumerate(cands):
+        d = probed[probe_name(k)].shape[1]
+        heads.append(ExitHead(index=k, tensor=c.tensor, layout=c.layout, elem_type=onnx.TensorProto.FLOAT,
+                              mask_input=None, layers=[((0.05 * rng.standard_normal((d, 2))).astype(np.float32),
+                                                        rng.standard_normal(2).astype(np.float32))],
+                              gate_w=np.array([3.0, 2.0, -1.0], np.float32), gate_b=-1.5,
+                              emit_probabilities=sigmoid, binary=True, meta={"threshold": 0.5}, pooling=c.pooling))
+    segs = build_segments(model, cands, heads, None)
+    state = dict(feeds)
+    for seg in segs:
+        state.update(run(seg.model, {k: state[k] for k in seg.inputs}))
+    for k, h in enumerate(heads):
+        answer, score = head_forward(h, probed[probe_name(k)])
+        assert state[h.logits_name].shape == (10, 1)
+        np.testing.assert_allclose(state[h.logits_name], answer, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(state[h.score_name], score, rtol=1e-5, atol=1e-6)
+    out = run(conditional_model(segs, model), feeds)
+    assert out[sig.output.name].shape == (10, 1)
 
 
 def test_normalize_requires_choice_between_two_outputs():

@@ -446,7 +446,7 @@ class ExitHeadModule(torch.nn.Module):
     exit's probabilities, is needed by a chained gate (6 gate weights) and ignored otherwise."""
 
     def __init__(self, layout: str, layers, gate_w, gate_b: float, threshold: float = 2.0,
-                 emit_probabilities: bool = False, pooling: NchwPooling | None = None):
+                 emit_probabilities: bool = False, pooling: NchwPooling | None = None, binary: bool = False):
         super().__init__()
         self.layout = layout
         self.pooling = pooling
@@ -464,13 +464,14 @@ class ExitHeadModule(torch.nn.Module):
         self.register_buffer("filters", torch.from_numpy(rf.weights()) if rf is not None else None)
         self.threshold = float(threshold)
         self.emit_probabilities = emit_probabilities
+        self.binary = binary
 
     @classmethod
     def from_head(cls, head: ExitHead) -> "ExitHeadModule":
         """The torch module of an ExitHead: same layout, pooling, layers, gate and output form;
         the threshold is head.meta["threshold"] where set (else 2.0: never exits)."""
         return cls(head.layout, head.layers, head.gate_w, head.gate_b, threshold=head.meta.get("threshold", 2.0),
-                   emit_probabilities=head.emit_probabilities, pooling=head.pooling)
+                   emit_probabilities=head.emit_probabilities, pooling=head.pooling, binary=head.binary)
 
     @property
     def chained(self) -> bool:
@@ -496,4 +497,7 @@ class ExitHeadModule(torch.nn.Module):
             cols += [(prob * prev).sum(dim=1, keepdim=True), prev.amax(dim=1, keepdim=True), prev.gather(1, cls)]
         feats = torch.cat(cols, dim=1)
         score = torch.sigmoid(torch.matmul(feats, self.gate_w) + self.gate_b).reshape(-1)
-        return (prob if self.emit_probabilities else h), score
+        answer = prob if self.emit_probabilities else h
+        if self.binary:  # the binary original's one score (heads.binary_answer)
+            answer = answer[:, 1:2] if self.emit_probabilities else answer[:, 1:2] - answer[:, 0:1]
+        return answer, score

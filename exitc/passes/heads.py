@@ -52,6 +52,9 @@ class ExitHead:
     pooling: NchwPooling | None = None  # nchw: what is pooled besides global avg/max (see nchw_pooling)
     prev_probs: str | None = None  # chained gate: the previous exit's probabilities (a carried tensor)
     export_probs: bool = False     # output this head's probabilities for the next exit's chained gate
+    # The original answers one score per row ([batch, 1]): the head learns two classes and
+    # answers in the original's form (binary_answer).
+    binary: bool = False
     meta: dict = field(default_factory=dict)
 
     @property
@@ -305,11 +308,22 @@ def head_nodes(head: ExitHead, mask_elem_type: int | None = None, logits_type: i
         helper.make_node("Reshape", [f"{p}_gs", f"{p}_flat"], [head.score_name], name=f"{p}_score"),
     ]
     answer = f"{p}_prob" if head.emit_probabilities else logits
+    if head.binary:  # [batch, 2] -> the original's one score (binary_answer)
+        inits += [const_tensor(f"{p}_c0", np.array([0], np.int64)), const_tensor(f"{p}_c2", np.array([2], np.int64))]
+        nodes.append(helper.make_node("Slice", [answer, f"{p}_k1b", f"{p}_c2", f"{p}_k1b"], [f"{p}_s1"],
+                                      name=f"{p}_s1"))
+        inits.append(const_tensor(f"{p}_k1b", np.array([1], np.int64)))
+        if head.emit_probabilities:
+            answer = f"{p}_s1"
+        else:
+            nodes += [helper.make_node("Slice", [answer, f"{p}_c0", f"{p}_k1b", f"{p}_k1b"], [f"{p}_s0"], name=f"{p}_s0"),
+                      helper.make_node("Sub", [f"{p}_s1", f"{p}_s0"], [f"{p}_bin"], name=f"{p}_bin")]
+            answer = f"{p}_bin"
     if logits_type == TensorProto.FLOAT:
         nodes.append(helper.make_node("Identity", [answer], [head.logits_name], name=f"{p}_out"))
     else:
         nodes.append(helper.make_node("Cast", [answer], [head.logits_name], to=logits_type, name=f"{p}_out"))
-    outputs = [helper.make_tensor_value_info(head.logits_name, logits_type, ["batch", num_classes]),
+    outputs = [helper.make_tensor_value_info(head.logits_name, logits_type, ["batch", 1 if head.binary else num_classes]),
                helper.make_tensor_value_info(head.score_name, TensorProto.FLOAT, ["batch"])]
     if head.export_probs:
         nodes.append(helper.make_node("Identity", [f"{p}_prob"], [head.probs_name], name=f"{p}_probs_out"))
@@ -365,4 +379,12 @@ def head_forward(head: ExitHead, pooled: np.ndarray, prev: np.ndarray | None = N
     h = layers_forward(head.layers, pooled.astype(np.float32))
     prob = softmax(h)
     score = gate_scores(prob, head.gate_w, head.gate_b, prev)
-    return (prob if head.emit_probabilities else h), score
+    answer = prob if head.emit_probabilities else h
+    return (binary_answer(answer, head.emit_probabilities) if head.binary else answer), score
+
+
+def binary_answer(two: np.ndarray, probabilities: bool) -> np.ndarray:
+    """A two-class head's answer in a binary original's form [rows, 1]: the probability of class
+    1, or the logit difference (whose sigmoid is that probability). Its threshold (0.5, 0) gives
+    the head's argmax."""
+    return two[:, 1:2] if probabilities else two[:, 1:2] - two[:, 0:1]

@@ -43,7 +43,14 @@ class Signature:
 
     @property
     def num_classes(self) -> int:
+        """Columns of the prediction output (1 for a binary classifier's single score)."""
         return int(self.output.shape[1])
+
+    @property
+    def binary(self) -> bool:
+        """One score per row ([batch, 1]: a sigmoid probability or a single logit): the class is
+        score > 0.5 or score > 0 (see exitc.predictions); heads learn it as two classes."""
+        return self.num_classes == 1
 
 
 def load_model(path: str) -> onnx.ModelProto:
@@ -232,29 +239,24 @@ def prepare(model: onnx.ModelProto, output: str | None = None, label: str = "mod
     model = _infer(model, label)
     idx = GraphIndex.build(model)
 
-    def is_classification(name: str) -> bool:
+    def is_classification(name: str, min_classes: int = 2) -> bool:
         info = idx.infos.get(name)
         return (info is not None and info.rank == 2 and info.batch_major and isinstance(info.shape[1], int)
-                and info.shape[1] >= 2 and info.elem_type in FLOAT_TYPES)
+                and info.shape[1] >= min_classes and info.elem_type in FLOAT_TYPES)
 
     if output is None:
-        cands = [n for n in names if is_classification(n)]
+        # [batch, classes] outputs first; else one [batch, 1] score (a binary classifier)
+        cands = [n for n in names if is_classification(n)] or [n for n in names if is_classification(n, 1)]
         if not cands:
             shapes = ", ".join(f"{n} {idx.infos[n].shape if n in idx.infos else '?'}" for n in names)
-            single = [n for n in names if n in idx.infos and idx.infos[n].rank == 2 and idx.infos[n].batch_major
-                      and idx.infos[n].shape[1] == 1]
-            if single:  # the decision is a threshold on one score, which exitc does not derive yet
-                raise ExitcError(f"{label}: output {single[0]!r} is [batch, 1], one score per row (a binary classifier "
-                                 "with a sigmoid or a single logit); exitc needs [batch, classes] with at least 2 "
-                                 "classes, whose argmax is the prediction (not supported yet)")
             raise ExitcError(f"{label}: no batch-major classification output [batch, classes] found (outputs: {shapes})")
         if len(cands) > 1:
             raise ExitcError(f"{label}: several classification outputs ({', '.join(cands)}); choose one with --output NAME")
         output = cands[0]
-    elif not is_classification(output):
+    elif not is_classification(output, 1):
         info = idx.infos.get(output)
         raise ExitcError(f"{label}: output {output!r} has shape {info.shape if info else 'unknown'}; "
-                         "exitc needs a batch-major classification output [batch, classes]")
+                         "exitc needs a batch-major classification output [batch, classes] (or [batch, 1] scores)")
     g = model.graph  # _infer returned a new model
     keep = [o for o in g.output if o.name == output]
     dropped = [o.name for o in g.output if o.name != output]

@@ -218,7 +218,8 @@ def compile_traced(gm, module_name: str, names: list[str], data: Dataset, opts: 
     if not (out.is_tensor and out.batch_major and len(out.shape) == 2 and isinstance(out.shape[1], int)
             and out.shape[1] >= 2 and out.dtype.is_floating_point):
         raise ExitcError(f"{module_name}: the output has shape {out.shape}; exitc needs a batch-major "
-                         "classification output [batch, classes]")
+                         "classification output [batch, classes] (one score per row: export to ONNX and "
+                         "compile the file)")
     for n in names:
         if not obs[n].batch_major:
             raise ExitcError(f"{module_name}: input {n!r} is not batch-major")
@@ -233,7 +234,8 @@ def compile_traced(gm, module_name: str, names: list[str], data: Dataset, opts: 
                 "graph")
         result = run_pipeline(twin.front, os.path.join(work.name, "model.exitc"), opts, log, started=started)
         plan = result.plan
-        heads = plan_exit_heads(plan, result.heads, {}, result.mask_input, result.emit_probabilities)
+        heads = plan_exit_heads(plan, result.heads, {}, result.mask_input, result.emit_probabilities,
+                                binary=twin.front.sig.binary)
         return TorchCompiled.from_artifact(
             result.out_dir, heads, [twin.placement[result.candidates[c].tensor] for c in plan.exits],
             mask_input=result.mask_input, plan=plan, profile=result.profile, candidates=result.candidates,

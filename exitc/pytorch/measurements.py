@@ -20,6 +20,7 @@ import torch
 from ..data import Dataset, batches
 from ..distill import FittedHead
 from ..features import FeatureCache, looks_like_probabilities
+from ..predictions import as_two_classes, is_binary
 from ..options import CompileOptions
 from ..passes.candidates import Candidate
 from ..passes.fx import Observed, build_fx_segments, extract_segment, input_names, output_node, pool_features
@@ -116,6 +117,8 @@ class TorchMeasurements:
     def features(self, candidates: list[Candidate], data: Dataset, opts: CompileOptions) -> FeatureCache:
         outputs, features = collect_features_torch(self.gm, candidates, self.mask_input, data)
         is_prob = looks_like_probabilities(outputs)
+        if is_binary(outputs):  # as features.FeatureProbe.collect
+            outputs = as_two_classes(outputs, is_prob)
         probs = (outputs if is_prob else softmax(outputs)).astype(np.float32)
         return FeatureCache(outputs, probs, features, is_prob)
 

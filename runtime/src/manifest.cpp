@@ -154,6 +154,7 @@ Manifest Manifest::parse(const std::string& json_text, const std::string& origin
     if (m.inputs.empty()) r.fail("inputs", "must list at least one input");
     if (m.outputs.empty()) r.fail("outputs", "must list at least one output");
     m.prediction_output = r.string(root, "", "prediction_output");
+    m.prediction_probabilities = r.optional_string(root, "", "prediction_kind").value_or("logits") == "probabilities";
     auto carried_it = root.find("carried");
     if (carried_it != root.end() && !carried_it->is_null()) m.carried = r.tensor_specs(root, "", "carried");
 

@@ -63,11 +63,21 @@ int64_t argmax_row(const TensorView& v, int64_t row, int64_t per_row) {
     return static_cast<int64_t>(std::max_element(p, p + per_row) - p);
 }
 
-int64_t row_argmax(const TensorView& v, int64_t row, int64_t per_row) {
+}  // namespace
+
+int64_t predicted_class(const TensorView& v, int64_t row, bool probabilities) {
+    const int64_t rows = v.shape.rank() > 0 ? v.shape[0] : 0;
+    if (row < 0 || row >= rows || (v.dtype != DType::kFloat32 && v.dtype != DType::kFloat64))
+        throw Error(ErrorCode::kInvalidArgument, "predicted_class: row " + std::to_string(row) + " of a " +
+                                                     std::string(dtype_name(v.dtype)) + " " + v.shape.to_string() +
+                                                     " prediction");
+    const int64_t per_row = v.num_elements() / rows;
+    if (per_row == 1) {
+        const double score = v.dtype == DType::kFloat64 ? v.as<double>()[row] : static_cast<double>(v.as<float>()[row]);
+        return score > (probabilities ? 0.5 : 0.0) ? 1 : 0;
+    }
     return v.dtype == DType::kFloat64 ? argmax_row<double>(v, row, per_row) : argmax_row<float>(v, row, per_row);
 }
-
-}  // namespace
 
 double clopper_pearson_lower(uint64_t successes, uint64_t n, double confidence) {
     if (n == 0 || successes == 0) return 0.0;
@@ -187,11 +197,12 @@ void AgreementMonitor::observe(const std::vector<NamedTensorView>& inputs, const
         const RunResult full = s.full_depth->run(part);
         const TensorView served = result.output(s.prediction).view();
         const TensorView reference = full.output(s.prediction).view();
-        const int64_t per_row = served.shape[0] > 0 ? served.num_elements() / served.shape[0] : 0;
         for (std::size_t i = 0; i < pick.size(); ++i) {
             const auto e = static_cast<std::size_t>(exit_index[static_cast<std::size_t>(pick[i])]);
             ++sampled[e];
-            if (row_argmax(served, pick[i], per_row) != row_argmax(reference, static_cast<int64_t>(i), per_row)) ++wrong[e];
+            const bool probs = s.model->manifest().prediction_probabilities;
+            if (predicted_class(served, pick[i], probs) != predicted_class(reference, static_cast<int64_t>(i), probs))
+                ++wrong[e];
         }
     }
     std::lock_guard<std::mutex> lock(s.mutex);

@@ -110,6 +110,25 @@ EXITC_TEST(clopper_pearson_matches_scipy) {
     CHECK_EQ(clopper_pearson_lower(0, 0, 0.95), 0.0);
 }
 
+EXITC_TEST(predicted_class_is_the_argmax_or_the_binary_threshold) {
+    const float probs[] = {0.2f, 0.5f, 0.51f, 0.9f};  // [4, 1] sigmoid probabilities
+    const TensorView p{DType::kFloat32, Shape({4, 1}), probs};
+    CHECK_EQ(predicted_class(p, 0, true), int64_t{0});
+    CHECK_EQ(predicted_class(p, 1, true), int64_t{0});  // 0.5 is not above 0.5
+    CHECK_EQ(predicted_class(p, 2, true), int64_t{1});
+    CHECK_EQ(predicted_class(p, 0, false), int64_t{1});  // read as logits: above 0
+    const double logits[] = {-0.1, 0.0, 3.0};           // [3, 1] single logits
+    const TensorView z{DType::kFloat64, Shape({3, 1}), logits};
+    CHECK_EQ(predicted_class(z, 0, false), int64_t{0});
+    CHECK_EQ(predicted_class(z, 1, false), int64_t{0});
+    CHECK_EQ(predicted_class(z, 2, false), int64_t{1});
+    const float scores[] = {0.1f, 0.7f, 0.2f, 0.9f, 0.05f, 0.05f};  // [2, 3]: argmax
+    const TensorView m{DType::kFloat32, Shape({2, 3}), scores};
+    CHECK_EQ(predicted_class(m, 0, false), int64_t{1});
+    CHECK_EQ(predicted_class(m, 1, true), int64_t{0});
+    CHECK_THROWS(predicted_class(m, 2, false), ErrorCode::kInvalidArgument, "predicted_class");
+}
+
 EXITC_TEST(rate_one_counts_every_early_row_exactly) { check_rate_one("tiny"); }
 
 // The side artifact's inputs include one whose batch axis is 1: the sampled rows are gathered

@@ -26,6 +26,12 @@ namespace exitc {
 // 0 when successes or n is 0. Agrees with scipy.stats.beta.ppf to about 1e-12.
 double clopper_pearson_lower(uint64_t successes, uint64_t n, double confidence);
 
+// The class row `row` of a batch-major prediction output (float32/float64) stands for, as
+// exitc/predictions.py defines it: the argmax over the row; for one score per row (a binary
+// classifier, [batch, 1]) 1 where the score is above 0.5 (`probabilities`, the manifest's
+// prediction_kind) or above 0 (a logit), else 0.
+int64_t predicted_class(const TensorView& prediction, int64_t row, bool probabilities);
+
 enum class MonitorStatus { kOk, kBelowTarget, kInconclusive };
 const char* monitor_status_name(MonitorStatus status) noexcept;  // "ok", "below target", "inconclusive"
 
