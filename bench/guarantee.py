@@ -37,15 +37,16 @@ from exitc.backends import make_session  # noqa: E402
 from exitc.data import batches, load_dataset  # noqa: E402
 from exitc.manifest import input_infos  # noqa: E402
 from exitc.passes.normalize import load_model, prepare  # noqa: E402
+from exitc.predictions import predicted_classes  # noqa: E402
 from exitc.report import format_table  # noqa: E402
 from exitc.runtime import load  # noqa: E402
 
 SCORE_BATCH = 256
 
 
-def predictions(run, feeds: dict[str, np.ndarray], rows: int) -> np.ndarray:
-    """Top-1 predictions of `run` (feeds -> first output) over `rows` rows."""
-    return np.concatenate([np.asarray(run({k: v[sl] for k, v in feeds.items()})).argmax(1)
+def predictions(run, feeds: dict[str, np.ndarray], rows: int, probabilities: bool) -> np.ndarray:
+    """Predicted classes (exitc.predictions) of `run` (feeds -> prediction output) over `rows` rows."""
+    return np.concatenate([predicted_classes(np.asarray(run({k: v[sl] for k, v in feeds.items()})), probabilities)
                            for sl in batches(rows, SCORE_BATCH)])
 
 
@@ -91,9 +92,10 @@ def main() -> int:
                 reference, _ = prepare(load_model(a.model), output=man["prediction_output"])
                 original = make_session(reference, "original model")
                 out_name = man["prediction_output"]
-                orig_pred = predictions(lambda f: original.run(f, [out_name])[0], unseen.feeds, unseen.rows)
+                probs = man.get("prediction_kind") == "probabilities"
+                orig_pred = predictions(lambda f: original.run(f, [out_name])[0], unseen.feeds, unseen.rows, probs)
             k = compiled.output_names.index(man["prediction_output"])
-            got = predictions(lambda f: compiled.run(f)[0][k], unseen.feeds, unseen.rows)
+            got = predictions(lambda f: compiled.run(f)[0][k], unseen.feeds, unseen.rows, probs)
             agree = float((got == orig_pred).mean())
             cal = man["calibration"]
             results.append({"draw": d, "seed": seed, "exits": compiled.num_exits,

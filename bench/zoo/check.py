@@ -86,8 +86,11 @@ def full_depth_diff(artifact: Path, feeds: dict, names: list[str], expected: lis
             raise AssertionError(f"{engine}: output {name} has shape {got.shape}, original {want.shape}")
         if full.any():
             diff = max(diff, float(np.max(np.abs(got[full].astype(np.float64) - want[full].astype(np.float64)))))
-    pred = by_name[pred_name].reshape(len(full), -1).argmax(1)
-    ref = expected[names.index(pred_name)].reshape(len(full), -1).argmax(1)
+    from exitc.predictions import predicted_classes
+
+    probs = model.manifest.get("prediction_kind") == "probabilities"
+    pred = predicted_classes(by_name[pred_name].reshape(len(full), -1), probs)
+    ref = predicted_classes(expected[names.index(pred_name)].reshape(len(full), -1), probs)
     return diff, int(full.sum()), float((pred == ref).mean())
 
 
