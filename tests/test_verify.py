@@ -4,6 +4,8 @@ the policy's tolerance and lowers the mean; the staged manifest says what was ke
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -157,3 +159,33 @@ def test_full_depth_tolerance_of_reduced_precision_models():
     assert not np.isfinite(verify._within(swapped, ref, 2.0 ** -10))
     far = ref + np.array([[0.5, 0.0, 0.0], [0.0, 0.0, 0.0]], np.float32)  # 51 ulps at scale 10
     assert not np.isfinite(verify._within(far, ref, 2.0 ** -10))
+
+
+def test_a_conditional_form_that_deviates_is_dropped_not_fatal(setup, tmp_path):  # noqa: F811
+    """Where only the single-graph batch-1 form deviates at full depth (ONNX Runtime runs a
+    quantized transformer's QDQ ops differently inside If branches), check_exact says so and
+    verify_stage drops that form: batch-1 requests run the segments, which are exact."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from exitc.options import CompileOptions
+
+    model, sig = setup[0], setup[1]
+    plan = make_plan([1], [2.0])  # a threshold no score reaches: every row runs to the end
+    staging, manifest = emit.stage(str(tmp_path / "m.exitc"), spec(setup, plan))
+    cond_path = f"{staging}/{manifest['conditional']['file']}"
+    cond = onnx.load(cond_path)
+    out = cond.graph.output[0].name
+    for n in cond.graph.node:  # the form's answer, moved by 0.5
+        n.output[:] = [o + "_pre" if o == out else o for o in n.output]
+    cond.graph.initializer.append(numpy_helper.from_array(np.array(0.5, np.float32), "shift"))
+    cond.graph.node.append(helper.make_node("Add", [out + "_pre", "shift"], [out]))
+    onnx.save(cond, cond_path)
+    rows = Dataset({"x": np.random.default_rng(3).standard_normal((40, 3, 16, 16)).astype(np.float32)}, None, "h")
+    with pytest.raises(verify.ConditionalDeviates):
+        verify.check_exact(staging, model, sig, rows, 8, verify.Verification())
+    logs = []
+    check = verify.verify_stage(staging, manifest, model, sig, rows, plan,
+                                CompileOptions(never_slower=False), log=logs.append)
+    assert manifest["conditional"] is None and not os.path.exists(cond_path)
+    assert "batch 1" in check.checked and any("batch-1 requests run the segments" in line for line in logs)
