@@ -261,26 +261,34 @@ def quantized_cnn(mode: str, seed: int = 0) -> onnx.ModelProto:
     """tiny_cnn (opset 13) quantized by onnxruntime.quantization as users quantize for CPUs:
     "qdq" (QuantizeLinear/DequantizeLinear pairs around float ops), "qoperator" (QLinearConv,
     QLinearAdd) or "dynamic" (each activation's scale computed over the whole batch at run time)."""
+    rows = np.random.default_rng(seed).standard_normal((32, 3, 16, 16)).astype(np.float32)
+    return quantized(tiny_cnn(opset=13, seed=seed), {"x": rows}, mode, op_types=["Conv"])
+
+
+def quantized(model: onnx.ModelProto, rows: dict[str, np.ndarray], mode: str,
+              op_types: list[str] | None = None) -> onnx.ModelProto:
+    """`model` quantized by onnxruntime.quantization (see quantized_cnn for `mode`), calibrated on
+    `rows` in batches of 8."""
     import tempfile
     from pathlib import Path
 
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
                                           quantize_static)
 
-    rows = np.random.default_rng(seed).standard_normal((32, 3, 16, 16)).astype(np.float32)
+    n = len(next(iter(rows.values())))
 
     class Rows(CalibrationDataReader):
         def __init__(self):
-            self.batches = iter([{"x": rows[i:i + 8]} for i in range(0, len(rows), 8)])
+            self.batches = iter([{k: v[i:i + 8] for k, v in rows.items()} for i in range(0, n, 8)])
 
         def get_next(self):
             return next(self.batches, None)
 
     with tempfile.TemporaryDirectory() as tmp:
         src, out = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
-        onnx.save(tiny_cnn(opset=13, seed=seed), str(src))
+        onnx.save(model, str(src))
         if mode == "dynamic":
-            quantize_dynamic(str(src), str(out), weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"])
+            quantize_dynamic(str(src), str(out), weight_type=QuantType.QInt8, op_types_to_quantize=op_types)
         else:
             fmt = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}[mode]
             quantize_static(str(src), str(out), Rows(), quant_format=fmt, per_channel=True,

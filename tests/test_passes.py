@@ -8,12 +8,13 @@ import pytest
 from exitc.errors import ExitcError
 from exitc.passes import ExitHead, build_segments, conditional_model, find_candidates, normalize, probe_model
 from exitc.passes.candidates import recompute_ok
+from exitc.passes.graph import GraphIndex
 from exitc.passes.heads import NchwPooling, grid_kernel, head_forward, nchw_pooling
 from exitc.passes.normalize import check_rows_independent, observe_shapes, prepare
 from exitc.passes.shape_reads import resolve_shape_reads
 from exitc.passes.split import EXIT_INDEX, find_mask_input, head_model, probe_name
 
-from synthetic import (binary_cnn, preprocessed_cnn, quantized_cnn, tiny_cnn, tiny_cnn1d, tiny_mlp, tiny_transformer,
+from synthetic import (binary_cnn, preprocessed_cnn, quantized, quantized_cnn, tiny_cnn, tiny_cnn1d, tiny_mlp, tiny_transformer,
                        transformer_feeds)
 
 
@@ -408,6 +409,50 @@ def test_quantized_model_is_cut_at_its_8_bit_activations(mode):
     # A head reads the 8-bit map cast to float.
     probed = run(probe_model(model, cands[1:2], None), feeds)
     assert probed[probe_name(0)].dtype == np.float32 and np.isfinite(probed[probe_name(0)]).all()
+
+
+def _layernorm_mlp(seed: int = 0) -> onnx.ModelProto:
+    """x[B,16] -> LayerNormalization -> 3 x (MatMul [-> Relu]) -> logits[B,4]: after static QDQ
+    quantization, LayerNorm -> QuantizeLinear -> DequantizeLinear -> MatMul, as in a transformer."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(np.ones(16, np.float32), "g"), numpy_helper.from_array(np.zeros(16, np.float32), "b")]
+    nodes = [helper.make_node("LayerNormalization", ["x", "g", "b"], ["h0"], axis=-1, name="ln")]
+    h = "h0"
+    for i, (a, o) in enumerate([(16, 256), (256, 256), (256, 4)]):
+        inits.append(numpy_helper.from_array((rng.standard_normal((a, o)) / np.sqrt(a)).astype(np.float32), f"w{i}"))
+        out = "logits" if i == 2 else f"m{i}"
+        nodes.append(helper.make_node("MatMul", [h, f"w{i}"], [out], name=f"mm{i}"))
+        if i < 2:
+            nodes.append(helper.make_node("Relu", [out], [f"h{i + 1}"], name=f"relu{i}"))
+            h = f"h{i + 1}"
+    graph = helper.make_graph(nodes, "ln_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_quantized_model_never_cuts_at_a_dequantized_copy():
+    # LayerNorm -> QuantizeLinear -> DequantizeLinear -> MatMul (a statically quantized
+    # transformer's shape). A cut at the float DQ output starts the next segment with a float
+    # MatMul where ONNX Runtime runs the original's integer kernel (0.45 off on the NLP sample in
+    # QDQ): the input exit was cut there (the latest of equal-sized early cuts). Now no cut
+    # carries a DequantizeLinear output, and the segments reproduce the model bit for bit.
+    rows = {"x": np.random.default_rng(1).standard_normal((32, 16)).astype(np.float32)}
+    model, sig = normalize(quantized(_layernorm_mlp(), rows, "qdq"))
+    idx = GraphIndex.build(model)
+    cands = find_candidates(model)
+    assert len(cands) >= 2
+    assert not [t for c in cands for t in c.carried
+                if t in idx.producer and idx.nodes[idx.producer[t]].op_type == "DequantizeLinear"], cands
+    feeds = {"x": np.random.default_rng(2).standard_normal((6, 16)).astype(np.float32) * 3}
+    ref = run(model, feeds)[sig.output.name]
+    for cut in cands:
+        state = dict(feeds)
+        for seg in build_segments(model, [cut], [None], None):
+            if seg.model.graph.node:
+                state.update(run(seg.model, {k: state[k] for k in seg.inputs}))
+        np.testing.assert_array_equal(state[sig.output.name], ref, err_msg=cut.tensor)
 
 
 def test_model_whose_rows_depend_on_their_batch_is_refused():
