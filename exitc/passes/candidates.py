@@ -7,8 +7,9 @@ A cut at position ``i`` splits the (topologically ordered) node list into ``node
   construction) from graph inputs and initializers only; the next segment recomputes them from
   the (compacted) graph inputs, so they need not be carried;
 * **carried**: everything else. The cut is a candidate if the carried set is one batch-major float
-  activation (the *main* tensor, rank 2/3/4) plus at most ``max_side`` batch-major side tensors
-  that are much smaller than it (e.g. a transformer's extended attention mask).
+  activation (the *main* tensor, rank 2/3/4; in a quantized model its 8-bit activation, never a
+  DequantizeLinear's float copy) plus at most ``max_side`` batch-major side tensors that are much
+  smaller than it (e.g. a transformer's extended attention mask).
 
 Guarantee of :func:`find_candidates`: every returned candidate's carried set, together with the
 graph inputs and initializers, suffices to compute the rest of the model; candidates are returned
