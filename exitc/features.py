@@ -31,6 +31,20 @@ class FeatureCache:
     def predictions(self) -> np.ndarray:
         return self.outputs.argmax(axis=1)
 
+    @classmethod
+    def from_outputs(cls, outputs: np.ndarray, features: list[np.ndarray], is_prob: bool | None = None) -> "FeatureCache":
+        """The cache of the original's prediction outputs on some rows and the pooled features of
+        the same rows (every front end's measurements build it here): soft targets are the
+        outputs where they are probabilities (`is_prob`, detected where None), else their
+        softmax; a binary original's one score per row is seen as two classes
+        (predictions.as_two_classes), so heads learn it like any classifier."""
+        if is_prob is None:
+            is_prob = looks_like_probabilities(outputs)
+        if is_binary(outputs):
+            outputs = as_two_classes(outputs, is_prob)
+        probs = outputs if is_prob else softmax(outputs)
+        return cls(outputs, probs.astype(np.float32), features, is_prob)
+
 
 def looks_like_probabilities(out: np.ndarray) -> bool:
     return scores_are_probabilities(out)
@@ -70,10 +84,4 @@ class FeatureProbe:
                 p.append(o)
         self.seconds_per_row = (time.perf_counter() - t) / max(data.rows, 1)
         out = np.concatenate(parts[0]).astype(np.float32)
-        if is_prob is None:
-            is_prob = looks_like_probabilities(out)
-        if is_binary(out):  # heads learn a binary original as two classes (predictions.as_two_classes)
-            out = as_two_classes(out, is_prob)
-        probs = out if is_prob else softmax(out)
-        feats = [np.concatenate(p).astype(np.float32) for p in parts[1:]]
-        return FeatureCache(out, probs.astype(np.float32), feats, is_prob)
+        return FeatureCache.from_outputs(out, [np.concatenate(p).astype(np.float32) for p in parts[1:]], is_prob)

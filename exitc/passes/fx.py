@@ -36,7 +36,7 @@ from ..errors import ExitcError
 
 from .candidates import HEAVY_OPS, Candidate, find_candidates
 from .graph import BATCH
-from .heads import EPS, ExitHead, NchwPooling
+from .heads import EPS, ExitHead, NchwPooling, binary_answer
 
 
 class TraceFailure(ExitcError):
@@ -498,6 +498,4 @@ class ExitHeadModule(torch.nn.Module):
         feats = torch.cat(cols, dim=1)
         score = torch.sigmoid(torch.matmul(feats, self.gate_w) + self.gate_b).reshape(-1)
         answer = prob if self.emit_probabilities else h
-        if self.binary:  # the binary original's one score (heads.binary_answer)
-            answer = answer[:, 1:2] if self.emit_probabilities else answer[:, 1:2] - answer[:, 0:1]
-        return answer, score
+        return (binary_answer(answer, self.emit_probabilities) if self.binary else answer), score

@@ -309,10 +309,10 @@ def head_nodes(head: ExitHead, mask_elem_type: int | None = None, logits_type: i
     ]
     answer = f"{p}_prob" if head.emit_probabilities else logits
     if head.binary:  # [batch, 2] -> the original's one score (binary_answer)
-        inits += [const_tensor(f"{p}_c0", np.array([0], np.int64)), const_tensor(f"{p}_c2", np.array([2], np.int64))]
+        inits += [const_tensor(f"{p}_c0", np.array([0], np.int64)), const_tensor(f"{p}_k1b", np.array([1], np.int64)),
+                  const_tensor(f"{p}_c2", np.array([2], np.int64))]
         nodes.append(helper.make_node("Slice", [answer, f"{p}_k1b", f"{p}_c2", f"{p}_k1b"], [f"{p}_s1"],
                                       name=f"{p}_s1"))
-        inits.append(const_tensor(f"{p}_k1b", np.array([1], np.int64)))
         if head.emit_probabilities:
             answer = f"{p}_s1"
         else:

@@ -374,7 +374,7 @@ def check_rows_independent(model: onnx.ModelProto, sig: Signature, feeds: dict[s
     diff = np.abs(alone.astype(np.float64) - ref)
     if np.all(diff <= ROW_ATOL + ROW_RTOL * np.abs(ref)):
         return
-    coupled = [n for n in model.graph.node if n.op_type in BATCH_COUPLED_OPS]
+    coupled = [node for node in model.graph.node if node.op_type in BATCH_COUPLED_OPS]
     why = (f"{coupled[0].op_type} {coupled[0].name or coupled[0].output[0]!r} computes one scale for the whole batch; "
            "quantize statically (QDQ) or compile the float model" if coupled
            else "an op mixes rows (a batch statistic, a reduction over the batch axis)")

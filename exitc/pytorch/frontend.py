@@ -234,8 +234,7 @@ def compile_traced(gm, module_name: str, names: list[str], data: Dataset, opts: 
                 "graph")
         result = run_pipeline(twin.front, os.path.join(work.name, "model.exitc"), opts, log, started=started)
         plan = result.plan
-        heads = plan_exit_heads(plan, result.heads, {}, result.mask_input, result.emit_probabilities,
-                                binary=twin.front.sig.binary)
+        heads = plan_exit_heads(plan, result.heads, {}, result.mask_input, result.emit_probabilities)
         return TorchCompiled.from_artifact(
             result.out_dir, heads, [twin.placement[result.candidates[c].tensor] for c in plan.exits],
             mask_input=result.mask_input, plan=plan, profile=result.profile, candidates=result.candidates,

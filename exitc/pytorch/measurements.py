@@ -19,12 +19,10 @@ import torch
 
 from ..data import Dataset, batches
 from ..distill import FittedHead
-from ..features import FeatureCache, looks_like_probabilities
-from ..predictions import as_two_classes, is_binary
+from ..features import FeatureCache
 from ..options import CompileOptions
 from ..passes.candidates import Candidate
 from ..passes.fx import Observed, build_fx_segments, extract_segment, input_names, output_node, pool_features
-from ..passes.heads import softmax
 from ..profile import Cost, Profile
 from .inputs import _torch_feeds
 from .runtime import TorchExitHead, torch_exit_head
@@ -116,11 +114,7 @@ class TorchMeasurements:
 
     def features(self, candidates: list[Candidate], data: Dataset, opts: CompileOptions) -> FeatureCache:
         outputs, features = collect_features_torch(self.gm, candidates, self.mask_input, data)
-        is_prob = looks_like_probabilities(outputs)
-        if is_binary(outputs):  # as features.FeatureProbe.collect
-            outputs = as_two_classes(outputs, is_prob)
-        probs = (outputs if is_prob else softmax(outputs)).astype(np.float32)
-        return FeatureCache(outputs, probs, features, is_prob)
+        return FeatureCache.from_outputs(outputs, features)
 
     def neighbours(self, fit, fit_pred, is_prob, opts, log=print):
         return None
