@@ -66,7 +66,7 @@ class Analysis:
     plan: Plan
     heads: list[FittedHead]
     profile: Profile | None
-    emit_probabilities: bool           # the original outputs probabilities: so do the exits
+    prediction_kind: str               # what the original's prediction output holds: the exits answer in it
 
 
 class Measurements(Protocol):
@@ -77,7 +77,7 @@ class Measurements(Protocol):
 
     def features(self, candidates: list[Candidate], data: Dataset, opts: CompileOptions) -> FeatureCache: ...
 
-    def neighbours(self, fit: Dataset, fit_pred: np.ndarray, is_prob: bool, opts: CompileOptions,
+    def neighbours(self, fit: Dataset, fit_pred: np.ndarray, kind: str, opts: CompileOptions,
                    log=print) -> NeighbourRows | None: ...
 
     def profile(self, heads: list[FittedHead], fit: Dataset, opts: CompileOptions) -> Profile: ...
@@ -98,9 +98,9 @@ class OnnxMeasurements:
         self.probe = FeatureProbe(self.model, candidates, self.mask_input)
         return self.probe.collect(data, progress=opts.progress)
 
-    def neighbours(self, fit: Dataset, fit_pred: np.ndarray, is_prob: bool, opts: CompileOptions,
+    def neighbours(self, fit: Dataset, fit_pred: np.ndarray, kind: str, opts: CompileOptions,
                    log=print) -> NeighbourRows | None:
-        return augment_stage(self.sig, fit, fit_pred, self.mask_input, self.probe, is_prob, opts, log)
+        return augment_stage(self.sig, fit, fit_pred, self.mask_input, self.probe, kind, opts, log)
 
     def profile(self, heads: list[FittedHead], fit: Dataset, opts: CompileOptions) -> Profile:
         return profile_costs(self.model, heads, self.mask_input, fit, opts.batch_size, self.elem_types,
@@ -124,7 +124,7 @@ def analyse(measure: Measurements, candidates: list[Candidate], data: Dataset, f
     if opts.augment:
         with stage("augment"):
             neighbours = measure.neighbours(data.take(fit_idx), cache.predictions[fit_idx],
-                                            cache.outputs_are_probabilities, opts, log)
+                                            cache.kind, opts, log)
         mark("augment")
     with stage("distill"):
         heads = distill_heads(candidates, [f[fit_idx] for f in cache.features], cache.probs[fit_idx],
@@ -146,4 +146,4 @@ def analyse(measure: Measurements, candidates: list[Candidate], data: Dataset, f
     with stage("policy"):
         plan = policy_stage(heads, [f[cert_idx] for f in cache.features], cache.predictions[cert_idx], profile, opts)
     mark("policy")
-    return Analysis(plan, heads, profile, cache.outputs_are_probabilities)
+    return Analysis(plan, heads, profile, cache.kind)

@@ -200,7 +200,7 @@ def _take(feeds: Feeds, idx: np.ndarray) -> Feeds:
 
 
 def make_neighbours(inputs: list[TensorInfo], fit: Dataset, fit_pred: np.ndarray, mask_input: str | None,
-                    probe: FeatureProbe, is_prob: bool, seed: int = 0, progress: bool = True) -> Neighbours:
+                    probe: FeatureProbe, kind: str, seed: int = 0, progress: bool = True) -> Neighbours:
     """Neighbours of the fit rows, labelled (and featurised) by the original through `probe`.
 
     Each perturbation is first tried on STABILITY_ROWS fit rows (those rows are kept as neighbours
@@ -219,7 +219,7 @@ def make_neighbours(inputs: list[TensorInfo], fit: Dataset, fit_pred: np.ndarray
         src = rng.choice(fit.rows, size=min(STABILITY_ROWS, fit.rows), replace=False)
         rows = _take(fit.feeds, src)
         cache = probe.collect(Dataset(kind(rows, np.ones(len(src), bool), rng), None, fit.path), progress=False,
-                              is_prob=is_prob)
+                              kind=kind)
         stability[name] = float((cache.predictions == fit_pred[src]).mean())
         if stability[name] >= STABLE:
             caches.append(cache)
@@ -237,12 +237,12 @@ def make_neighbours(inputs: list[TensorInfo], fit: Dataset, fit_pred: np.ndarray
         src = rng.integers(0, fit.rows, size=per_kind)
         feeds = kinds[name](_take(fit.feeds, src), np.ones(per_kind, bool), rng)
         caches.append(probe.collect(Dataset(feeds, None, fit.path), progress=progress,
-                                    desc=f"augment: label neighbours ({name})", is_prob=is_prob))
+                                    desc=f"augment: label neighbours ({name})", kind=kind))
         sources.append(src)
         groups.append(np.full(per_kind, j, np.int64))
     cache = FeatureCache(np.concatenate([c.outputs for c in caches]), np.concatenate([c.probs for c in caches]),
                          [np.concatenate([c.features[k] for c in caches]) for k in range(len(caches[0].features))],
-                         is_prob)
+                         kind)
     return Neighbours(cache, np.concatenate(sources).astype(np.int64), stability, used, np.concatenate(groups))
 
 
@@ -252,12 +252,12 @@ AUGMENT_MAX_FIT_ROWS = 2000
 
 
 def augment_stage(sig: Signature, fit: Dataset, fit_pred: np.ndarray, mask_input: str | None, probe: FeatureProbe,
-                  is_prob: bool, opts: CompileOptions, log=print) -> NeighbourRows | None:
+                  kind: str, opts: CompileOptions, log=print) -> NeighbourRows | None:
     """Synthetic neighbours of the fit rows labelled by the original (:func:`make_neighbours`), or
     None (fit split of AUGMENT_MAX_FIT_ROWS or more, or no stable perturbation)."""
     if fit.rows >= AUGMENT_MAX_FIT_ROWS:
         return None
-    nb = make_neighbours(sig.inputs, fit, fit_pred, mask_input, probe, is_prob, seed=opts.seed,
+    nb = make_neighbours(sig.inputs, fit, fit_pred, mask_input, probe, kind, seed=opts.seed,
                          progress=opts.progress)
     tried = ", ".join(f"{k} {v:.2f}" for k, v in nb.stability.items())
     if nb.cache is None:

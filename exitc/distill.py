@@ -42,7 +42,7 @@ class FittedHead:
     def params(self) -> int:
         return int(sum(w.size + b.size for w, b in self.layers))
 
-    def exit_head(self, index: int, elem_type: int, mask_input: str | None, emit_probabilities: bool,
+    def exit_head(self, index: int, elem_type: int, mask_input: str | None, prediction_kind: str,
                   threshold: float | None = None, binary: bool = False) -> ExitHead:
         """This head as exit `index` of a compiled model (passes.heads.ExitHead) with its own
         (plain) gate; `mask_input` is kept only for token ("btc") candidates. The one place a
@@ -50,7 +50,7 @@ class FittedHead:
         c = self.candidate
         return ExitHead(index=index, tensor=c.tensor, layout=c.layout, elem_type=elem_type,
                         mask_input=mask_input if c.layout == "btc" else None, layers=self.layers,
-                        gate_w=self.gate_w, gate_b=self.gate_b, emit_probabilities=emit_probabilities,
+                        gate_w=self.gate_w, gate_b=self.gate_b, prediction_kind=prediction_kind,
                         kind=self.kind, meta={} if threshold is None else {"threshold": threshold},
                         pooling=c.pooling, binary=binary)
 

@@ -49,7 +49,7 @@ class CompileResult:
     stage_seconds: dict = field(default_factory=dict)
     verification: Verification | None = None
     manifest: dict | None = None       # the artifact's manifest as written
-    emit_probabilities: bool = False   # the exits output probabilities (the original does)
+    prediction_kind: str = "logits"    # what the original's prediction output holds; the exits answer in it
     mask_input: str | None = None      # the attention-mask input the btc heads read
 
 
@@ -168,7 +168,7 @@ def run_pipeline(front: FrontEnd, out_dir: str, opts: CompileOptions, log=print,
         while True:
             with stage("emit"):
                 staging, manifest = emit.stage(out_dir, emit.ArtifactSpec(
-                    model, sig, front.path, heads, plan, profile, mask_input, elem_types, found.emit_probabilities,
+                    model, sig, front.path, heads, plan, profile, mask_input, elem_types, found.prediction_kind,
                     original=front.runnable or reference, source=front.source, sequence=front.sequence))
             with stage("verify"):
                 check = verify_stage(staging, manifest, reference, sig, holdout, plan, opts, log)
@@ -195,6 +195,6 @@ def run_pipeline(front: FrontEnd, out_dir: str, opts: CompileOptions, log=print,
         emit.discard(staging)
     mark("report")
     result = CompileResult(out_dir, plan, candidates, heads, profile, time.perf_counter() - t0, stages, check,
-                           manifest, found.emit_probabilities, mask_input)
+                           manifest, found.prediction_kind, mask_input)
     report.print_summary(result, log)
     return result

@@ -25,6 +25,7 @@ from .passes.graph import GraphIndex, default_opset
 from .passes.heads import ExitHead
 from .passes.sequence import DEFAULT_CALL_ROWS, SequenceAxis
 from .passes.split import EXIT_INDEX, build_segments, conditional_model, original_form
+from .predictions import KINDS
 
 if TYPE_CHECKING:  # emission only reads these; importing them would pull in the profiler's backends
     from .distill import FittedHead
@@ -49,8 +50,10 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def build_manifest(model, sig, model_path, segments, cond_file, plan, profile, emit_probabilities,
+def build_manifest(model, sig, model_path, segments, cond_file, plan, profile, prediction_kind: str,
                    source: dict | None = None) -> dict:
+    if prediction_kind not in KINDS:
+        raise ValueError(f"prediction_kind {prediction_kind!r}: one of {KINDS}")
     idx = GraphIndex.build(model)
     carried = []
     for seg in segments:
@@ -81,7 +84,7 @@ def build_manifest(model, sig, model_path, segments, cond_file, plan, profile, e
         "outputs": [tensor_entry(sig.output)],
         "prediction_output": sig.output.name,
         "dropped_outputs": list(sig.dropped_outputs),
-        "prediction_kind": "probabilities" if emit_probabilities else "logits",
+        "prediction_kind": prediction_kind,
         "num_classes": sig.num_classes,
         "carried": carried,
         "segments": seg_entries,
@@ -133,25 +136,25 @@ class ArtifactSpec:
     profile: "Profile | None"
     mask_input: str | None
     elem_types: dict[str, int]      # ONNX dtype of each candidate tensor (FLOAT where missing)
-    emit_probabilities: bool        # heads output probabilities, like the original's prediction output
+    prediction_kind: str            # what the original's prediction output holds; heads answer in it
     original: onnx.ModelProto | None = None  # the batch-1 form "original" (default: model)
     source: dict | None = None       # entries that replace the manifest's "source" section (a front end's)
     sequence: SequenceAxis | None = None  # token inputs whose padding runtimes may drop
 
     def exit_heads(self) -> list[ExitHead]:
         """The plan's exit heads (:func:`plan_exit_heads`)."""
-        return plan_exit_heads(self.plan, self.heads, self.elem_types, self.mask_input, self.emit_probabilities,
+        return plan_exit_heads(self.plan, self.heads, self.elem_types, self.mask_input, self.prediction_kind,
                                binary=self.sig.binary)
 
 
 def plan_exit_heads(plan: "Plan", heads: "list[FittedHead]", elem_types: dict[str, int], mask_input: str | None,
-                    emit_probabilities: bool, binary: bool = False) -> list[ExitHead]:
+                    prediction_kind: str, binary: bool = False) -> list[ExitHead]:
     """The plan's exits as ExitHeads (passes.heads), in order, each with its threshold and the
     plan's gate: what the artifact fuses into its segments and what every runtime of it computes.
     Where the plan has chained gates (plan.gates), exit i reads exit i-1's probabilities, which
     exit i-1 then exports. `binary`: the original answers one score per row (ExitHead.binary)."""
     exit_heads = [heads[c].exit_head(i, elem_types.get(heads[c].candidate.tensor, onnx.TensorProto.FLOAT),
-                                     mask_input, emit_probabilities, threshold=plan.thresholds[i], binary=binary)
+                                     mask_input, prediction_kind, threshold=plan.thresholds[i], binary=binary)
                   for i, c in enumerate(plan.exits)]
     for i, (w, b) in enumerate(plan.gates):
         exit_heads[i].gate_w, exit_heads[i].gate_b = w, b
@@ -174,7 +177,7 @@ def stage(out_dir: str, spec: ArtifactSpec) -> tuple[str, dict]:
         for seg in segments:
             onnx.save(seg.model, os.path.join(staging, "segments", f"seg_{seg.index}.onnx"))
         manifest = build_manifest(spec.model, spec.sig, spec.model_path, segments, None, spec.plan, spec.profile,
-                                  spec.emit_probabilities, spec.source)
+                                  spec.prediction_kind, spec.source)
         manifest["sequence"] = sequence_section(spec.sequence, spec.profile)
         if exit_heads:
             write_batch1_form(staging, manifest, spec.plan.batch1,

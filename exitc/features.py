@@ -17,7 +17,7 @@ from .passes.candidates import Candidate, estimate_flops
 from .passes.graph import GraphIndex
 from .passes.heads import softmax
 from .passes.split import probe_model, probe_name
-from .predictions import as_two_classes, is_binary, scores_are_probabilities
+from .predictions import PROBABILITIES, as_two_classes, is_binary, prediction_kind
 
 
 @dataclass
@@ -25,29 +25,31 @@ class FeatureCache:
     outputs: np.ndarray          # the original's prediction output [rows, classes] (a binary one's as two classes)
     probs: np.ndarray            # its class probabilities (soft targets)
     features: list[np.ndarray]   # pooled features per candidate [rows, D_k]
-    outputs_are_probabilities: bool
+    kind: str                    # what the outputs hold (predictions.KINDS); exit heads answer in it
+
+    @property
+    def outputs_are_probabilities(self) -> bool:
+        return self.kind == PROBABILITIES
 
     @property
     def predictions(self) -> np.ndarray:
         return self.outputs.argmax(axis=1)
 
     @classmethod
-    def from_outputs(cls, outputs: np.ndarray, features: list[np.ndarray], is_prob: bool | None = None) -> "FeatureCache":
+    def from_outputs(cls, outputs: np.ndarray, features: list[np.ndarray], kind: str | None = None) -> "FeatureCache":
         """The cache of the original's prediction outputs on some rows and the pooled features of
-        the same rows (every front end's measurements build it here): soft targets are the
-        outputs where they are probabilities (`is_prob`, detected where None), else their
-        softmax; a binary original's one score per row is seen as two classes
+        the same rows (every front end's measurements build it here). `kind`: what the outputs
+        hold (predictions.KINDS; read from their values where None). Soft targets are the
+        outputs where they are probabilities, else their softmax (which turns log-probabilities
+        back into probabilities); a binary original's one score per row is seen as two classes
         (predictions.as_two_classes), so heads learn it like any classifier."""
-        if is_prob is None:
-            is_prob = looks_like_probabilities(outputs)
+        if kind is None:
+            kind = prediction_kind(outputs)
+        is_prob = kind == PROBABILITIES
         if is_binary(outputs):
             outputs = as_two_classes(outputs, is_prob)
         probs = outputs if is_prob else softmax(outputs)
-        return cls(outputs, probs.astype(np.float32), features, is_prob)
-
-
-def looks_like_probabilities(out: np.ndarray) -> bool:
-    return scores_are_probabilities(out)
+        return cls(outputs, probs.astype(np.float32), features, kind)
 
 
 # Rows per probe run. Only memory and speed depend on it, not the features (the probe is the
@@ -70,9 +72,9 @@ class FeatureProbe:
         self.flops_per_row = float(sum(estimate_flops(GraphIndex.build(model))))
 
     def collect(self, data: Dataset, batch_size: int | None = None, progress: bool = True,
-                desc: str = "features: run original", is_prob: bool | None = None) -> FeatureCache:
+                desc: str = "features: run original", kind: str | None = None) -> FeatureCache:
         """Features and the original's outputs on `data` (in batches of `batch_size` rows, default
-        the probe's); `is_prob` overrides the detection of probability outputs (neighbours are
+        the probe's); `kind` overrides the detection of what the outputs hold (neighbours are
         judged like the calibration rows they came from). Guarantees: row i of every returned
         array belongs to row i of `data`."""
         parts: list[list[np.ndarray]] = [[] for _ in self.names]
@@ -84,4 +86,4 @@ class FeatureProbe:
                 p.append(o)
         self.seconds_per_row = (time.perf_counter() - t) / max(data.rows, 1)
         out = np.concatenate(parts[0]).astype(np.float32)
-        return FeatureCache.from_outputs(out, [np.concatenate(p).astype(np.float32) for p in parts[1:]], is_prob)
+        return FeatureCache.from_outputs(out, [np.concatenate(p).astype(np.float32) for p in parts[1:]], kind)

@@ -6,6 +6,7 @@ import json
 import os
 
 from .errors import ExitcError
+from .predictions import KINDS, LOGITS
 
 FORMAT = "exitc"
 SCHEMA_VERSION = 1
@@ -49,6 +50,8 @@ def read_manifest(path: str) -> dict:
                       ("prediction_output", str), ("num_classes", int)):
         if not isinstance(m.get(key), kind):
             raise ExitcError(f"{mpath}: field {key!r} is missing or not a {kind.__name__}")
+    if m.get("prediction_kind", LOGITS) not in KINDS:
+        raise ExitcError(f"{mpath}: field 'prediction_kind' must be one of {', '.join(KINDS)}, got {m['prediction_kind']!r}")
     if not m["segments"]:
         raise ExitcError(f"{mpath}: field 'segments' is empty")
     for i, seg in enumerate(m["segments"]):

@@ -23,6 +23,7 @@ from .distill import FittedHead
 from .passes.candidates import Candidate
 from .passes.sequence import DEFAULT_CALL_ROWS
 from .passes.split import build_segments, head_model
+from .predictions import LOGITS
 
 
 @dataclass
@@ -172,7 +173,7 @@ def profile_costs(model: onnx.ModelProto, heads: list[FittedHead], mask_input: s
     jobs, state = _backbone_jobs(model, cands, mask_input, feeds)
     for k, fitted in enumerate(heads):
         c = fitted.candidate
-        hm = head_model(model, fitted.exit_head(k, elem_types.get(c.tensor, TensorProto.FLOAT), mask_input, False),
+        hm = head_model(model, fitted.exit_head(k, elem_types.get(c.tensor, TensorProto.FLOAT), mask_input, LOGITS),
                         mask_input)
         sess = make_session(hm, f"head {k}")
         jobs.append((f"head{k}", sess, {name: state[name] for name in sess.input_names}))

@@ -24,6 +24,7 @@ from exitc.manifest import FORMAT, MANIFEST, SCHEMA_VERSION, read_manifest
 from exitc.passes import find_candidates, normalize
 from exitc.passes.heads import head_forward, softmax
 from exitc.passes.split import EXIT_INDEX, find_mask_input
+from exitc.predictions import LOGITS
 from exitc.policy import Plan
 
 from synthetic import tiny_cnn
@@ -61,7 +62,7 @@ def make_plan(exits, thresholds, gates=(), batch1="exits"):
 
 def spec(setup, plan, **kw):
     model, sig, path, cands, mask, heads, _, _ = setup
-    return emit.ArtifactSpec(model, sig, path, heads, plan, None, mask, {}, False, **kw)
+    return emit.ArtifactSpec(model, sig, path, heads, plan, None, mask, {}, LOGITS, **kw)
 
 
 def run_segments(staging, manifest, feeds):
@@ -108,7 +109,7 @@ def test_stage_writes_segments_conditional_and_manifest(setup, tmp_path):
     # computes the original
     state = run_segments(staging, manifest, feeds)
     for i, c in enumerate(plan.exits):
-        out, score = head_forward(heads[c].exit_head(i, onnx.TensorProto.FLOAT, None, False), cache.features[c])
+        out, score = head_forward(heads[c].exit_head(i, onnx.TensorProto.FLOAT, None, LOGITS), cache.features[c])
         np.testing.assert_allclose(state[f"exitc_exit{i}_logits"], out, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(state[f"exitc_exit{i}_score"], score, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(state[sig.output.name], cache.outputs, rtol=1e-5, atol=1e-5)
@@ -142,7 +143,7 @@ def test_chained_gates_are_wired_from_the_plan(setup, tmp_path):
     np.testing.assert_allclose(state["exitc_exit0_probs"], prev, rtol=1e-4, atol=1e-6)
     _, want = head_forward(exit_heads[1], cache.features[1], prev)
     np.testing.assert_allclose(state["exitc_exit1_score"], want, rtol=1e-4, atol=1e-5)
-    _, plain = head_forward(heads[1].exit_head(1, onnx.TensorProto.FLOAT, None, False), cache.features[1])
+    _, plain = head_forward(heads[1].exit_head(1, onnx.TensorProto.FLOAT, None, LOGITS), cache.features[1])
     assert not np.allclose(state["exitc_exit1_score"], plain, atol=1e-3), "the chained gate must matter"
     emit.discard(staging)
 
@@ -153,7 +154,7 @@ def test_plan_exit_heads_are_the_heads_the_artifact_fuses(setup, tmp_path):
     model, sig, path, cands, mask, heads, _, _ = setup
     plan = make_plan([0, 1], [0.8, 0.7])
     staging, manifest = emit.stage(str(tmp_path / "a"), spec(setup, plan))
-    built = emit.plan_exit_heads(plan, heads, {}, mask, False)
+    built = emit.plan_exit_heads(plan, heads, {}, mask, LOGITS)
     exits = [s["exit"] for s in manifest["segments"] if s["exit"]]
     assert [(e["candidate"], e["logits"], e["score"], e["threshold"]) for e in exits] == \
         [(h.tensor, h.logits_name, h.score_name, h.meta["threshold"]) for h in built]

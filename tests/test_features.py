@@ -12,11 +12,12 @@ import pytest
 from onnx import helper
 
 from exitc.data import Dataset
-from exitc.features import FeatureProbe, looks_like_probabilities
+from exitc.features import FeatureProbe
 from exitc.passes import find_candidates, normalize
 from exitc.passes.graph import GraphIndex
 from exitc.passes.heads import softmax
 from exitc.passes.split import find_mask_input
+from exitc.predictions import LOG_PROBABILITIES, LOGITS, PROBABILITIES, prediction_kind
 
 from synthetic import numpy_pooled, preprocessed_cnn, tiny_cnn, tiny_mlp, tiny_transformer, transformer_feeds
 
@@ -101,9 +102,20 @@ def test_batch_size_changes_nothing(name):
 def test_probability_outputs_are_detected_or_overridden():
     model, _, cands, mask, data = _setup("mlp")
     probe = FeatureProbe(model, cands, mask)
-    assert not probe.collect(data, progress=False).outputs_are_probabilities
-    forced = probe.collect(data, progress=False, is_prob=True)
+    assert probe.collect(data, progress=False).kind == LOGITS
+    forced = probe.collect(data, progress=False, kind=PROBABILITIES)
     assert forced.outputs_are_probabilities and forced.probs is not None
     np.testing.assert_array_equal(forced.probs, forced.outputs)  # taken as they are, not softmaxed
     p = softmax(np.random.default_rng(0).standard_normal((6, 4)))
-    assert looks_like_probabilities(p) and not looks_like_probabilities(p * 2) and not looks_like_probabilities(p - 0.1)
+    assert prediction_kind(p) == PROBABILITIES
+    assert prediction_kind(p * 2) == LOGITS and prediction_kind(p - 0.1) == LOGITS
+
+
+def test_log_probability_outputs_are_detected():
+    # A LogSoftmax's output (nll_loss-trained PyTorch models): every row's logsumexp is 0.
+    z = 3 * np.random.default_rng(0).standard_normal((6, 4))
+    logp = np.log(softmax(z))
+    assert prediction_kind(logp) == LOG_PROBABILITIES
+    assert prediction_kind(logp.astype(np.float16).astype(np.float32)) == LOG_PROBABILITIES
+    assert prediction_kind(logp - 0.5) == LOGITS and prediction_kind(-np.abs(z)) == LOGITS
+    assert prediction_kind(logp[:, :1]) == LOGITS  # one score per row: a negative logit, not a log-probability

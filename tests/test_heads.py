@@ -17,6 +17,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from exitc.passes.heads import ExitHead, gate_features, head_forward, head_nodes, nchw_pooling, pooling_nodes, softmax
+from exitc.predictions import KINDS, LOG_PROBABILITIES, LOGITS, PROBABILITIES
 
 from synthetic import numpy_pooled
 
@@ -50,7 +51,7 @@ def test_layouts_cover_both_nchw_poolings():
     assert LAYOUTS["ncl_grid"][3].grid == (5, 1) and LAYOUTS["ncl_signal"][3].grid == (4, 1)
 
 
-def make_case(layout_name: str, kind: str, chained: bool, probabilities: bool, seed: int = 0):
+def make_case(layout_name: str, kind: str, chained: bool, prediction_kind: str, seed: int = 0):
     """(head, feeds): a head with random parameters on a random activation (named "act"), with
     the attention mask ("mask", int64, some rows padded) and the previous exit's probabilities
     ("prev") where the case needs them."""
@@ -71,7 +72,7 @@ def make_case(layout_name: str, kind: str, chained: bool, probabilities: bool, s
     gate_w = rng.standard_normal(6 if chained else 3).astype(np.float32)
     head = ExitHead(index=1, tensor="act", layout=layout, elem_type=TensorProto.FLOAT,
                     mask_input="mask" if with_mask else None, layers=layers, gate_w=gate_w,
-                    gate_b=float(rng.standard_normal()), emit_probabilities=probabilities, kind=kind, pooling=pooling,
+                    gate_b=float(rng.standard_normal()), prediction_kind=prediction_kind, kind=kind, pooling=pooling,
                     prev_probs="prev" if chained else None, export_probs=True)
     return head, feeds
 
@@ -103,12 +104,12 @@ def run_torch(head: ExitHead, feeds: dict):
     return out.numpy(), score.numpy()
 
 
-CASES = list(itertools.product(LAYOUTS, ["linear", "mlp"], [False, True], [False, True]))
+CASES = list(itertools.product(LAYOUTS, ["linear", "mlp"], [False, True], KINDS))
 
 
-@pytest.mark.parametrize("layout_name,kind,chained,probabilities", CASES)
-def test_onnx_numpy_and_torch_heads_agree(layout_name, kind, chained, probabilities):
-    head, feeds = make_case(layout_name, kind, chained, probabilities)
+@pytest.mark.parametrize("layout_name,kind,chained,prediction_kind", CASES)
+def test_onnx_numpy_and_torch_heads_agree(layout_name, kind, chained, prediction_kind):
+    head, feeds = make_case(layout_name, kind, chained, prediction_kind)
     got = run_onnx(head, feeds)
     pooled = got["pooled"]
     np.testing.assert_allclose(pooled, numpy_pooled(feeds["act"], head.layout, feeds.get("mask"), head.pooling),
@@ -117,7 +118,12 @@ def test_onnx_numpy_and_torch_heads_agree(layout_name, kind, chained, probabilit
     assert want_score.shape == (ROWS,) and 0.02 < want_score.mean() < 0.98 or want_score.std() > 0.01
     np.testing.assert_allclose(got[head.logits_name], want_out, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(got[head.score_name], want_score, rtol=RTOL, atol=ATOL)
-    want_probs = want_out if probabilities else softmax(want_out)
+    want_probs = softmax(want_out)
+    if prediction_kind == PROBABILITIES:
+        want_probs = want_out
+    elif prediction_kind == LOG_PROBABILITIES:  # the head answers like a LogSoftmax: exp sums to 1
+        assert (want_out <= 0).all()
+        np.testing.assert_allclose(np.exp(want_out.astype(np.float64)).sum(axis=1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(got[head.probs_name], want_probs, rtol=RTOL, atol=ATOL)
     if torch is not None:
         np.testing.assert_allclose(pool_features(torch.from_numpy(feeds["act"]), head.layout,
@@ -146,7 +152,7 @@ def _perturbations(head: ExitHead):
 def test_a_perturbed_parameter_is_seen(layout_name, kind, chained):
     """The comparisons above can fail: one parameter changed in the numpy copy (or in the head a
     torch module is built from) makes the outputs differ beyond the tolerance."""
-    head, feeds = make_case(layout_name, kind, chained, False)
+    head, feeds = make_case(layout_name, kind, chained, LOGITS)
     got = run_onnx(head, feeds)
     for what, other in _perturbations(head).items():
         out, score = head_forward(other, got["pooled"], feeds.get("prev"))
@@ -161,7 +167,7 @@ def test_a_perturbed_parameter_is_seen(layout_name, kind, chained):
 
 def test_chained_gate_reads_the_previous_probabilities():
     """A chained gate's score moves with `prev` (in ORT, numpy and torch alike), a plain one doesn't."""
-    head, feeds = make_case("bf", "linear", True, False)
+    head, feeds = make_case("bf", "linear", True, LOGITS)
     other = dict(feeds, prev=feeds["prev"][::-1].copy())
     a, b = run_onnx(head, feeds), run_onnx(head, other)
     assert not np.allclose(a[head.score_name], b[head.score_name], atol=1e-3)
@@ -175,11 +181,11 @@ def test_chained_gate_reads_the_previous_probabilities():
 
 @pytest.mark.skipif(torch is None, reason="torch not installed")
 def test_from_head_keeps_the_old_constructor_and_threshold():
-    head, _ = make_case("nchw_grid", "linear", False, True)
+    head, _ = make_case("nchw_grid", "linear", False, PROBABILITIES)
     head.meta["threshold"] = 0.75
     m = ExitHeadModule.from_head(head)
-    assert m.threshold == 0.75 and m.emit_probabilities and m.pooling == head.pooling and not m.chained
-    old = ExitHeadModule(head.layout, head.layers, head.gate_w, head.gate_b, 0.75, True, head.pooling)
+    assert m.threshold == 0.75 and m.prediction_kind == PROBABILITIES and m.pooling == head.pooling and not m.chained
+    old = ExitHeadModule(head.layout, head.layers, head.gate_w, head.gate_b, 0.75, PROBABILITIES, head.pooling)
     for name, buf in m.named_buffers():
         np.testing.assert_array_equal(buf.numpy(), dict(old.named_buffers())[name].numpy())
     with pytest.raises(ValueError, match="3 \\(plain\\) or 6"):
@@ -188,11 +194,12 @@ def test_from_head_keeps_the_old_constructor_and_threshold():
 
 @pytest.mark.parametrize("probabilities", [False, True])
 def test_binary_heads_agree_in_all_three_forms(probabilities):
+    prediction_kind = PROBABILITIES if probabilities else LOGITS
     # A binary original's head: two classes inside, one score out (heads.binary_answer).
     global CLASSES
     saved, CLASSES = CLASSES, 2
     try:
-        head, feeds = make_case("bf", "mlp", False, probabilities)
+        head, feeds = make_case("bf", "mlp", False, prediction_kind)
     finally:
         CLASSES = saved
     head.binary = True

@@ -13,6 +13,7 @@ from exitc.passes.heads import NchwPooling, grid_kernel, head_forward, nchw_pool
 from exitc.passes.normalize import check_rows_independent, observe_shapes, prepare
 from exitc.passes.shape_reads import resolve_shape_reads
 from exitc.passes.split import EXIT_INDEX, find_mask_input, head_model, probe_name
+from exitc.predictions import LOGITS, PROBABILITIES
 
 from synthetic import (binary_cnn, preprocessed_cnn, quantized, quantized_cnn, tiny_cnn, tiny_cnn1d, tiny_mlp, tiny_transformer,
                        transformer_feeds)
@@ -89,7 +90,7 @@ def test_binary_classifier_exits_answer_in_its_form(sigmoid):
                               mask_input=None, layers=[((0.05 * rng.standard_normal((d, 2))).astype(np.float32),
                                                         rng.standard_normal(2).astype(np.float32))],
                               gate_w=np.array([3.0, 2.0, -1.0], np.float32), gate_b=-1.5,
-                              emit_probabilities=sigmoid, binary=True, meta={"threshold": 0.5}, pooling=c.pooling))
+                              prediction_kind=PROBABILITIES if sigmoid else LOGITS, binary=True, meta={"threshold": 0.5}, pooling=c.pooling))
     segs = build_segments(model, cands, heads, None)
     state = dict(feeds)
     for seg in segs:

@@ -18,6 +18,7 @@ from exitc.errors import ExitcError
 from exitc.passes import ExitHead, build_segments, conditional_model, find_candidates, normalize, probe_model
 from exitc.passes.split import find_mask_input, probe_name
 from exitc.policy import Plan
+from exitc.predictions import LOGITS
 from exitc.runtime import ExitModel
 
 from synthetic import tiny_cnn, tiny_transformer, transformer_feeds
@@ -67,7 +68,7 @@ def make_artifact(tmp, model, sig, thresholds, seed=0, feeds=None):
         onnx.save(s.model, os.path.join(path, "segments", f"seg_{s.index}.onnx"))
     onnx.save(conditional_model(segs, model), os.path.join(path, "conditional.onnx"))
     plan = Plan(list(range(len(heads))), list(thresholds), 0.0, 0.99, 0.95, 0, 0, 1, 1, 1, [], 1, 1, 1, 1)
-    manifest = build_manifest(model, sig, src, segs, "conditional.onnx", plan, None, False)
+    manifest = build_manifest(model, sig, src, segs, "conditional.onnx", plan, None, LOGITS)
     with open(os.path.join(path, "manifest.json"), "w") as f:
         json.dump(manifest, f)
     return path, segs
@@ -136,7 +137,13 @@ def test_manifest_errors(tmp_path):
     with pytest.raises(ExitcError, match="schema_version 99 is not supported"):
         ExitModel(path)
     m["schema_version"] = 1
+    m["prediction_kind"] = "softmax"
     json.dump(m, open(os.path.join(path, "manifest.json"), "w"))
+    with pytest.raises(ExitcError, match="field 'prediction_kind' must be one of logits, probabilities, log_probabilities"):
+        ExitModel(path)
+    m["prediction_kind"] = "log_probabilities"
+    json.dump(m, open(os.path.join(path, "manifest.json"), "w"))
+    ExitModel(path)
     os.remove(os.path.join(path, "segments", "seg_1.onnx"))
     with pytest.raises(ExitcError, match="seg_1.onnx: segment file missing"):
         ExitModel(path)
@@ -205,7 +212,7 @@ def test_chained_gate_artifact_matches_numpy_and_cpp(tmp_path):
     plan = Plan([0, 1], [h.meta["threshold"] for h in heads], 0.0, 0.99, 0.95, 0, 0, 1, 1, 1, [], 1, 1, 1, 1)
     with open(os.path.join(path, "manifest.json"), "w") as f:
         json.dump(build_manifest(model, sig, str(tmp_path / "model.onnx"), segs, "conditional.onnx", plan, None,
-                                 False), f)
+                                 LOGITS), f)
     want, want_idx, _ = reference_no_compaction(segs, feeds, sig.output.name)
     assert len(set(want_idx.tolist())) == 3
     ref = ExitModel(path)

@@ -36,6 +36,7 @@ from ..errors import ExitcError
 
 from .candidates import HEAVY_OPS, Candidate, find_candidates
 from .graph import BATCH
+from ..predictions import LOG_PROBABILITIES, LOGITS, PROBABILITIES
 from .heads import EPS, ExitHead, NchwPooling, binary_answer
 
 
@@ -442,11 +443,11 @@ def pool_features(x: torch.Tensor, layout: str, mask: torch.Tensor | None = None
 class ExitHeadModule(torch.nn.Module):
     """Pooling + fitted layers (ReLU between) + exit gate: the function of
     :func:`.heads.head_forward` (numpy) and :func:`.heads.head_nodes` (ONNX) in torch.
-    forward(x, mask=None, prev=None) returns (logits or probs, score [batch]); `prev`, the previous
+    forward(x, mask=None, prev=None) returns (its answer in `prediction_kind`, score [batch]); `prev`, the previous
     exit's probabilities, is needed by a chained gate (6 gate weights) and ignored otherwise."""
 
     def __init__(self, layout: str, layers, gate_w, gate_b: float, threshold: float = 2.0,
-                 emit_probabilities: bool = False, pooling: NchwPooling | None = None, binary: bool = False):
+                 prediction_kind: str = LOGITS, pooling: NchwPooling | None = None, binary: bool = False):
         super().__init__()
         self.layout = layout
         self.pooling = pooling
@@ -463,7 +464,7 @@ class ExitHeadModule(torch.nn.Module):
         rf = pooling.filters if pooling is not None else None
         self.register_buffer("filters", torch.from_numpy(rf.weights()) if rf is not None else None)
         self.threshold = float(threshold)
-        self.emit_probabilities = emit_probabilities
+        self.prediction_kind = prediction_kind
         self.binary = binary
 
     @classmethod
@@ -471,7 +472,7 @@ class ExitHeadModule(torch.nn.Module):
         """The torch module of an ExitHead: same layout, pooling, layers, gate and output form;
         the threshold is head.meta["threshold"] where set (else 2.0: never exits)."""
         return cls(head.layout, head.layers, head.gate_w, head.gate_b, threshold=head.meta.get("threshold", 2.0),
-                   emit_probabilities=head.emit_probabilities, pooling=head.pooling, binary=head.binary)
+                   prediction_kind=head.prediction_kind, pooling=head.pooling, binary=head.binary)
 
     @property
     def chained(self) -> bool:
@@ -497,5 +498,10 @@ class ExitHeadModule(torch.nn.Module):
             cols += [(prob * prev).sum(dim=1, keepdim=True), prev.amax(dim=1, keepdim=True), prev.gather(1, cls)]
         feats = torch.cat(cols, dim=1)
         score = torch.sigmoid(torch.matmul(feats, self.gate_w) + self.gate_b).reshape(-1)
-        answer = prob if self.emit_probabilities else h
-        return (binary_answer(answer, self.emit_probabilities) if self.binary else answer), score
+        if self.prediction_kind == PROBABILITIES:
+            answer = prob
+        elif self.prediction_kind == LOG_PROBABILITIES:
+            answer = torch.log_softmax(h, dim=1)
+        else:
+            answer = h
+        return (binary_answer(answer, self.prediction_kind == PROBABILITIES) if self.binary else answer), score

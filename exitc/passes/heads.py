@@ -9,12 +9,13 @@ function as ONNX nodes, ``passes.fx.ExitHeadModule.from_head`` as a torch module
 An exit head reads one activation (``Candidate.tensor``) and produces
 
 * ``exitc_exit{k}_logits``: [batch, classes], the head's prediction in the same form as the
-  model's prediction output (probabilities if the original outputs probabilities);
+  model's prediction output (``ExitHead.prediction_kind``: logits, probabilities or
+  log-probabilities, exitc.predictions);
 * ``exitc_exit{k}_score``: [batch], the exit gate's estimate that the head agrees with the
   original model; a row exits iff score >= threshold.
 
 Only ops whose semantics are identical from opset 11 to the newest opset are used (Flatten,
-Reshape, MatMul, Gather, TopK, GlobalAverage/MaxPool, Softmax on 2-D input with explicit axis),
+Reshape, MatMul, Gather, TopK, GlobalAverage/MaxPool, (Log)Softmax on 2-D input with explicit axis),
 so heads can be attached to foreign/older graphs without converting them.
 
 :func:`pooling_nodes` is shared by the feature probes (distillation) and the heads (runtime), so
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from onnx import TensorProto, helper
 
+from ..predictions import LOG_PROBABILITIES, LOGITS, PROBABILITIES, answer
 from .graph import const_tensor
 
 EPS = 1e-9
@@ -47,7 +49,7 @@ class ExitHead:
     layers: Layers                # [(W, b), ...]; ReLU between layers (layers_forward)
     gate_w: np.ndarray            # [3] or [6] (chained gate): weights on gate_features
     gate_b: float
-    emit_probabilities: bool = False
+    prediction_kind: str = LOGITS  # the form it answers in: the original's (exitc.predictions.KINDS)
     kind: str = "linear"
     pooling: NchwPooling | None = None  # nchw: what is pooled besides global avg/max (see nchw_pooling)
     prev_probs: str | None = None  # chained gate: the previous exit's probabilities (a carried tensor)
@@ -307,13 +309,17 @@ def head_nodes(head: ExitHead, mask_elem_type: int | None = None, logits_type: i
         helper.make_node("Sigmoid", [f"{p}_gzb"], [f"{p}_gs"], name=f"{p}_gsig"),
         helper.make_node("Reshape", [f"{p}_gs", f"{p}_flat"], [head.score_name], name=f"{p}_score"),
     ]
-    answer = f"{p}_prob" if head.emit_probabilities else logits
+    probabilities = head.prediction_kind == PROBABILITIES
+    answer = f"{p}_prob" if probabilities else logits
+    if head.prediction_kind == LOG_PROBABILITIES:
+        nodes.append(helper.make_node("LogSoftmax", [logits], [f"{p}_logsm"], axis=1, name=f"{p}_logsoftmax"))
+        answer = f"{p}_logsm"
     if head.binary:  # [batch, 2] -> the original's one score (binary_answer)
         inits += [const_tensor(f"{p}_c0", np.array([0], np.int64)), const_tensor(f"{p}_k1b", np.array([1], np.int64)),
                   const_tensor(f"{p}_c2", np.array([2], np.int64))]
         nodes.append(helper.make_node("Slice", [answer, f"{p}_k1b", f"{p}_c2", f"{p}_k1b"], [f"{p}_s1"],
                                       name=f"{p}_s1"))
-        if head.emit_probabilities:
+        if probabilities:
             answer = f"{p}_s1"
         else:
             nodes += [helper.make_node("Slice", [answer, f"{p}_c0", f"{p}_k1b", f"{p}_k1b"], [f"{p}_s0"], name=f"{p}_s0"),
@@ -375,12 +381,12 @@ def gate_scores(prob: np.ndarray, w: np.ndarray, b: float, prev: np.ndarray | No
 
 def head_forward(head: ExitHead, pooled: np.ndarray, prev: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """What `head_nodes` computes, from pooled features (and, for a chained gate, the previous
-    exit's probabilities): (logits, or probabilities with emit_probabilities; score), float32."""
+    exit's probabilities): (its answer in head.prediction_kind (predictions.answer); score), float32."""
     h = layers_forward(head.layers, pooled.astype(np.float32))
     prob = softmax(h)
     score = gate_scores(prob, head.gate_w, head.gate_b, prev)
-    answer = prob if head.emit_probabilities else h
-    return (binary_answer(answer, head.emit_probabilities) if head.binary else answer), score
+    out = answer(h, prob, head.prediction_kind)
+    return (binary_answer(out, head.prediction_kind == PROBABILITIES) if head.binary else out), score
 
 
 def binary_answer(two: np.ndarray, probabilities: bool) -> np.ndarray:

@@ -234,7 +234,7 @@ def compile_traced(gm, module_name: str, names: list[str], data: Dataset, opts: 
                 "graph")
         result = run_pipeline(twin.front, os.path.join(work.name, "model.exitc"), opts, log, started=started)
         plan = result.plan
-        heads = plan_exit_heads(plan, result.heads, {}, result.mask_input, result.emit_probabilities)
+        heads = plan_exit_heads(plan, result.heads, {}, result.mask_input, result.prediction_kind)
         return TorchCompiled.from_artifact(
             result.out_dir, heads, [twin.placement[result.candidates[c].tensor] for c in plan.exits],
             mask_input=result.mask_input, plan=plan, profile=result.profile, candidates=result.candidates,
@@ -252,7 +252,7 @@ def compile_traced(gm, module_name: str, names: list[str], data: Dataset, opts: 
     else:
         log(f"exitc: {len(plan.exits)} exits kept (candidates {plan.exits}), agreement bound "
             f"{plan.agreement_bound:.4f}, predicted speedup {plan.predicted_speedup:.2f}x")
-    heads = plan_exit_heads(plan, found.heads, {}, mask_input, found.emit_probabilities)
+    heads = plan_exit_heads(plan, found.heads, {}, mask_input, found.prediction_kind)
     return TorchCompiled(cuts=[found.heads[c].candidate for c in plan.exits], heads=heads, mask_input=mask_input,
                          plan=plan, profile=found.profile, candidates=candidates, fitted=found.heads,
                          measured_in="given" if opts.cost_profile is not None else "torch", **common)

@@ -23,6 +23,7 @@ from ..features import FeatureCache
 from ..options import CompileOptions
 from ..passes.candidates import Candidate
 from ..passes.fx import Observed, build_fx_segments, extract_segment, input_names, output_node, pool_features
+from ..predictions import LOGITS
 from ..profile import Cost, Profile
 from .inputs import _torch_feeds
 from .runtime import TorchExitHead, torch_exit_head
@@ -116,12 +117,12 @@ class TorchMeasurements:
         outputs, features = collect_features_torch(self.gm, candidates, self.mask_input, data)
         return FeatureCache.from_outputs(outputs, features)
 
-    def neighbours(self, fit, fit_pred, is_prob, opts, log=print):
+    def neighbours(self, fit, fit_pred, kind, opts, log=print):
         return None
 
     def profile(self, heads: list[FittedHead], fit: Dataset, opts: CompileOptions) -> Profile:
         b = min(opts.batch_size, fit.rows)
-        torch_heads = [torch_exit_head(h.exit_head(k, onnx.TensorProto.FLOAT, self.mask_input, False))
+        torch_heads = [torch_exit_head(h.exit_head(k, onnx.TensorProto.FLOAT, self.mask_input, LOGITS))
                        for k, h in enumerate(heads)]
         return profile_torch(self.gm, [h.candidate for h in heads], torch_heads, self.mask_input,
                              _torch_feeds(fit.feeds, slice(0, b)))

@@ -28,6 +28,7 @@ from ..manifest import read_manifest
 from ..passes.candidates import Candidate
 from ..passes.fx import ExitHeadModule, FxSegment, Observed, build_fx_segments
 from ..passes.heads import ExitHead
+from ..predictions import PROBABILITIES
 from ..policy import Plan
 from ..profile import Profile
 
@@ -66,13 +67,13 @@ class TorchExitHead(torch.nn.Module):
         self.mask_input = head.mask_input
         self.prev_probs = head.prev_probs
         self.export_probs = head.export_probs
-        self.emit_probabilities = head.emit_probabilities
+        self.answers_probabilities = head.prediction_kind == PROBABILITIES
         self.logits_name, self.score_name, self.probs_name = head.logits_name, head.score_name, head.probs_name
         self.threshold = float(head.meta.get("threshold", 2.0))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, prev: torch.Tensor | None = None):
         out, score = self.module(x, mask, prev if self.module.chained else None)
-        return out, score, (out if self.emit_probabilities else torch.softmax(out, dim=1))
+        return out, score, (out if self.answers_probabilities else torch.softmax(out, dim=1))
 
 
 def torch_exit_head(head: ExitHead) -> TorchExitHead:
@@ -110,7 +111,7 @@ class TorchCompiled(torch.nn.Module):
         self.input_names = list(inputs)
         self.output_spec = output
         self.output_name = output_name
-        self.emit_probabilities = bool(heads and heads[0].emit_probabilities)
+        self.prediction_kind = heads[0].prediction_kind if heads else None
         self.plan, self.profile, self.candidates, self.fitted = plan, profile, candidates, fitted
         self.measured_in = measured_in              # where the cost profile was measured
         self.onnx_candidates = onnx_candidates      # candidate tensors in the ONNX mirror, if one was used

@@ -154,7 +154,10 @@ Manifest Manifest::parse(const std::string& json_text, const std::string& origin
     if (m.inputs.empty()) r.fail("inputs", "must list at least one input");
     if (m.outputs.empty()) r.fail("outputs", "must list at least one output");
     m.prediction_output = r.string(root, "", "prediction_output");
-    m.prediction_probabilities = r.optional_string(root, "", "prediction_kind").value_or("logits") == "probabilities";
+    const std::string kind = r.optional_string(root, "", "prediction_kind").value_or("logits");
+    if (kind != "logits" && kind != "probabilities" && kind != "log_probabilities")
+        r.fail("prediction_kind", "must be \"logits\", \"probabilities\" or \"log_probabilities\", got \"" + kind + "\"");
+    m.prediction_probabilities = kind == "probabilities";
     auto carried_it = root.find("carried");
     if (carried_it != root.end() && !carried_it->is_null()) m.carried = r.tensor_specs(root, "", "carried");
 

@@ -55,6 +55,14 @@ EXITC_TEST(unknown_schema_version) {
     CHECK_THROWS(Model::load(dir), ErrorCode::kManifest, "manifest.json");
 }
 
+EXITC_TEST(prediction_kind_outside_the_documented_kinds) {
+    const auto dir = scratch_copy("tiny.exitc", [](json& m) { m["prediction_kind"] = "softmax"; });
+    CHECK_THROWS(Model::load(dir), ErrorCode::kManifest,
+                 "field 'prediction_kind' must be \"logits\", \"probabilities\" or \"log_probabilities\", got \"softmax\"");
+    const auto ok = scratch_copy("tiny.exitc", [](json& m) { m["prediction_kind"] = "log_probabilities"; });
+    Model::load(ok);  // argmax classes, like logits
+}
+
 EXITC_TEST(schema_version_not_integer) {
     const auto dir = scratch_copy("tiny.exitc", [](json& m) { m["schema_version"] = "1"; });
     CHECK_THROWS(Model::load(dir), ErrorCode::kManifest, "field 'schema_version' must be an integer");

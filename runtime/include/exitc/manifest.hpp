@@ -70,7 +70,8 @@ struct Manifest {
     std::vector<TensorSpec> inputs;
     std::vector<TensorSpec> outputs;
     std::string prediction_output;
-    // "prediction_kind": whether the prediction output holds probabilities. Read where it has one
+    // "prediction_kind" ("logits", "probabilities" or "log_probabilities"; exit heads answer in it):
+    // whether the prediction output holds probabilities. Read where it has one
     // score per row ([batch, 1]): class 1 is score > 0.5 (probabilities) or score > 0 (a logit).
     bool prediction_probabilities = false;
     std::vector<TensorSpec> carried;
