@@ -43,7 +43,8 @@ class FittedHead:
         return int(sum(w.size + b.size for w, b in self.layers))
 
     def exit_head(self, index: int, elem_type: int, mask_input: str | None, prediction_kind: str,
-                  threshold: float | None = None, binary: bool = False) -> ExitHead:
+                  threshold: float | None = None, binary: bool = False,
+                  class_dims: tuple[int, ...] | None = None) -> ExitHead:
         """This head as exit `index` of a compiled model (passes.heads.ExitHead) with its own
         (plain) gate; `mask_input` is kept only for token ("btc") candidates. The one place a
         fitted head becomes an ExitHead (profiling, emission and the front ends all call it)."""
@@ -52,7 +53,7 @@ class FittedHead:
                         mask_input=mask_input if c.layout == "btc" else None, layers=self.layers,
                         gate_w=self.gate_w, gate_b=self.gate_b, prediction_kind=prediction_kind,
                         kind=self.kind, meta={} if threshold is None else {"threshold": threshold},
-                        pooling=c.pooling, binary=binary)
+                        pooling=c.pooling, binary=binary, class_dims=class_dims)
 
 
 def _standardize(x: np.ndarray):

@@ -144,17 +144,20 @@ class ArtifactSpec:
     def exit_heads(self) -> list[ExitHead]:
         """The plan's exit heads (:func:`plan_exit_heads`)."""
         return plan_exit_heads(self.plan, self.heads, self.elem_types, self.mask_input, self.prediction_kind,
-                               binary=self.sig.binary)
+                               binary=self.sig.binary, class_dims=self.sig.class_dims)
 
 
 def plan_exit_heads(plan: "Plan", heads: "list[FittedHead]", elem_types: dict[str, int], mask_input: str | None,
-                    prediction_kind: str, binary: bool = False) -> list[ExitHead]:
+                    prediction_kind: str, binary: bool = False,
+                    class_dims: tuple[int, ...] | None = None) -> list[ExitHead]:
     """The plan's exits as ExitHeads (passes.heads), in order, each with its threshold and the
     plan's gate: what the artifact fuses into its segments and what every runtime of it computes.
     Where the plan has chained gates (plan.gates), exit i reads exit i-1's probabilities, which
-    exit i-1 then exports. `binary`: the original answers one score per row (ExitHead.binary)."""
+    exit i-1 then exports. `binary`: the original answers one score per row (ExitHead.binary);
+    `class_dims`: the shape of its answer where it is not [classes] (ExitHead.class_dims)."""
     exit_heads = [heads[c].exit_head(i, elem_types.get(heads[c].candidate.tensor, onnx.TensorProto.FLOAT),
-                                     mask_input, prediction_kind, threshold=plan.thresholds[i], binary=binary)
+                                     mask_input, prediction_kind, threshold=plan.thresholds[i], binary=binary,
+                                     class_dims=class_dims)
                   for i, c in enumerate(plan.exits)]
     for i, (w, b) in enumerate(plan.gates):
         exit_heads[i].gate_w, exit_heads[i].gate_b = w, b

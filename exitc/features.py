@@ -42,7 +42,9 @@ class FeatureCache:
         hold (predictions.KINDS; read from their values where None). Soft targets are the
         outputs where they are probabilities, else their softmax (which turns log-probabilities
         back into probabilities); a binary original's one score per row is seen as two classes
-        (predictions.as_two_classes), so heads learn it like any classifier."""
+        (predictions.as_two_classes), so heads learn it like any classifier; an output with axes
+        of size 1 around its classes ([rows, classes, 1, 1]) is taken as [rows, classes]."""
+        outputs = outputs.reshape(len(outputs), -1)
         if kind is None:
             kind = prediction_kind(outputs)
         is_prob = kind == PROBABILITIES

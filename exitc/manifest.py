@@ -50,6 +50,8 @@ def read_manifest(path: str) -> dict:
                       ("prediction_output", str), ("num_classes", int)):
         if not isinstance(m.get(key), kind):
             raise ExitcError(f"{mpath}: field {key!r} is missing or not a {kind.__name__}")
+    if m["prediction_output"] not in [o.get("name") for o in m["outputs"]]:
+        raise ExitcError(f"{mpath}: field 'prediction_output' names {m['prediction_output']!r}, which is not among 'outputs'")
     if m.get("prediction_kind", LOGITS) not in KINDS:
         raise ExitcError(f"{mpath}: field 'prediction_kind' must be one of {', '.join(KINDS)}, got {m['prediction_kind']!r}")
     if not m["segments"]:

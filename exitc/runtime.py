@@ -34,6 +34,9 @@ class ExitModel:
         self.output_names = [o["name"] for o in m["outputs"]]
         self.prediction_output = m["prediction_output"]
         self.num_classes = m["num_classes"]
+        spec = next(o for o in m["outputs"] if o["name"] == self.prediction_output)
+        # a row's shape: [classes], or with axes of size 1 around them ([classes, 1, 1])
+        self._row_dims = tuple(d if isinstance(d, int) else self.num_classes for d in spec["shape"][1:])
         self.segments = m["segments"]
         self.num_exits = len(self.segments) - 1
         self._sessions = [make_session(os.path.join(path, s["file"]), os.path.join(path, s["file"]), threads)
@@ -114,7 +117,7 @@ class ExitModel:
         results: dict[str, np.ndarray] = {}
         for spec in self.manifest["outputs"]:  # exited rows of non-prediction outputs stay zero
             if spec["name"] == self.prediction_output:
-                results[spec["name"]] = np.zeros((batch, self.num_classes), np.dtype(spec["dtype"]))
+                results[spec["name"]] = np.zeros((batch,) + self._row_dims, np.dtype(spec["dtype"]))
         if batch == 1 and self._conditional is not None:
             exit_index = self._first_exit(state, results) if self._after_first_exit else None
             if exit_index is None:

@@ -137,7 +137,7 @@ def _within(got: np.ndarray, ref: np.ndarray, reduced_eps: float = 0.0, probabil
     if reduced_eps > 0:
         scale = np.abs(ref64).reshape(len(ref64), -1).max(axis=1).reshape((-1,) + (1,) * (ref64.ndim - 1))
         tol = tol + REDUCED_ULPS * reduced_eps * scale
-        if ref64.ndim == 2 and (predicted_classes(got64, probabilities) != predicted_classes(ref64, probabilities)).any():
+        if ref64.ndim >= 2 and (predicted_classes(got64, probabilities) != predicted_classes(ref64, probabilities)).any():
             return float("inf")
     return float(diff.max()) if (diff <= tol).all() else float("inf")
 

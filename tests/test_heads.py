@@ -192,6 +192,21 @@ def test_from_head_keeps_the_old_constructor_and_threshold():
         ExitHeadModule("bf", head.layers, np.zeros(4, np.float32), 0.0)
 
 
+@pytest.mark.parametrize("class_dims", [(CLASSES, 1, 1), (1, CLASSES)])
+def test_heads_answer_in_the_originals_shape(class_dims):
+    # An original answering [batch, classes, 1, 1] or [batch, 1, classes]: so does every head.
+    head, feeds = make_case("nchw_grid", "mlp", False, LOG_PROBABILITIES)
+    flat = head_forward(head, run_onnx(head, feeds)["pooled"])[0]
+    head.class_dims = class_dims
+    got = run_onnx(head, feeds)
+    want_out, _ = head_forward(head, got["pooled"])
+    assert got[head.logits_name].shape == want_out.shape == (ROWS, *class_dims)
+    np.testing.assert_allclose(got[head.logits_name], want_out, rtol=RTOL, atol=ATOL)
+    np.testing.assert_array_equal(want_out.reshape(ROWS, -1), flat)
+    if torch is not None:
+        np.testing.assert_allclose(run_torch(head, feeds)[0], want_out, rtol=RTOL, atol=ATOL)
+
+
 @pytest.mark.parametrize("probabilities", [False, True])
 def test_binary_heads_agree_in_all_three_forms(probabilities):
     prediction_kind = PROBABILITIES if probabilities else LOGITS

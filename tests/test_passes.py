@@ -70,6 +70,31 @@ def test_normalize_rejects_model_without_classification_output():
         normalize(m)
 
 
+@pytest.mark.parametrize("dims,accepted", [((5, 1, 1), True), ((1, 5), True), ((1, 5, 1), True), ((5,), True),
+                                           ((5, 2), False), ((1, 1, 1), False)])
+def test_classes_with_axes_of_size_one_around_them(dims, accepted):
+    # [batch, classes, 1, 1] (SqueezeNet, Caffe2's DenseNet), [batch, 1, classes]: one axis of
+    # classes; two axes above 1 or none (one score as [batch, 1, 1, 1]) is no classification
+    m = tiny_cnn()
+    g = m.graph
+    g.initializer.append(onnx.helper.make_tensor("dims", onnx.TensorProto.INT64, [len(dims) + 1], [-1, *dims]))
+    if int(np.prod(dims)) == 1:  # one score per row
+        g.node.append(onnx.helper.make_node("ReduceMax", ["logits"], ["rows"], axes=[1], keepdims=1))
+    else:  # the 5 logits, repeated to fill the shape
+        g.initializer.append(onnx.helper.make_tensor("reps", onnx.TensorProto.INT64, [2], [1, int(np.prod(dims)) // 5]))
+        g.node.append(onnx.helper.make_node("Tile", ["logits", "reps"], ["rows"]))
+    g.node.append(onnx.helper.make_node("Reshape", ["rows", "dims"], ["out"]))
+    del g.output[:]
+    g.output.append(onnx.helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, ["N", *dims]))
+    if not accepted:
+        with pytest.raises(ExitcError, match="no batch-major classification output"):
+            normalize(m)
+        return
+    model, sig = normalize(m)
+    assert sig.num_classes == 5 and sig.class_dims == (None if len(dims) == 1 else dims)
+    assert run(model, feeds_for("cnn", 3))["out"].shape == (3, *dims)
+
+
 @pytest.mark.parametrize("sigmoid", [False, True])
 def test_binary_classifier_exits_answer_in_its_form(sigmoid):
     # One score per row ([batch, 1]: a single logit, or a sigmoid probability): heads learn two

@@ -37,7 +37,7 @@ from ..errors import ExitcError
 from .candidates import HEAVY_OPS, Candidate, find_candidates
 from .graph import BATCH
 from ..predictions import LOG_PROBABILITIES, LOGITS, PROBABILITIES
-from .heads import EPS, ExitHead, NchwPooling, binary_answer
+from .heads import EPS, ExitHead, NchwPooling, answer_shape, binary_answer
 
 
 class TraceFailure(ExitcError):
@@ -447,7 +447,8 @@ class ExitHeadModule(torch.nn.Module):
     exit's probabilities, is needed by a chained gate (6 gate weights) and ignored otherwise."""
 
     def __init__(self, layout: str, layers, gate_w, gate_b: float, threshold: float = 2.0,
-                 prediction_kind: str = LOGITS, pooling: NchwPooling | None = None, binary: bool = False):
+                 prediction_kind: str = LOGITS, pooling: NchwPooling | None = None, binary: bool = False,
+                 class_dims: tuple[int, ...] | None = None):
         super().__init__()
         self.layout = layout
         self.pooling = pooling
@@ -466,13 +467,15 @@ class ExitHeadModule(torch.nn.Module):
         self.threshold = float(threshold)
         self.prediction_kind = prediction_kind
         self.binary = binary
+        self.class_dims = class_dims
 
     @classmethod
     def from_head(cls, head: ExitHead) -> "ExitHeadModule":
         """The torch module of an ExitHead: same layout, pooling, layers, gate and output form;
         the threshold is head.meta["threshold"] where set (else 2.0: never exits)."""
         return cls(head.layout, head.layers, head.gate_w, head.gate_b, threshold=head.meta.get("threshold", 2.0),
-                   prediction_kind=head.prediction_kind, pooling=head.pooling, binary=head.binary)
+                   prediction_kind=head.prediction_kind, pooling=head.pooling, binary=head.binary,
+                   class_dims=head.class_dims)
 
     @property
     def chained(self) -> bool:
@@ -504,4 +507,5 @@ class ExitHeadModule(torch.nn.Module):
             answer = torch.log_softmax(h, dim=1)
         else:
             answer = h
-        return (binary_answer(answer, self.prediction_kind == PROBABILITIES) if self.binary else answer), score
+        answer = binary_answer(answer, self.prediction_kind == PROBABILITIES) if self.binary else answer
+        return answer_shape(answer, self.class_dims), score

@@ -57,6 +57,9 @@ class ExitHead:
     # The original answers one score per row ([batch, 1]): the head learns two classes and
     # answers in the original's form (binary_answer).
     binary: bool = False
+    # The original's prediction output without its batch axis where it is not [classes] (e.g.
+    # (classes, 1, 1)): the answer is reshaped to it (answer_shape).
+    class_dims: tuple[int, ...] | None = None
     meta: dict = field(default_factory=dict)
 
     @property
@@ -325,11 +328,16 @@ def head_nodes(head: ExitHead, mask_elem_type: int | None = None, logits_type: i
             nodes += [helper.make_node("Slice", [answer, f"{p}_c0", f"{p}_k1b", f"{p}_k1b"], [f"{p}_s0"], name=f"{p}_s0"),
                       helper.make_node("Sub", [f"{p}_s1", f"{p}_s0"], [f"{p}_bin"], name=f"{p}_bin")]
             answer = f"{p}_bin"
+    answer_dims = [1 if head.binary else num_classes] if head.class_dims is None else list(head.class_dims)
+    if head.class_dims is not None:
+        inits.append(const_tensor(f"{p}_ashape", np.array([-1] + answer_dims, np.int64)))
+        nodes.append(helper.make_node("Reshape", [answer, f"{p}_ashape"], [f"{p}_shaped"], name=f"{p}_shaped"))
+        answer = f"{p}_shaped"
     if logits_type == TensorProto.FLOAT:
         nodes.append(helper.make_node("Identity", [answer], [head.logits_name], name=f"{p}_out"))
     else:
         nodes.append(helper.make_node("Cast", [answer], [head.logits_name], to=logits_type, name=f"{p}_out"))
-    outputs = [helper.make_tensor_value_info(head.logits_name, logits_type, ["batch", 1 if head.binary else num_classes]),
+    outputs = [helper.make_tensor_value_info(head.logits_name, logits_type, ["batch"] + answer_dims),
                helper.make_tensor_value_info(head.score_name, TensorProto.FLOAT, ["batch"])]
     if head.export_probs:
         nodes.append(helper.make_node("Identity", [f"{p}_prob"], [head.probs_name], name=f"{p}_probs_out"))
@@ -386,7 +394,14 @@ def head_forward(head: ExitHead, pooled: np.ndarray, prev: np.ndarray | None = N
     prob = softmax(h)
     score = gate_scores(prob, head.gate_w, head.gate_b, prev)
     out = answer(h, prob, head.prediction_kind)
-    return (binary_answer(out, head.prediction_kind == PROBABILITIES) if head.binary else out), score
+    out = binary_answer(out, head.prediction_kind == PROBABILITIES) if head.binary else out
+    return answer_shape(out, head.class_dims), score
+
+
+def answer_shape(out, class_dims: tuple[int, ...] | None):
+    """A head's answer [rows, classes] in the original's prediction shape [rows, *class_dims]
+    (numpy arrays and torch tensors alike); unchanged where class_dims is None."""
+    return out if class_dims is None else out.reshape((-1,) + tuple(class_dims))
 
 
 def binary_answer(two: np.ndarray, probabilities: bool) -> np.ndarray:

@@ -31,7 +31,7 @@ class Signature:
     """The model's interface as exitc sees it."""
 
     inputs: list[TensorInfo]
-    output: TensorInfo  # the prediction output: [batch, num_classes]
+    output: TensorInfo  # the prediction output: [batch, num_classes], or with axes of size 1 (class_dims)
     # Set by observe_shapes where an input leaves non-batch axes open: the other sizes the model
     # was seen to run at (input -> axis -> size), to check derived graphs at a second size; or
     # fixed_axes, if it runs at no other size and the open axes were fixed to the data's sizes.
@@ -43,8 +43,16 @@ class Signature:
 
     @property
     def num_classes(self) -> int:
-        """Columns of the prediction output (1 for a binary classifier's single score)."""
-        return int(self.output.shape[1])
+        """Classes of the prediction output (1 for a binary classifier's single score)."""
+        return int(np.prod([int(d) for d in self.output.shape[1:]]))
+
+    @property
+    def class_dims(self) -> tuple[int, ...] | None:
+        """None for a [batch, classes] output; else its shape without the batch axis, the classes
+        with axes of size 1 around them (SqueezeNet's and Caffe2 DenseNet's [batch, classes, 1, 1],
+        [batch, 1, classes]). Exit heads answer in that shape (ExitHead.class_dims), so every row
+        has the original's."""
+        return None if self.output.rank == 2 else tuple(int(d) for d in self.output.shape[1:])
 
     @property
     def binary(self) -> bool:
@@ -240,9 +248,17 @@ def prepare(model: onnx.ModelProto, output: str | None = None, label: str = "mod
     idx = GraphIndex.build(model)
 
     def is_classification(name: str, min_classes: int = 2) -> bool:
+        # [batch, classes]; or [batch, ...] with one axis of classes and the rest of size 1
+        # (a classifier ending in a 1x1 conv); one score per row only as [batch, 1].
         info = idx.infos.get(name)
-        return (info is not None and info.rank == 2 and info.batch_major and isinstance(info.shape[1], int)
-                and info.shape[1] >= min_classes and info.elem_type in FLOAT_TYPES)
+        if info is None or info.rank < 2 or not info.batch_major or info.elem_type not in FLOAT_TYPES:
+            return False
+        dims = info.shape[1:]
+        if not all(isinstance(d, int) for d in dims):
+            return False
+        if info.rank == 2:
+            return dims[0] >= min_classes
+        return sum(d > 1 for d in dims) == 1 and int(np.prod(dims)) >= 2
 
     if output is None:
         # [batch, classes] outputs first; else one [batch, 1] score (a binary classifier)

@@ -225,7 +225,10 @@ def conditional_model(segments: list[SegmentGraph], source: onnx.ModelProto) -> 
 
     inits["exitc_cond_half"] = const_tensor("exitc_cond_half", np.array(0.5, np.float32))
     inits["exitc_cond_zero"] = const_tensor("exitc_cond_zero", np.array([0], np.int64))
-    inits["exitc_cond_col"] = const_tensor("exitc_cond_col", np.array([-1, 1], np.int64))
+    # The per-row choice as [batch, 1, ...] in the prediction output's rank ([batch, classes, 1, 1]
+    # outputs too), so Where broadcasts it along the batch axis.
+    rank = max(2, len(out_vi.type.tensor_type.shape.dim))
+    inits["exitc_cond_col"] = const_tensor("exitc_cond_col", np.array([-1] + [1] * (rank - 1), np.int64))
     graph_inputs = {i.name for i in source.graph.input}
     nodes = level(0, set(graph_inputs) | set(inits), output, EXIT_INDEX)
     inputs = [i for i in source.graph.input if i.name not in {t.name for t in source.graph.initializer}]
