@@ -8,8 +8,8 @@ on real, untouched calibration rows, so the guarantee is unchanged.
 
 Perturbations are generic, chosen by the input's form, never by its meaning:
 
-* image-like inputs (float, rank 4, at most 4 channels, NCHW or NHWC): small shifts with edge
-  padding, horizontal flips, a little Gaussian noise;
+* image-like inputs (float or 8-bit, rank 4, at most 4 channels, NCHW or NHWC): small shifts with
+  edge padding, horizontal flips, a little Gaussian noise (rounded and clipped for 8-bit images);
 * token inputs (integer, rank 2, with an attention mask): a few tokens dropped (the rest moved up,
   the row re-padded) or replaced by tokens drawn from other rows; the first and last real token
   (e.g. [CLS]/[SEP]) always stay;
@@ -81,8 +81,8 @@ class Neighbours:
 
 
 def _image_axes(info: TensorInfo) -> tuple[int, int, int] | None:
-    """(channel, height, width) axes of an image-like input, or None."""
-    if info.rank != 4 or not np.issubdtype(info.dtype, np.floating):
+    """(channel, height, width) axes of an image-like input (float, or 8-bit pixels), or None."""
+    if info.rank != 4 or not (np.issubdtype(info.dtype, np.floating) or info.dtype in (np.uint8, np.int8)):
         return None
     s = info.shape
     small = [a for a in (1, 3) if isinstance(s[a], int) and s[a] <= 4]
@@ -132,7 +132,12 @@ def _flip(name: str, w_axis: int) -> Perturbation:
 def _noise(name: str, scale: np.ndarray) -> Perturbation:
     def apply(feeds, rows, rng):
         x = feeds[name].copy()
-        x[rows] = x[rows] + (rng.standard_normal(x[rows].shape) * scale).astype(x.dtype)
+        if np.issubdtype(x.dtype, np.integer):  # 8-bit pixels: rounded, kept in range
+            info = np.iinfo(x.dtype)
+            noisy = x[rows].astype(np.float64) + rng.standard_normal(x[rows].shape) * scale
+            x[rows] = np.clip(np.rint(noisy), info.min, info.max).astype(x.dtype)
+        else:
+            x[rows] = x[rows] + (rng.standard_normal(x[rows].shape) * scale).astype(x.dtype)
         return {**feeds, name: x}
     return apply
 

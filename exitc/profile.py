@@ -173,8 +173,10 @@ def profile_costs(model: onnx.ModelProto, heads: list[FittedHead], mask_input: s
     jobs, state = _backbone_jobs(model, cands, mask_input, feeds)
     for k, fitted in enumerate(heads):
         c = fitted.candidate
-        hm = head_model(model, fitted.exit_head(k, elem_types.get(c.tensor, TensorProto.FLOAT), mask_input, LOGITS),
-                        mask_input)
+        head = fitted.exit_head(k, elem_types.get(c.tensor, TensorProto.FLOAT), mask_input, LOGITS)
+        # A head on a recomputed tensor pays for recomputing it (its segment does): the head with
+        # that light cone, from the graph inputs.
+        hm = build_segments(model, [c], [head], mask_input)[0].model if c.recomputed else head_model(model, head, mask_input)
         sess = make_session(hm, f"head {k}")
         jobs.append((f"head{k}", sess, {name: state[name] for name in sess.input_names}))
     with tqdm(total=2 * (reps_b1 + reps_bn), desc="profile", unit="round", disable=not progress, leave=False) as bar:

@@ -210,6 +210,26 @@ def preprocessed_cnn(opset: int = 17) -> onnx.ModelProto:
     return m
 
 
+def uint8_nhwc_cnn(opset: int = 17) -> onnx.ModelProto:
+    """tiny_cnn fed a uint8 NHWC image "img" [B,16,16,3], prepared inside the graph as tf2onnx
+    and image pipelines write it: Cast to float, Transpose to NCHW, scale and shift (light ops
+    only, so every tensor before the stem is recomputable from the input)."""
+    m = tiny_cnn(opset=opset)
+    g = m.graph
+    g.input[0].CopyFrom(helper.make_tensor_value_info("img", TensorProto.UINT8, ["N", 16, 16, 3]))
+    g.initializer.extend([numpy_helper.from_array(np.array(1 / 64.0, np.float32), "img_scale"),
+                          numpy_helper.from_array(np.array(2.0, np.float32), "img_shift")])
+    prepare = [helper.make_node("Cast", ["img"], ["img_f"], to=TensorProto.FLOAT, name="img_cast"),
+               helper.make_node("Transpose", ["img_f"], ["img_t"], perm=[0, 3, 1, 2], name="img_nchw"),
+               helper.make_node("Mul", ["img_t", "img_scale"], ["img_s"], name="img_mul"),
+               helper.make_node("Sub", ["img_s", "img_shift"], ["x"], name="img_sub")]
+    nodes = prepare + list(g.node)
+    del g.node[:]
+    g.node.extend(nodes)
+    onnx.checker.check_model(m)
+    return m
+
+
 def transformer_feeds(n: int, seq: int = 8, vocab: int = 50, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     ids = rng.integers(1, vocab, size=(n, seq)).astype(np.int64)

@@ -125,3 +125,19 @@ def test_noise_on_a_float16_image_is_finite():
     noisy = perturbations([info], {"pixels": x}, None)["noise:pixels"]({"pixels": x}, np.ones(8, bool), rng)["pixels"]
     assert noisy.dtype == np.float16 and np.isfinite(noisy).all()
     assert 0 < np.abs(noisy.astype(np.float32) - x).mean() < 0.2 * 255
+
+
+def test_uint8_images_get_neighbours_in_their_dtype():
+    # 8-bit NHWC pixels (the graph casts and transposes them itself): shifted, flipped and noisy
+    # copies stay uint8 and in range (noise rounded, clipped at 0 and 255).
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (6, 16, 16, 3)).astype(np.uint8)
+    x[:, :2] = 255  # saturated pixels must not wrap around
+    info = TensorInfo("img", TensorProto.UINT8, ["batch", 16, 16, 3])
+    kinds = perturbations([info], {"img": x}, None)
+    assert set(kinds) == {"shift:img", "flip:img", "noise:img"}
+    for name, kind in kinds.items():
+        y = kind({"img": x}, np.ones(6, bool), rng)["img"]
+        assert y.dtype == np.uint8 and y.shape == x.shape, name
+    noisy = kinds["noise:img"]({"img": x}, np.ones(6, bool), rng)["img"].astype(np.int64)
+    assert (noisy[:, :2] >= 250).all() and 0 < np.abs(noisy - x).mean() < 3

@@ -15,7 +15,7 @@ from exitc.passes.shape_reads import resolve_shape_reads
 from exitc.passes.split import EXIT_INDEX, find_mask_input, head_model, probe_name
 from exitc.predictions import LOGITS, PROBABILITIES
 
-from synthetic import (binary_cnn, preprocessed_cnn, quantized, quantized_cnn, tiny_cnn, tiny_cnn1d, tiny_mlp, tiny_transformer,
+from synthetic import (binary_cnn, preprocessed_cnn, uint8_nhwc_cnn, quantized, quantized_cnn, tiny_cnn, tiny_cnn1d, tiny_mlp, tiny_transformer,
                        transformer_feeds)
 
 
@@ -35,12 +35,15 @@ def feeds_for(kind, n, seed=0):
         return {"x": rng.standard_normal((n, 16)).astype(np.float32)}
     if kind == "cnn1d":
         return {"signal": rng.standard_normal((n, 1, 64)).astype(np.float32)}
+    if kind == "cnn_uint8":
+        return {"img": rng.integers(0, 256, (n, 16, 16, 3)).astype(np.uint8)}
     return {"x": rng.standard_normal((n, 3, 16, 16)).astype(np.float32)}
 
 
 MODELS = {
     "cnn": (lambda: tiny_cnn(), "cnn"),
     "cnn_input_exit_opset11": (lambda: preprocessed_cnn(opset=11), "cnn"),
+    "cnn_uint8_nhwc_prepared_in_graph": (lambda: uint8_nhwc_cnn(), "cnn_uint8"),
     "cnn_opset11_batch1": (lambda: tiny_cnn(opset=11, batch=1), "cnn"),
     "transformer": (lambda: tiny_transformer(), "transformer"),
     "transformer_two_tensor_carry": (lambda: tiny_transformer(carry_mask=True), "transformer"),
@@ -173,6 +176,38 @@ def test_input_exit_on_the_graph_input_itself():
                     0.0, pooling=first.pooling)
     segs = build_segments(model, [first], [head])
     assert segs[0].inputs == ["x"] and segs[0].carry_out == [] and segs[1].inputs == ["x"]
+
+
+def test_input_exit_of_a_model_that_prepares_its_input_inside_the_graph():
+    """uint8 NHWC input, Cast/Transpose/scale inside the graph (tf2onnx, float16 converters):
+    every tensor before the stem is recomputable, so no cut there carries anything; the input
+    exit carries what the stem reads (the float NCHW image). Without it such models had none."""
+    model, _ = normalize(uint8_nhwc_cnn(), feeds=feeds_for("cnn_uint8", 3))
+    first = find_candidates(model)[0]
+    assert (first.tensor, first.layout, first.spatial, first.side) == ("x", "nchw", (16, 16), ())
+    assert first.cut == 0 and first.flops_fraction == 0.0 and first.recomputed and first.carried == ()
+    feeds = feeds_for("cnn_uint8", 5)
+    d = run(probe_model(model, [first], None), feeds)[probe_name(0)].shape[1]
+    head = ExitHead(0, "x", "nchw", onnx.TensorProto.FLOAT, None,
+                    [(np.zeros((d, 5), np.float32), np.zeros(5, np.float32))], np.zeros(3, np.float32),
+                    0.0, pooling=first.pooling)
+    segs = build_segments(model, [first], [head])
+    # nothing carried: the exit's segment prepares the image for its head, the next one for the stem
+    assert segs[0].inputs == ["img"] and segs[0].carry_out == [] and segs[1].inputs == ["img"]
+    assert {n.op_type for n in segs[0].model.graph.node} >= {"Cast", "Transpose", "Mul", "Sub"}
+    np.testing.assert_array_equal(run(segs[1].model, feeds)["logits"], run(model, feeds)["logits"])
+    assert run(segs[0].model, feeds)[head.logits_name].shape == (5, 5)
+    # A tensor many times the input's size (a one-hot expansion; here the image tiled 8x along
+    # its channels) is no input exit to carry (INPUT_EXIT_MAX_GROWTH).
+    m = uint8_nhwc_cnn()
+    g = m.graph
+    next(n for n in g.node if n.name == "img_sub").output[0] = "x_narrow"
+    g.node.insert(4, onnx.helper.make_node("Tile", ["x_narrow", "widen"], ["x"], name="widen"))
+    g.initializer.append(onnx.numpy_helper.from_array(np.array([1, 8, 1, 1], np.int64), "widen"))
+    w = next(t for t in g.initializer if t.name == "stem_w")
+    w.CopyFrom(onnx.numpy_helper.from_array(np.tile(onnx.numpy_helper.to_array(w), (1, 8, 1, 1)) / 8, "stem_w"))
+    wide, _ = normalize(m, feeds=feeds_for("cnn_uint8", 3))
+    assert find_candidates(wide)[0].tensor == "h0"
 
 
 def test_two_tensor_carry_is_found():

@@ -18,7 +18,7 @@ from exitc.passes.split import find_mask_input
 from exitc.policy import CostModel, full_depth_overhead
 from exitc.profile import NO_COST, Cost, Profile, calibrate_slices, given_profile, profile_costs, without_call
 
-from synthetic import preprocessed_cnn, tiny_transformer, transformer_feeds
+from synthetic import preprocessed_cnn, tiny_transformer, transformer_feeds, uint8_nhwc_cnn
 
 
 def test_cost_from_two_batch_sizes():
@@ -70,13 +70,16 @@ MODELS = {
     "cnn_input_exit": (preprocessed_cnn,
                        lambda n: {"x": np.random.default_rng(0).standard_normal((n, 3, 16, 16)).astype(np.float32)}),
     "transformer": (tiny_transformer, transformer_feeds),
+    # its input exit reads a tensor recomputed from the graph input (candidates.Candidate.recomputed)
+    "cnn_uint8_nhwc": (uint8_nhwc_cnn,
+                       lambda n: {"img": np.random.default_rng(0).integers(0, 256, (n, 16, 16, 3)).astype(np.uint8)}),
 }
 
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_profile_costs_prices_every_slice_and_head(name):
     build, make_feeds = MODELS[name]
-    model, _ = normalize(build())
+    model, _ = normalize(build(), feeds=make_feeds(3))
     cands = find_candidates(model)
     mask = find_mask_input(model)
     data = Dataset(make_feeds(24), None, "rows")

@@ -72,6 +72,11 @@ SIDE_FRACTION = 1 / 16  # a side tensor holds at most this many elements per row
 # The input exit's tensor carries at least 1/this of the elements per row that the first heavy op
 # reads (a one-channel image before its three-channel normalised copy: 1/3).
 INPUT_EXIT_MAX_SHRINK = 8
+# An input exit that carries a tensor prepared inside the graph (_preprocessed_input_exit) carries
+# at most this many elements per row relative to the graph inputs it is made from: a cast, a
+# transpose or a normalisation keeps their number; a one-hot expansion (Magika's [2048] bytes to
+# [2048, 257] floats) would make every later segment's rows copy 257x more at compaction.
+INPUT_EXIT_MAX_GROWTH = 4
 
 
 @dataclass(frozen=True)
@@ -86,10 +91,14 @@ class Candidate:
     row_elements: int        # elements per row carried across the cut
     flops_fraction: float    # estimated share of the model's arithmetic before the cut
     spatial: tuple[int, int] | None = None  # (H, W) for nchw, (L, 1) for ncl activations with static size
+    # The head's tensor is recomputed from the graph inputs by a light cone wherever it is needed
+    # (the exit's segment computes it for the head; later segments as the original does), never
+    # carried: an input exit on an input prepared inside the graph (_preprocessed_input_exit).
+    recomputed: bool = False
 
     @property
     def carried(self) -> tuple[str, ...]:
-        return (self.tensor,) + self.side
+        return self.side if self.recomputed else (self.tensor,) + self.side
 
     @property
     def pooling(self) -> NchwPooling | None:
@@ -282,7 +291,8 @@ def find_candidates(model: onnx.ModelProto, max_side: int = 3, max_candidates: i
     channels_first = channels_first_1d(idx)
     quantized = quantized_activations(idx)
     found: dict[tuple[str, ...], Candidate] = {}
-    for cut, crossing in enumerate(crossing_tensors(idx)):
+    crossings = crossing_tensors(idx)
+    for cut, crossing in enumerate(crossings):
         if cut == 0 or not crossing:
             continue
         frac = prefix[cut] / total
@@ -334,7 +344,8 @@ def find_candidates(model: onnx.ModelProto, max_side: int = 3, max_candidates: i
     chosen = min((c for c in early if c.tensor in feeds_heavy and c.row_elements * INPUT_EXIT_MAX_SHRINK >= heavy_rows),
                  key=lambda c: (c.tensor not in quantized, c.row_elements, -c.cut), default=None)
     if input_exit and chosen is None and first_heavy < len(idx.nodes):
-        chosen = _graph_input_exit(idx, idx.inputs_of[first_heavy], channels_first)
+        chosen = (_graph_input_exit(idx, idx.inputs_of[first_heavy], channels_first)
+                  or _preprocessed_input_exit(idx, first_heavy, crossings[first_heavy], recompute, channels_first))
     # It takes no part in the neighbour rules below (its neighbours are of another kind).
     cands = [c for c in cands if c not in early]
     cands = _quantized_cuts_only(cands, quantized, idx)
@@ -421,6 +432,37 @@ def _graph_input_exit(idx: GraphIndex, heavy_inputs: list[str], channels_first: 
                       row_elements=_row_elems(info), flops_fraction=0.0, spatial=_spatial(info, layout))
         if best is None or c.row_elements < best.row_elements:
             best = c
+    return best
+
+
+def _preprocessed_input_exit(idx: GraphIndex, first_heavy: int, crossing: list[str], recompute: _Recompute,
+                             channels_first: set[str] = frozenset()) -> Candidate | None:
+    """The input exit of a model that prepares its input inside the graph with light ops only
+    (a Cast from uint8 or to float16, a Transpose from NHWC, a normalisation; tf2onnx and float16
+    converters write these): every tensor crossing the cut before the first heavy op is
+    recomputable from the graph inputs, so no cut there carries anything and the loop above finds
+    no input exit. This one reads what the first heavy op reads (the prepared image) at cut 0,
+    recomputed, not carried: later segments then start from the graph inputs exactly as the
+    original does. (Carried, a float16 model's input Cast ended a segment: ONNX Runtime no longer
+    folded it into the next op, which cost 2.4% of the model at batch 32 and changed the plan of
+    ppocr_textline_cls_fp16 from 1.31-1.40x to 1.17x.)"""
+    if not crossing or not all(recompute.ok(t) for t in crossing):
+        return None
+    input_rows = max((_row_elems(idx.infos.get(t)) for t in idx.graph_inputs), default=0)
+    best = None
+    for name in idx.inputs_of[first_heavy]:
+        info = idx.infos.get(name)
+        if name not in crossing or info is None or not info.batch_major:
+            continue
+        if _row_elems(info) > INPUT_EXIT_MAX_GROWTH * input_rows:
+            continue
+        layout = _layout(info, channels_first)
+        if layout is None:
+            continue
+        if best is not None and _row_elems(info) <= _row_elems(idx.infos[best.tensor]):
+            continue  # the data, not a weight's shape
+        best = Candidate(cut=0, tensor=name, side=(), layout=layout, features=_features(info, layout),
+                         row_elements=0, flops_fraction=0.0, spatial=_spatial(info, layout), recomputed=True)
     return best
 
 

@@ -105,7 +105,8 @@ def place_candidates(gm, model: onnx.ModelProto, candidates: list[Candidate], da
         fx_name = placed_names.get(c.tensor)
         if fx_name is None:
             continue
-        fx_cut = dataclasses.replace(c, tensor=fx_name, side=())
+        # An ONNX input exit recomputed from the inputs is carried by the fx segments instead.
+        fx_cut = dataclasses.replace(c, tensor=fx_name, side=(), recomputed=False)
         if cut_recomputes_nothing(gm, fx_cut):
             placement[c.tensor] = fx_cut
     return placement
