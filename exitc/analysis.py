@@ -59,6 +59,10 @@ def check_rows(data: Dataset, opts: CompileOptions) -> None:
                          f"{opts.confidence} needs at least {need} ({need_cert} for certification)")
 
 
+# Rows the original runs on to tell what its prediction output holds where nothing else runs it.
+KIND_ROWS = 64
+
+
 @dataclass
 class Analysis:
     """What the analysis stages (features -> augment -> distill -> profile -> policy) decide."""
@@ -116,7 +120,9 @@ def analyse(measure: Measurements, candidates: list[Candidate], data: Dataset, f
     measured costs are priced for that (profile.Profile.cut_to_lengths)."""
     if not candidates or opts.target_acc >= 1.0:
         reason = "no candidate exit points found" if not candidates else "--target-acc 1.0 admits no early exit"
-        return Analysis(Plan.without_exits(opts.target_acc, opts.confidence, reason), [], None, False)
+        with stage("features"):  # what the prediction output holds, for the manifest: from a few rows
+            kind = measure.features([], data.take(np.arange(min(data.rows, KIND_ROWS))), opts).kind
+        return Analysis(Plan.without_exits(opts.target_acc, opts.confidence, reason), [], None, kind)
     with stage("features"):
         cache = measure.features(candidates, data, opts)
     mark("features")

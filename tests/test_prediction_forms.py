@@ -89,3 +89,18 @@ def test_every_row_answers_in_the_originals_form_and_shape(compiled):
             one, one_idx = model.run({"x": x[r:r + 1]})
             assert one[0].shape == ref[r:r + 1].shape and one_idx[0] == idx[r], engine
             np.testing.assert_allclose(one[0], outs[0][r:r + 1], rtol=1e-4, atol=1e-5)
+
+
+def test_an_artifact_without_exits_states_the_kind_too(tmp_path):
+    # No exit (here --target-acc 1.0; also a model with no candidate): the distillation stages do
+    # not run, so the kind is read from a few rows. Before, such compiles failed in emit.
+    model = classifier("log_softmax")
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    x = np.random.default_rng(0).standard_normal((200, 3, 16, 16)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    res = compile_model(str(tmp_path / "m.onnx"), str(tmp_path / "calib.npz"), str(tmp_path / "m.exitc"),
+                        CompileOptions(target_acc=1.0, progress=False), log=lambda *a: None)
+    assert not res.plan.exits and res.manifest["prediction_kind"] == LOG_PROBABILITIES
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    for engine, m in engines(str(tmp_path / "m.exitc")):
+        np.testing.assert_allclose(m.run({"x": x})[0][0], ref, rtol=1e-5, atol=1e-6, err_msg=engine)
