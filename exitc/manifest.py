@@ -15,7 +15,7 @@ MANIFEST = "manifest.json"
 
 
 def tensor_entry(info) -> dict:
-    return {"name": info.name, "dtype": str(info.dtype), "shape": list(info.shape), "batch_axis": 0}
+    return {"name": info.name, "dtype": str(info.dtype), "shape": list(info.shape), "batch_axis": info.batch_axis or 0}
 
 
 def input_infos(manifest: dict):

@@ -21,6 +21,7 @@ from .errors import ExitcError
 from .data import Dataset
 from .distill import FittedHead
 from .passes.candidates import Candidate
+from .passes.graph import GraphIndex
 from .passes.sequence import DEFAULT_CALL_ROWS
 from .passes.split import build_segments, head_model
 from .predictions import LOGITS
@@ -113,8 +114,15 @@ class Profile:
 MIN_CALL_ROWS = 0.5
 
 
-def _rows(feeds: dict, n: int) -> dict:
-    return {k: v[:n] for k, v in feeds.items()}
+def _rows(feeds: dict, n: int, batch_axes: dict[str, int] | None = None) -> dict:
+    """The first `n` rows of every tensor, along its batch axis (1 for a time-major carried
+    tensor, else 0)."""
+    axes = batch_axes or {}
+    return {k: v[(slice(None),) * axes.get(k, 0) + (slice(0, n),)] for k, v in feeds.items()}
+
+
+def _batch_axes(model: onnx.ModelProto) -> dict[str, int]:
+    return {name: info.batch_axis for name, info in GraphIndex.build(model).infos.items() if info.batch_axis}
 
 
 def measure_interleaved(jobs: list[tuple[str, OrtSession, dict]], reps: int, bar=None) -> dict[str, float]:
@@ -148,8 +156,8 @@ def _backbone_jobs(model: onnx.ModelProto, cands: list[Candidate], mask_input: s
     return jobs, state
 
 
-def _measure(jobs, b: int, reps_b1: int, reps_bn: int, bar=None) -> dict[str, Cost]:
-    t1 = measure_interleaved([(n, s, _rows(f, 1)) for n, s, f in jobs], reps_b1, bar)
+def _measure(jobs, b: int, reps_b1: int, reps_bn: int, bar=None, batch_axes: dict[str, int] | None = None):
+    t1 = measure_interleaved([(n, s, _rows(f, 1, batch_axes)) for n, s, f in jobs], reps_b1, bar)
     tb = measure_interleaved(jobs, reps_bn, bar)
     return {n: Cost.from_two(t1[n], tb[n], b) for n, _, _ in jobs}, {n: {"batch1": t1[n], f"batch{b}": tb[n]} for n, _, _ in jobs}
 
@@ -159,7 +167,7 @@ def profile_backbone(model: onnx.ModelProto, cands: list[Candidate], mask_input:
     """Original model and every slice between consecutive candidates: (original, slices, timings)."""
     b = len(next(iter(feeds.values())))
     jobs, _ = _backbone_jobs(model, cands, mask_input, feeds)
-    costs, timings = _measure(jobs, b, reps_b1, reps_bn)
+    costs, timings = _measure(jobs, b, reps_b1, reps_bn, batch_axes=_batch_axes(model))
     return costs["original"], [costs.get(f"slice{k}", NO_COST) for k in range(len(cands) + 1)], timings
 
 
@@ -180,7 +188,7 @@ def profile_costs(model: onnx.ModelProto, heads: list[FittedHead], mask_input: s
         sess = make_session(hm, f"head {k}")
         jobs.append((f"head{k}", sess, {name: state[name] for name in sess.input_names}))
     with tqdm(total=2 * (reps_b1 + reps_bn), desc="profile", unit="round", disable=not progress, leave=False) as bar:
-        costs, timings = _measure(jobs, b, reps_b1, reps_bn, bar)
+        costs, timings = _measure(jobs, b, reps_b1, reps_bn, bar, _batch_axes(model))
     original = costs["original"]
     slices = [costs.get(f"slice{k}", NO_COST) for k in range(len(cands) + 1)]
     head_costs = [costs[f"head{k}"] for k in range(len(heads))]

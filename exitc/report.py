@@ -11,7 +11,8 @@ import os
 
 def _pooling_text(c) -> str:
     """How the head pools its activation, in words (report.json)."""
-    base = {"btc": "masked mean + first token", "bf": "features as they are"}.get(c.layout, "global avg + max")
+    base = {"btc": "masked mean + first token", "tbc": "mean + max + last step over time",
+            "bf": "features as they are"}.get(c.layout, "global avg + max")
     p = c.pooling
     if p is not None and p.filters is not None:
         rf = p.filters

@@ -201,6 +201,36 @@ def tiny_mlp(layers: int = 4, width: int = 32, features: int = 16, classes: int 
     return model
 
 
+def tiny_rnn(layers: int = 3, steps: int = 12, features: int = 6, hidden: int = 16, classes: int = 4,
+             cell: str = "GRU", seed: int = 0) -> onnx.ModelProto:
+    """x[B,T,F] (batch-first, as exporters take it) -> Transpose to [T,B,F] -> `layers` ONNX
+    recurrent ops (GRU or RNN; each Y [T,1,B,H] squeezed to [T,B,H]: time-major between the
+    layers, as torch.onnx writes an nn.GRU/nn.LSTM stack) -> last step -> Gemm -> logits[B,classes].
+    Weights are scaled so that the class varies from row to row."""
+    rng = np.random.default_rng(seed)
+    gates = {"GRU": 3, "RNN": 1}[cell]
+    nodes = [helper.make_node("Transpose", ["x"], ["t0"], perm=[1, 0, 2], name="time_major")]
+    inits = [_init("sq_axes", np.array([1], np.int64)), _init("last", np.array(-1, np.int64))]
+    h, d = "t0", features
+    for l in range(layers):
+        inits += [_init(f"W{l}", (rng.standard_normal((1, gates * hidden, d)) / np.sqrt(d)).astype(np.float32)),
+                  _init(f"R{l}", (rng.standard_normal((1, gates * hidden, hidden)) * 0.5 / np.sqrt(hidden)).astype(np.float32)),
+                  _init(f"B{l}", (rng.standard_normal((1, 2 * gates * hidden)) * 0.1).astype(np.float32))]
+        nodes += [helper.make_node(cell, [h, f"W{l}", f"R{l}", f"B{l}"], [f"y{l}"], hidden_size=hidden, name=f"{cell.lower()}{l}"),
+                  helper.make_node("Squeeze", [f"y{l}", "sq_axes"], [f"t{l + 1}"], name=f"squeeze{l}")]
+        h, d = f"t{l + 1}", hidden
+    inits += [_init("fc_w", (rng.standard_normal((classes, hidden)) * 4.0).astype(np.float32)),
+              _init("fc_b", np.zeros(classes, np.float32))]
+    nodes += [helper.make_node("Gather", [h, "last"], ["final"], axis=0, name="last_step"),
+              helper.make_node("Gemm", ["final", "fc_w", "fc_b"], ["logits"], transB=1, name="fc")]
+    graph = helper.make_graph(nodes, "tiny_rnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", steps, features])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="exitc-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
 def preprocessed_cnn(opset: int = 17) -> onnx.ModelProto:
     """tiny_cnn whose stem reads tanh(x): the cut before the stem is an image-like input exit."""
     m = tiny_cnn(opset=opset)
@@ -242,7 +272,8 @@ def numpy_pooled(x: np.ndarray, layout: str, mask: np.ndarray | None = None, poo
     """Pooled features [batch, D] written out in numpy from the definition in
     exitc.passes.heads.pooling_nodes, independently of the ONNX nodes and of passes.fx.pool_features
     (a reference for the tests: global average and max, the grid of averages or the random-filter
-    responses for nchw; masked mean and first token for btc; the features themselves for bf)."""
+    responses for nchw; masked mean and first token for btc; mean, max and last step over time
+    for tbc, whose x is [time, batch, C]; the features themselves for bf)."""
     from numpy.lib.stride_tricks import sliding_window_view
 
     def avg_pool(a, k):  # AveragePool with kernel = stride, no padding
@@ -272,6 +303,8 @@ def numpy_pooled(x: np.ndarray, layout: str, mask: np.ndarray | None = None, poo
             m = mask.astype(np.float64)
             mean = (m[:, :, None] * x).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)[:, None]
         return np.concatenate([mean, x[:, 0]], axis=1).astype(np.float32)
+    if layout == "tbc":
+        return np.concatenate([x.mean(axis=0), x.max(axis=0), x[-1]], axis=1).astype(np.float32)
     if layout == "bf":
         return x.astype(np.float32)
     raise ValueError(layout)

@@ -40,6 +40,7 @@ LAYOUTS = {
     "ncl_signal": ("ncl", (1, 64), False, nchw_pooling((64, 1), 1)),
     "btc_mask": ("btc", (6, 8), True, None),
     "btc_nomask": ("btc", (6, 8), False, None),
+    "tbc": ("tbc", (6, 8), False, None),  # [time, batch, C]: the activation is time-major
     "bf": ("bf", (10,), False, None),
 }
 
@@ -57,7 +58,8 @@ def make_case(layout_name: str, kind: str, chained: bool, prediction_kind: str, 
     ("prev") where the case needs them."""
     layout, shape, with_mask, pooling = LAYOUTS[layout_name]
     rng = np.random.default_rng(seed)
-    feeds = {"act": rng.standard_normal((ROWS,) + shape).astype(np.float32)}
+    act_shape = (shape[0], ROWS) + shape[1:] if layout == "tbc" else (ROWS,) + shape
+    feeds = {"act": rng.standard_normal(act_shape).astype(np.float32)}
     if with_mask:
         mask = np.ones((ROWS, shape[0]), np.int64)
         for r in range(ROWS):
@@ -85,8 +87,11 @@ def run_onnx(head: ExitHead, feeds: dict) -> dict:
                                            TensorProto.INT64 if head.mask_input else None, head.pooling)
     pnodes.append(helper.make_node("Identity", [pooled], ["pooled"], name="probe_out"))
     outs = outs + [helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch", None])]
+    def dims(name, v):  # the batch axis: 1 for a time-major activation
+        return [v.shape[0], "batch"] + list(v.shape[2:]) if name == "act" and head.layout == "tbc" else ["batch"] + list(v.shape[1:])
+
     inputs = [helper.make_tensor_value_info(name, TensorProto.INT64 if name == "mask" else TensorProto.FLOAT,
-                                            ["batch"] + list(v.shape[1:])) for name, v in feeds.items()]
+                                            dims(name, v)) for name, v in feeds.items()]
     graph = helper.make_graph(nodes + pnodes, "head", inputs, outs, initializer=inits + pinits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.checker.check_model(model)

@@ -15,7 +15,7 @@ from exitc.passes.shape_reads import resolve_shape_reads
 from exitc.passes.split import EXIT_INDEX, find_mask_input, head_model, probe_name
 from exitc.predictions import LOGITS, PROBABILITIES
 
-from synthetic import (binary_cnn, preprocessed_cnn, uint8_nhwc_cnn, quantized, quantized_cnn, tiny_cnn, tiny_cnn1d, tiny_mlp, tiny_transformer,
+from synthetic import (binary_cnn, preprocessed_cnn, tiny_rnn, uint8_nhwc_cnn, quantized, quantized_cnn, tiny_cnn, tiny_cnn1d, tiny_mlp, tiny_transformer,
                        transformer_feeds)
 
 
@@ -35,6 +35,8 @@ def feeds_for(kind, n, seed=0):
         return {"x": rng.standard_normal((n, 16)).astype(np.float32)}
     if kind == "cnn1d":
         return {"signal": rng.standard_normal((n, 1, 64)).astype(np.float32)}
+    if kind == "rnn":
+        return {"x": rng.standard_normal((n, 12, 6)).astype(np.float32)}
     if kind == "cnn_uint8":
         return {"img": rng.integers(0, 256, (n, 16, 16, 3)).astype(np.uint8)}
     return {"x": rng.standard_normal((n, 3, 16, 16)).astype(np.float32)}
@@ -44,6 +46,8 @@ MODELS = {
     "cnn": (lambda: tiny_cnn(), "cnn"),
     "cnn_input_exit_opset11": (lambda: preprocessed_cnn(opset=11), "cnn"),
     "cnn_uint8_nhwc_prepared_in_graph": (lambda: uint8_nhwc_cnn(), "cnn_uint8"),
+    "rnn_time_major": (lambda: tiny_rnn(), "rnn"),
+    "rnn_cells_time_major": (lambda: tiny_rnn(cell="RNN"), "rnn"),
     "cnn_opset11_batch1": (lambda: tiny_cnn(opset=11, batch=1), "cnn"),
     "transformer": (lambda: tiny_transformer(), "transformer"),
     "transformer_two_tensor_carry": (lambda: tiny_transformer(carry_mask=True), "transformer"),
@@ -208,6 +212,22 @@ def test_input_exit_of_a_model_that_prepares_its_input_inside_the_graph():
     w.CopyFrom(onnx.numpy_helper.from_array(np.tile(onnx.numpy_helper.to_array(w), (1, 8, 1, 1)) / 8, "stem_w"))
     wide, _ = normalize(m, feeds=feeds_for("cnn_uint8", 3))
     assert find_candidates(wide)[0].tensor == "h0"
+
+
+def test_exits_between_recurrent_layers_carry_time_major_tensors():
+    """ONNX's GRU/LSTM/RNN ops run time-major: between two of them the state is [time, batch, H].
+    observe_shapes names its batch axis (1), the cut there is a "tbc" candidate whose carried
+    tensor says batch_axis 1 in the manifest (runtimes compact rows along it), and the recurrent
+    ops' arithmetic is counted (W and R per step). Before, such models had no candidate."""
+    from exitc.manifest import tensor_entry
+
+    model, _ = normalize(tiny_rnn(), feeds=feeds_for("rnn", 3))
+    idx = GraphIndex.build(model)
+    assert idx.infos["t1"].shape == [12, "batch", 16] and idx.infos["t1"].batch_axis == 1
+    assert idx.infos["t1"].row_elements() == 12 * 16 and tensor_entry(idx.infos["t1"])["batch_axis"] == 1
+    cands = find_candidates(model)
+    assert [(c.tensor, c.layout, c.features) for c in cands] == [("t1", "tbc", 16), ("t2", "tbc", 16)]
+    assert 0.2 < cands[0].flops_fraction < 0.4 < cands[1].flops_fraction < 0.7  # three equal GRUs, then a small Gemm
 
 
 def test_two_tensor_carry_is_found():

@@ -18,6 +18,7 @@ in graph order with distinct main tensors.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -86,7 +87,8 @@ class Candidate:
     cut: int                 # nodes[:cut] run before the exit
     tensor: str              # the main activation the exit head reads
     side: tuple[str, ...]    # batch-major side tensors carried along
-    layout: str              # "nchw" (B,C,H,W), "ncl" (B,C,L: 1-D conv maps), "btc" (B,T,C) or "bf" (B,F)
+    layout: str              # "nchw" (B,C,H,W), "ncl" (B,C,L: 1-D conv maps), "btc" (B,T,C), "tbc" (T,B,C:
+    #                          time-major, between recurrent layers; carried with batch axis 1) or "bf" (B,F)
     features: int            # channel/feature size of the main tensor (C, C or F)
     row_elements: int        # elements per row carried across the cut
     flops_fraction: float    # estimated share of the model's arithmetic before the cut
@@ -150,7 +152,11 @@ def quantized_activations(idx: GraphIndex) -> set[str]:
 
 
 def _layout(info: TensorInfo, channels_first: set[str] = frozenset(), quantized: set[str] = frozenset()) -> str | None:
-    if not (info.elem_type in FLOAT_TYPES or info.name in quantized) or not info.batch_major:
+    if not (info.elem_type in FLOAT_TYPES or info.name in quantized):
+        return None
+    if info.batch_axis == 1:  # [time, batch, C] between recurrent layers
+        return "tbc" if info.rank == 3 and isinstance(info.shape[2], int) else None
+    if not info.batch_major:
         return None
     if info.rank == 4 and isinstance(info.shape[1], int):
         return "nchw"
@@ -164,7 +170,7 @@ def _layout(info: TensorInfo, channels_first: set[str] = frozenset(), quantized:
 
 
 def _features(info: TensorInfo, layout: str) -> int:
-    return int(info.shape[1] if layout in ("nchw", "ncl", "bf") else info.shape[2])
+    return int(info.shape[1] if layout in ("nchw", "ncl", "bf") else info.shape[2])  # btc, tbc: the last axis
 
 
 def _spatial(info: TensorInfo, layout: str) -> tuple[int, int] | None:
@@ -185,12 +191,22 @@ def _row_elems(info: TensorInfo | None) -> int:
 
 
 def estimate_flops(idx: GraphIndex) -> list[float]:
-    """Rough per-row arithmetic of each node (multiply-adds for Conv/MatMul/Gemm, elements otherwise)."""
+    """Rough per-row arithmetic of each node (multiply-adds for Conv/MatMul/Gemm and the recurrent
+    ops, elements otherwise)."""
     flops = []
     for node in idx.nodes:
         out = idx.infos.get(node.output[0]) if node.output else None
-        n_out = _row_elems(out) if out is not None and out.batch_major else 1
+        n_out = _row_elems(out) if out is not None and out.batch_axis is not None else 1
         f = float(n_out if n_out < (1 << 40) else 1)
+        if node.op_type in ("RNN", "GRU", "LSTM") and len(node.input) >= 3:
+            # every step multiplies the input by W and the state by R: W [dirs, gates*H, I] and
+            # R [dirs, gates*H, H], times the steps of X [T, batch, I]
+            x, w, r = (idx.infos.get(node.input[i]) for i in range(3))
+            if all(t is not None and t.shape and all(isinstance(d, int) for d in t.shape) for t in (w, r)) \
+                    and x is not None and x.shape and isinstance(x.shape[0], int):
+                f = float(x.shape[0] * (math.prod(w.shape) + math.prod(r.shape)))
+            flops.append(f)
+            continue
         wi = CONV_WEIGHT_INPUT.get(node.op_type)
         ai = MATMUL_LEFT_INPUT.get(node.op_type)
         if wi is not None and len(node.input) > wi:
@@ -306,7 +322,7 @@ def find_candidates(model: onnx.ModelProto, max_side: int = 3, max_candidates: i
         if any(t in idx.producer and idx.nodes[idx.producer[t]].op_type == "DequantizeLinear" for t in carried):
             continue
         infos = [idx.infos.get(t) for t in carried]
-        if any(info is None or not info.batch_major for info in infos):
+        if any(info is None or info.batch_axis is None for info in infos):
             continue
         sizes = [_row_elems(info) for info in infos]
         main_i = max(range(len(carried)), key=lambda k: sizes[k])

@@ -435,6 +435,8 @@ def pool_features(x: torch.Tensor, layout: str, mask: torch.Tensor | None = None
         else:
             mean = x.mean(dim=1)
         return torch.cat([mean, x[:, 0]], dim=1)
+    if layout == "tbc":  # [time, batch, C]: mean, max and last step over time
+        return torch.cat([x.mean(dim=0), x.amax(dim=0), x[-1]], dim=1)
     if layout == "bf":
         return x
     raise ValueError(f"unknown layout {layout!r}")

@@ -60,10 +60,23 @@ class TensorInfo:
     def batch_major(self) -> bool:
         return self.rank >= 1 and self.shape[0] == BATCH
 
+    @property
+    def batch_axis(self) -> int | None:
+        """The axis holding the batch: 0 (batch-major), or 1 for a time-major sequence
+        [time, batch, ...] (the layout of ONNX's RNN, GRU and LSTM ops); None otherwise."""
+        if self.batch_major:
+            return 0
+        if self.rank >= 2 and self.shape[1] == BATCH and BATCH not in self.shape[2:]:
+            return 1
+        return None
+
     def row_elements(self) -> int | None:
         """Elements per batch row, or None if a non-batch dim is unknown."""
         n = 1
-        for d in self.shape[1:]:
+        skip = self.batch_axis or 0
+        for a, d in enumerate(self.shape):
+            if a == skip:
+                continue
             if not isinstance(d, int):
                 return None
             n *= d

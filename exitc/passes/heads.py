@@ -169,7 +169,9 @@ def pooling_nodes(tensor: str, layout: str, elem_type: int, mask_input: str | No
     averages -> 2C + cells*C, or random-filter features -> 2C + count*cells); the grid keeps
     coarse layout (sleeve vs no sleeve), which global pooling of early feature maps throws away.
     ncl (1-D maps of Conv1d models): the nchw pooling on [B, C, L, 1], so cells lie along L.
-    btc: concat(masked mean over tokens, first token) -> 2C. bf: the features themselves.
+    btc: concat(masked mean over tokens, first token) -> 2C. tbc ([time, batch, C] between
+    recurrent layers): concat(mean, max, last step) -> 3C (a recurrent state's summary is its
+    last step, not its first). bf: the features themselves.
     Returns (nodes, initializers, output_name).
     """
     nodes, inits = [], []
@@ -240,6 +242,18 @@ def pooling_nodes(tensor: str, layout: str, elem_type: int, mask_input: str | No
         nodes += [
             helper.make_node("Gather", [x, f"{prefix}_zero"], [f"{prefix}_first"], axis=1, name=f"{prefix}_first"),
             helper.make_node("Concat", [f"{prefix}_mean", f"{prefix}_first"], [out], axis=1, name=f"{prefix}_cat"),
+        ]
+    elif layout == "tbc":
+        inits.append(const_tensor(f"{prefix}_last_t", np.array(-1, np.int64)))
+        nodes += [
+            helper.make_node("Transpose", [x], [f"{prefix}_bct"], perm=[1, 2, 0], name=f"{prefix}_bct"),
+            helper.make_node("GlobalAveragePool", [f"{prefix}_bct"], [f"{prefix}_tmean"], name=f"{prefix}_tmean"),
+            helper.make_node("Flatten", [f"{prefix}_tmean"], [f"{prefix}_mean"], axis=1, name=f"{prefix}_mflat"),
+            helper.make_node("GlobalMaxPool", [f"{prefix}_bct"], [f"{prefix}_tmax"], name=f"{prefix}_tmax"),
+            helper.make_node("Flatten", [f"{prefix}_tmax"], [f"{prefix}_max"], axis=1, name=f"{prefix}_xflat"),
+            helper.make_node("Gather", [x, f"{prefix}_last_t"], [f"{prefix}_last"], axis=0, name=f"{prefix}_last"),
+            helper.make_node("Concat", [f"{prefix}_mean", f"{prefix}_max", f"{prefix}_last"], [out], axis=1,
+                             name=f"{prefix}_cat"),
         ]
     elif layout == "bf":
         nodes.append(helper.make_node("Identity", [x], [out], name=f"{prefix}_id"))

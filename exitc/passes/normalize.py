@@ -449,11 +449,14 @@ def observe_shapes(model: onnx.ModelProto, sig: Signature, feeds: dict[str, np.n
         c = varied.get(name) if varied is not None else b
         same_rank = isinstance(c, np.ndarray) and c.ndim == b.ndim
         batch_major = a.ndim >= 1 and a.shape[0] == 2 and b.shape[0] == 3
-        dims = [BATCH if (i == 0 and batch_major) else (int(x) if x == y and (not same_rank or c.shape[i] == y)
-                                                         else None)
+        # time-major [time, batch, ...] (ONNX's RNN/GRU/LSTM layout, seq-first transformers):
+        # axis 1 follows the batch size while axis 0 does not
+        axis = 0 if batch_major else 1 if (a.ndim >= 2 and a.shape[1] == 2 and b.shape[1] == 3
+                                           and a.shape[0] == b.shape[0]) else None
+        dims = [BATCH if i == axis else (int(x) if x == y and (not same_rank or c.shape[i] == y) else None)
                 for i, (x, y) in enumerate(zip(a.shape, b.shape))]
         if not same_rank:
-            dims = [BATCH if (i == 0 and batch_major) else None for i in range(a.ndim)]
+            dims = [BATCH if i == axis else None for i in range(a.ndim)]
         elem = onnx.helper.np_dtype_to_tensor_dtype(a.dtype)
         vi = onnx.helper.make_tensor_value_info(name, elem, dims)
         if name in by_name:

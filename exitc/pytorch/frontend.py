@@ -106,6 +106,8 @@ def place_candidates(gm, model: onnx.ModelProto, candidates: list[Candidate], da
         if fx_name is None:
             continue
         # An ONNX input exit recomputed from the inputs is carried by the fx segments instead.
+        if c.layout == "tbc":  # the torch runtime compacts carried tensors along axis 0 only
+            continue
         fx_cut = dataclasses.replace(c, tensor=fx_name, side=(), recomputed=False)
         if cut_recomputes_nothing(gm, fx_cut):
             placement[c.tensor] = fx_cut
