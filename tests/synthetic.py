@@ -204,11 +204,11 @@ def tiny_mlp(layers: int = 4, width: int = 32, features: int = 16, classes: int 
 def tiny_rnn(layers: int = 3, steps: int = 12, features: int = 6, hidden: int = 16, classes: int = 4,
              cell: str = "GRU", seed: int = 0) -> onnx.ModelProto:
     """x[B,T,F] (batch-first, as exporters take it) -> Transpose to [T,B,F] -> `layers` ONNX
-    recurrent ops (GRU or RNN; each Y [T,1,B,H] squeezed to [T,B,H]: time-major between the
+    recurrent ops (LSTM, GRU or RNN; each Y [T,1,B,H] squeezed to [T,B,H]: time-major between the
     layers, as torch.onnx writes an nn.GRU/nn.LSTM stack) -> last step -> Gemm -> logits[B,classes].
     Weights are scaled so that the class varies from row to row."""
     rng = np.random.default_rng(seed)
-    gates = {"GRU": 3, "RNN": 1}[cell]
+    gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[cell]
     nodes = [helper.make_node("Transpose", ["x"], ["t0"], perm=[1, 0, 2], name="time_major")]
     inits = [_init("sq_axes", np.array([1], np.int64)), _init("last", np.array(-1, np.int64))]
     h, d = "t0", features

@@ -48,6 +48,7 @@ MODELS = {
     "cnn_uint8_nhwc_prepared_in_graph": (lambda: uint8_nhwc_cnn(), "cnn_uint8"),
     "rnn_time_major": (lambda: tiny_rnn(), "rnn"),
     "rnn_cells_time_major": (lambda: tiny_rnn(cell="RNN"), "rnn"),
+    "lstm_time_major": (lambda: tiny_rnn(cell="LSTM"), "rnn"),
     "cnn_opset11_batch1": (lambda: tiny_cnn(opset=11, batch=1), "cnn"),
     "transformer": (lambda: tiny_transformer(), "transformer"),
     "transformer_two_tensor_carry": (lambda: tiny_transformer(carry_mask=True), "transformer"),
