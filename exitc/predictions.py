@@ -26,6 +26,16 @@ KINDS = (LOGITS, PROBABILITIES, LOG_PROBABILITIES)
 _SUM_ATOL = 1e-3
 
 
+def is_classification_shape(dims) -> bool:
+    """Whether a prediction output's shape without its batch axis is a classifier's: [classes]
+    ([1]: one score per row), or one axis of classes with axes of size 1 around it ([classes, 1,
+    1], [1, classes]). Both front ends decide by this."""
+    dims = list(dims)
+    if not dims or not all(isinstance(d, int) and d >= 1 for d in dims):
+        return False
+    return len(dims) == 1 or sum(d > 1 for d in dims) == 1
+
+
 def is_binary(out: np.ndarray) -> bool:
     return out.ndim == 2 and out.shape[1] == 1
 

@@ -372,6 +372,44 @@ def test_torch_runtime_and_the_artifact_runtimes_take_the_same_exits(cnn_compile
     np.testing.assert_allclose(outs[0][end.numpy()], ref[end].numpy(), rtol=1e-4, atol=1e-4)
 
 
+class OutputForm(nn.Module):
+    """make_cnn's module answering one score per row ([batch, 1]: the logit difference of two of its
+    classes, or its sigmoid), or its logits as [batch, classes, 1, 1]."""
+    def __init__(s, form):
+        super().__init__()
+        s.cnn, s.form = make_cnn(), form
+    def forward(s, x):
+        z = s.cnn(x)
+        if s.form == "classes_1_1":
+            return z[:, :, None, None]
+        score = z[:, :1] - z[:, 1:2]
+        return torch.sigmoid(score) if s.form == "sigmoid" else score
+
+
+@pytest.mark.parametrize("form", ["logit", "sigmoid", "classes_1_1"])
+def test_one_score_and_classes_with_axes_of_size_one_through_the_torch_front_end(form):
+    # Refused before ("export to ONNX"): the torch runtime's exits answer in the module's form,
+    # and both runtimes of the artifact take the same exits.
+    from exitc.predictions import predicted_classes
+
+    m = OutputForm(form).eval()
+    x = cnn_data(600)
+    c = tf.compile(m, torch.from_numpy(x[:2]), calib=x, **FAST)
+    test = torch.from_numpy(cnn_data(200, seed=1))
+    y, ref = c(test), m(test).detach()
+    assert y.shape == ref.shape and c.plan.exits, c.plan.reason
+    end = full_depth_rows(c)
+    assert 0 < int(end.sum()) < 200 and torch.allclose(y[end], ref[end], rtol=0, atol=1e-6)
+    probs = form == "sigmoid"
+    want = predicted_classes(ref.reshape(200, -1).numpy(), probs)
+    assert (predicted_classes(y.reshape(200, -1).numpy(), probs) == want).mean() >= 0.85
+    if probs:
+        assert ((y >= 0) & (y <= 1)).all()
+    outs, idx = exitc.load(c.artifact, engine="python").run({"x": test.numpy()})
+    np.testing.assert_array_equal(idx, c.last_exit_index.numpy())
+    np.testing.assert_allclose(outs[0], y.numpy(), rtol=1e-4, atol=1e-4)
+
+
 def test_without_the_onnx_mirror_candidates_come_from_the_fx_graph(tmp_path):
     from exitc.driver import CompileOptions
 

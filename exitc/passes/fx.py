@@ -484,6 +484,13 @@ class ExitHeadModule(torch.nn.Module):
         return self.gate_w.shape[0] == 6
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, prev: torch.Tensor | None = None):
+        answer, score, _ = self.answer_score_probs(x, mask, prev)
+        return answer, score
+
+    def answer_score_probs(self, x: torch.Tensor, mask: torch.Tensor | None = None, prev: torch.Tensor | None = None):
+        """(answer, score, probabilities [batch, classes]): the forward's two outputs and the
+        head's class probabilities (what a chained gate after it reads; a binary head's two
+        classes, not its one-score answer)."""
         h = pool_features(x, self.layout, mask, self.pooling, self.filters)
         for i in range(self.n_layers):
             h = torch.matmul(h, getattr(self, f"w{i}")) + getattr(self, f"b{i}")
@@ -510,4 +517,4 @@ class ExitHeadModule(torch.nn.Module):
         else:
             answer = h
         answer = binary_answer(answer, self.prediction_kind == PROBABILITIES) if self.binary else answer
-        return answer_shape(answer, self.class_dims), score
+        return answer_shape(answer, self.class_dims), score, prob

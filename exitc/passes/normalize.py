@@ -20,6 +20,7 @@ import onnx
 from onnx import numpy_helper, shape_inference
 
 from ..errors import ExitcError
+from ..predictions import is_classification_shape
 
 from .graph import BATCH, GraphIndex, TensorInfo, node_inputs
 
@@ -253,12 +254,7 @@ def prepare(model: onnx.ModelProto, output: str | None = None, label: str = "mod
         info = idx.infos.get(name)
         if info is None or info.rank < 2 or not info.batch_major or info.elem_type not in FLOAT_TYPES:
             return False
-        dims = info.shape[1:]
-        if not all(isinstance(d, int) for d in dims):
-            return False
-        if info.rank == 2:
-            return dims[0] >= min_classes
-        return sum(d > 1 for d in dims) == 1 and int(np.prod(dims)) >= 2
+        return is_classification_shape(info.shape[1:]) and int(np.prod(info.shape[1:])) >= min_classes
 
     if output is None:
         # [batch, classes] outputs first; else one [batch, 1] score (a binary classifier)

@@ -60,6 +60,7 @@ from ..passes.candidates import Candidate
 from ..passes.fx import (TraceFailure, cut_recomputes_nothing, find_fx_candidates, input_names, match_tensors,
                          observe, output_node, record_values, trace)
 from ..passes.graph import GraphIndex
+from ..predictions import is_classification_shape
 from .export import _data_reader, _source, export_onnx
 from .fallback import compile_via_onnx
 from .inputs import _item_to_feeds, _torch_feeds, bind_inputs, examples_from_npz, forward_params, to_dataset
@@ -218,11 +219,12 @@ def compile_traced(gm, module_name: str, names: list[str], data: Dataset, opts: 
         raise ExitcError(f"{data.path}: {data.rows} rows; at least 3 are needed")
     obs = observe(gm, _torch_feeds(feeds, slice(0, 2)), _torch_feeds(feeds, slice(0, 3)))
     out = obs[output_node(gm).name]
-    if not (out.is_tensor and out.batch_major and len(out.shape) == 2 and isinstance(out.shape[1], int)
-            and out.shape[1] >= 2 and out.dtype.is_floating_point):
+    if not (out.is_tensor and out.batch_major and is_classification_shape(out.shape[1:])
+            and out.dtype.is_floating_point):
         raise ExitcError(f"{module_name}: the output has shape {out.shape}; exitc needs a batch-major "
-                         "classification output [batch, classes] (one score per row: export to ONNX and "
-                         "compile the file)")
+                         "classification output [batch, classes] (or [batch, 1] scores)")
+    # how the exits answer: one score per row, or in the output's shape (as emit.ArtifactSpec)
+    answer_form = dict(binary=tuple(out.shape[1:]) == (1,), class_dims=tuple(out.shape[1:]) if len(out.shape) > 2 else None)
     for n in names:
         if not obs[n].batch_major:
             raise ExitcError(f"{module_name}: input {n!r} is not batch-major")
@@ -237,7 +239,7 @@ def compile_traced(gm, module_name: str, names: list[str], data: Dataset, opts: 
                 "graph")
         result = run_pipeline(twin.front, os.path.join(work.name, "model.exitc"), opts, log, started=started)
         plan = result.plan
-        heads = plan_exit_heads(plan, result.heads, {}, result.mask_input, result.prediction_kind)
+        heads = plan_exit_heads(plan, result.heads, {}, result.mask_input, result.prediction_kind, **answer_form)
         return TorchCompiled.from_artifact(
             result.out_dir, heads, [twin.placement[result.candidates[c].tensor] for c in plan.exits],
             mask_input=result.mask_input, plan=plan, profile=result.profile, candidates=result.candidates,
@@ -255,7 +257,7 @@ def compile_traced(gm, module_name: str, names: list[str], data: Dataset, opts: 
     else:
         log(f"exitc: {len(plan.exits)} exits kept (candidates {plan.exits}), agreement bound "
             f"{plan.agreement_bound:.4f}, predicted speedup {plan.predicted_speedup:.2f}x")
-    heads = plan_exit_heads(plan, found.heads, {}, mask_input, found.prediction_kind)
+    heads = plan_exit_heads(plan, found.heads, {}, mask_input, found.prediction_kind, **answer_form)
     return TorchCompiled(cuts=[found.heads[c].candidate for c in plan.exits], heads=heads, mask_input=mask_input,
                          plan=plan, profile=found.profile, candidates=candidates, fitted=found.heads,
                          measured_in="given" if opts.cost_profile is not None else "torch", **common)

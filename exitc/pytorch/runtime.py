@@ -14,6 +14,7 @@ Guarantees: rows that run to the end get exactly the original's ops (so the same
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import shutil
 
@@ -28,7 +29,6 @@ from ..manifest import read_manifest
 from ..passes.candidates import Candidate
 from ..passes.fx import ExitHeadModule, FxSegment, Observed, build_fx_segments
 from ..passes.heads import ExitHead
-from ..predictions import PROBABILITIES
 from ..policy import Plan
 from ..profile import Profile
 
@@ -56,8 +56,8 @@ TORCH_OPS = ArrayOps(
 
 class TorchExitHead(torch.nn.Module):
     """An :class:`ExitHead` (passes.heads) in torch: ExitHeadModule.from_head (pooling, layers,
-    gate, chained gate included) with the names the exit loop needs. Returns (logits or
-    probabilities, score [batch], probabilities)."""
+    gate, chained gate included) with the names the exit loop needs. Returns (its answer in the
+    original's form, score [batch], its class probabilities)."""
 
     def __init__(self, head: ExitHead):
         super().__init__()
@@ -67,13 +67,11 @@ class TorchExitHead(torch.nn.Module):
         self.mask_input = head.mask_input
         self.prev_probs = head.prev_probs
         self.export_probs = head.export_probs
-        self.answers_probabilities = head.prediction_kind == PROBABILITIES
         self.logits_name, self.score_name, self.probs_name = head.logits_name, head.score_name, head.probs_name
         self.threshold = float(head.meta.get("threshold", 2.0))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, prev: torch.Tensor | None = None):
-        out, score = self.module(x, mask, prev if self.module.chained else None)
-        return out, score, (out if self.answers_probabilities else torch.softmax(out, dim=1))
+        return self.module.answer_score_probs(x, mask, prev if self.module.chained else None)
 
 
 def torch_exit_head(head: ExitHead) -> TorchExitHead:
@@ -119,7 +117,8 @@ class TorchCompiled(torch.nn.Module):
         self.result = result                        # the pipeline's CompileResult (None without a mirror)
         self._workdir = workdir                     # keeps the mirror and the artifact alive
         self.num_exits = len(heads)
-        self.num_classes = int(output.shape[1])
+        self.row_dims = tuple(int(d) for d in output.shape[1:])  # [classes], [1] (binary), [classes, 1, 1]
+        self.num_classes = math.prod(self.row_dims)
         self.last_exit_index: torch.Tensor | None = None
 
     @classmethod
@@ -173,7 +172,7 @@ class TorchCompiled(torch.nn.Module):
     def forward(self, *args, **kwargs) -> torch.Tensor:
         state = self._bind(args, kwargs)
         batch = state[self.input_names[0]].shape[0]
-        results = {self.output_name: torch.zeros(batch, self.num_classes, dtype=self.output_spec.dtype)}
+        results = {self.output_name: torch.zeros((batch,) + self.row_dims, dtype=self.output_spec.dtype)}
         steps = self.steps()
         loop = run_exits(steps, self._run_segment, state, batch, results, self.output_name, TORCH_OPS,
                          needed_after(steps))
