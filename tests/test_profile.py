@@ -97,7 +97,10 @@ def test_profile_costs_prices_every_slice_and_head(name):
     for name_ in timed:
         assert set(p.timings[name_]) == {"batch1", "batch16"} and min(p.timings[name_].values()) > 0, name_
     # the costs: non-negative, finite, and every head and slice costs something once called
-    assert p.call_overhead > 0 and p.original.at(16) > 0
+    # The call overhead is an estimate from two timings (intercepts, split slices minus the whole):
+    # on a loaded machine every intercept can come out <= 0 and it is then 0 (seen once in a full
+    # test run beside a compile), so only its sign and finiteness are the contract here.
+    assert p.call_overhead >= 0 and math.isfinite(p.call_overhead) and p.original.at(16) > 0
     for c in p.slices + p.heads:  # the line may have a negative intercept (see Cost), never a negative price
         assert c.fixed + c.per_row >= 0 and c.fixed + 16 * c.per_row >= 0 and math.isfinite(c.at(16))
     assert all(h.at(1) + p.call_overhead > 0 for h in p.heads)
