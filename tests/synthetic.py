@@ -366,3 +366,20 @@ def binary_cnn(sigmoid: bool, seed: int = 0) -> onnx.ModelProto:
         m.graph.output.append(helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 1]))
     onnx.checker.check_model(m)
     return m
+
+
+def compile_on_noise(model: onnx.ModelProto, tmp, rows: int = 1700, calib_rows: int = 1400, target_acc: float = 0.9):
+    """Compile `model` (one input `x` [B,3,16,16]) on standard-normal rows: the first `calib_rows`
+    calibrate, the rest are returned with the original's outputs on them, as
+    (artifact path, CompileResult, held-out rows, original outputs)."""
+    import onnxruntime as ort
+
+    from exitc.driver import CompileOptions, compile_model
+
+    onnx.save(model, str(tmp / "m.onnx"))
+    x = np.random.default_rng(0).standard_normal((rows, 3, 16, 16)).astype(np.float32)
+    np.savez(tmp / "calib.npz", x=x[:calib_rows])
+    res = compile_model(str(tmp / "m.onnx"), str(tmp / "calib.npz"), str(tmp / "m.exitc"),
+                        CompileOptions(target_acc=target_acc, progress=False, never_slower=False), log=lambda *a: None)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return str(tmp / "m.exitc"), res, x[calib_rows:], sess.run(None, {"x": x[calib_rows:]})[0]

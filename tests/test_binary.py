@@ -4,16 +4,13 @@ comparison with the original (verify, bench, the agreement monitors) uses that r
 argmax over one column (always 0: every exit would "agree")."""
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
 
 import exitc
-from exitc.driver import CompileOptions, compile_model
 from exitc.monitor import AgreementMonitor
 from exitc.predictions import predicted_classes
 
-from synthetic import binary_cnn
+from synthetic import binary_cnn, compile_on_noise
 
 
 
@@ -31,14 +28,8 @@ def full_depth_twin(path: str, engine: str):
 def compiled(request, tmp_path_factory):
     sigmoid = request.param
     tmp = tmp_path_factory.mktemp("binary")
-    model = binary_cnn(sigmoid)
-    onnx.save(model, str(tmp / "m.onnx"))
-    x = np.random.default_rng(0).standard_normal((1700, 3, 16, 16)).astype(np.float32)
-    np.savez(tmp / "calib.npz", x=x[:1400])
-    res = compile_model(str(tmp / "m.onnx"), str(tmp / "calib.npz"), str(tmp / "m.exitc"),
-                        CompileOptions(target_acc=0.9, progress=False, never_slower=False), log=lambda *a: None)
-    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x[1400:]})[0]
-    return sigmoid, str(tmp / "m.exitc"), res, x[1400:], ref
+    path, res, x, ref = compile_on_noise(binary_cnn(sigmoid), tmp)
+    return sigmoid, path, res, x, ref
 
 
 def test_binary_artifact_answers_one_score_and_thresholds_it(compiled):

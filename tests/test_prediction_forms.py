@@ -19,7 +19,7 @@ import exitc
 from exitc.driver import CompileOptions, compile_model
 from exitc.predictions import LOG_PROBABILITIES, LOGITS
 
-from synthetic import tiny_cnn
+from synthetic import compile_on_noise, tiny_cnn
 
 CLASSES = 3
 FORMS = {  # name: (last node, output shape, prediction kind)
@@ -48,14 +48,8 @@ def classifier(form: str) -> onnx.ModelProto:
 def compiled(request, tmp_path_factory):
     form = request.param
     tmp = tmp_path_factory.mktemp(form)
-    model = classifier(form)
-    onnx.save(model, str(tmp / "m.onnx"))
-    x = np.random.default_rng(0).standard_normal((1700, 3, 16, 16)).astype(np.float32)
-    np.savez(tmp / "calib.npz", x=x[:1400])
-    res = compile_model(str(tmp / "m.onnx"), str(tmp / "calib.npz"), str(tmp / "m.exitc"),
-                        CompileOptions(target_acc=0.9, progress=False, never_slower=False), log=lambda *a: None)
-    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x[1400:]})[0]
-    return form, str(tmp / "m.exitc"), res, x[1400:], ref
+    path, res, x, ref = compile_on_noise(classifier(form), tmp)
+    return form, path, res, x, ref
 
 
 def engines(path: str):
