@@ -61,6 +61,7 @@ def write_reports(out_dir, manifest, plan, candidates, heads, profile, check, op
                                                  if plan.predicted_median_b1 else 1.0),
                  "predicted_full_depth_overhead": plan.full_depth_overhead,
                  "batch1": plan.batch1,
+                 "calibration_outlook": plan.outlook,
                  "reason": plan.reason,
                  "notes": [n for n in [median_cliff_note(plan, check.batch1_form if check is not None
                                                          else plan.batch1)] if n]},
@@ -131,6 +132,19 @@ def _plots(out_dir, plan, profile) -> list[str]:
     return files
 
 
+def _outlook_html(outlook: list[dict], batch: int) -> str:
+    if not outlook:
+        return ""
+    now = outlook[0]["fit_speedup_batch"]
+    rows = "".join(f"<tr><td>{o['calibration_rows']}</td><td>{o['certification_rows']}</td>"
+                   f"<td>{o['required_agreement']:.2%}</td><td>{o['fit_speedup_batch'] / now - 1.0:+.1%}</td></tr>"
+                   for o in outlook)
+    return (f"<h2>More calibration rows</h2><p>Throughput at batch {batch} relative to this calibration set, "
+            "estimated on the fit split with these heads and exits (heads fitted on more rows would do better "
+            "still).</p><table><tr><th>calibration rows</th><th>certification rows</th>"
+            f"<th>agreement they must show</th><th>throughput</th></tr>{rows}</table>")
+
+
 def _html(out_dir, rep, plots) -> None:
     plan, cal = rep["plan"], rep["manifest"]["calibration"]
     e = html.escape
@@ -151,6 +165,7 @@ Kept exits (candidate indices): {e(kept)}. Predicted speedup at batch {rep['opti
 <h2>Speed against the original</h2><table><tr><th>metric</th><th>predicted</th><th>measured (held-out rows)</th></tr>
 {''.join('<tr>' + ''.join(f'<td>{e(str(v))}</td>' for v in r.values()) + '</tr>' for r in rep['speed'])}</table>
 {''.join(f'<p>{e(n)}</p>' for n in plan.get('notes', []))}
+{_outlook_html(plan.get('calibration_outlook') or [], rep['options']['batch_size'])}
 {''.join(f'<img src="{p}" alt="{p}"><br>' for p in plots)}
 <h2>Candidates</h2><table><tr><th>#</th><th>tensor</th><th>layout</th><th>FLOPs share</th><th>measured cost share</th>
 <th>head</th><th>head agreement (held-out)</th></tr>{rows}</table>
@@ -219,6 +234,20 @@ def median_cliff_note(plan, form: str) -> str | None:
             f"batch-1 latency, not the p50")
 
 
+def outlook_line(plan) -> str | None:
+    """One line on what more calibration rows would buy (policy.rows_outlook), or None: the fit
+    split's estimate for each larger set relative to its estimate for the set as it is (the
+    certified prediction above stays the reference)."""
+    if len(plan.outlook) < 2:
+        return None
+    now = plan.outlook[0]
+    parts = [f"{o['calibration_rows']} rows ({o['certification_rows']} certify at >= {o['required_agreement']:.2%}) "
+             f"{o['fit_speedup_batch'] / now['fit_speedup_batch'] - 1.0:+.1%}" for o in plan.outlook[1:]]
+    return (f"more calibration rows: {now['calibration_rows']} rows certify at >= {now['required_agreement']:.2%} "
+            f"agreement on {now['certification_rows']}; batch throughput estimated on the fit split with these heads "
+            "and exits (better heads from more rows not counted): " + ", ".join(parts))
+
+
 def print_summary(result, log=print) -> None:
     plan = result.plan
     check = result.verification
@@ -248,5 +277,8 @@ def print_summary(result, log=print) -> None:
         note = median_cliff_note(plan, form)
         if note:
             log(note)
+        outlook = outlook_line(plan)
+        if outlook:
+            log(outlook)
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in result.stage_seconds.items())
     log(f"compiled in {result.seconds:.1f}s ({stages}) -> {result.out_dir}")

@@ -223,3 +223,52 @@ def test_fit_cost_keeps_perfect_exits_where_certification_allows_no_disagreement
     assert policy.fit_cost([0], scores, agree, profile, req=1.0, never_slower=False) < nobody_leaves
     agree[5] = False
     assert policy.fit_cost([0], scores, agree, profile, req=1.0, never_slower=False) == nobody_leaves
+
+
+def test_rows_outlook_prices_larger_calibration_sets():
+    """The outlook's first entry is the calibration set as it is (its certification rows and the
+    bar they set), larger sets lower the bar, and a lower bar never predicts a slower plan."""
+    from exitc import policy
+    heads, cert_feats, cert_pred = _heads(1500, 1500)
+    opts = CompileOptions(target_acc=0.99, confidence=0.95)
+    plan = policy_stage(heads, cert_feats, cert_pred, _profile(), opts)
+    assert plan.exits, plan.reason
+    out = plan.outlook
+    assert [o["calibration_rows"] for o in out] == [3000 * f for f in policy.OUTLOOK_FACTORS]
+    assert out[0]["certification_rows"] == plan.n_certify == 1500
+    assert out[0]["required_agreement"] == policy.required_rate(1500, 0.99, 0.95)
+    bars = [o["required_agreement"] for o in out]
+    speedups = [o["fit_speedup_batch"] for o in out]
+    assert bars == sorted(bars, reverse=True) and bars[0] > bars[-1]
+    assert speedups == sorted(speedups) and speedups[0] > 1.0
+    # split_rows' rule: the fit split is capped, the rest certify
+    assert out[-1]["certification_rows"] == 12000 - opts.max_fit_rows
+
+
+def test_fit_speedup_prices_the_configuration_fit_cost_picks():
+    """600 of 1000 fit rows leave at exit 0 and agree: at a bar they meet (with the exit's charge
+    of half a disagreement) the speedup is the original's cost over that configuration's; at a bar
+    they miss only nobody leaving is feasible: its speedup where its objective is below the
+    original's, else 1.0 (the plan would run the original)."""
+    from exitc import policy
+    n = 1000
+    scores = np.full((n, 1), 0.2, np.float32)
+    scores[:600] = 0.99
+    agree = np.ones((n, 1), bool)
+    agree[600:] = False
+    profile = _profile(k=1)
+    cm = policy.CostModel(profile)
+    expected = profile.user_original.at(32) / cm.expected([0], np.array([[1.0, 0.4]]), 32)[0]
+    assert policy.fit_speedup([0], scores, agree, profile, req=0.99, never_slower=False) == pytest.approx(expected)
+    assert policy.fit_speedup([0], scores, agree, profile, req=0.9995, never_slower=False) == pytest.approx(expected)
+    nobody = np.array([[1.0, 1.0]])
+    kept = policy.objective(cm, [0], nobody, 0.25, False)[0] < 1.0
+    expected = profile.user_original.at(32) / cm.expected([0], nobody, 32)[0] if kept else 1.0
+    assert policy.fit_speedup([0], scores, agree, profile, req=0.9996, never_slower=False) == pytest.approx(expected)
+    assert policy.fit_speedup([], scores, agree, profile, req=0.99) == 1.0
+
+
+def test_no_outlook_without_exits():
+    heads, cert_feats, cert_pred = _heads(500, 300)
+    plan = policy_stage(heads, cert_feats, cert_pred, _profile(), CompileOptions(target_acc=0.999))
+    assert not plan.exits and plan.outlook == []

@@ -1,7 +1,7 @@
 """The compile summary's warnings (exitc.report)."""
 
 from exitc.policy import Plan
-from exitc.report import median_cliff_note
+from exitc.report import median_cliff_note, outlook_line
 
 
 def _plan(fractions):
@@ -25,3 +25,15 @@ def test_no_median_cliff_note_far_from_half_or_without_exits():
     assert median_cliff_note(_plan([0.60, 0.10, 0.30]), "first_exit") is None
     assert median_cliff_note(_plan([0.508, 0.492]), "original") is None
     assert median_cliff_note(Plan.without_exits(0.99, 0.95, "none"), "segmented") is None
+
+
+def test_outlook_line_states_the_bar_and_relative_gains():
+    plan = _plan([0.5, 0.5])
+    assert outlook_line(plan) is None                       # no outlook (e.g. no exits)
+    plan.outlook = [{"calibration_rows": 3000, "certification_rows": 1500, "required_agreement": 0.99467,
+                     "fit_speedup_batch": 2.0},
+                    {"calibration_rows": 6000, "certification_rows": 3000, "required_agreement": 0.99333,
+                     "fit_speedup_batch": 2.1}]
+    line = outlook_line(plan)
+    assert "3000 rows certify at >= 99.47% agreement on 1500" in line
+    assert "6000 rows (3000 certify at >= 99.33%) +5.0%" in line
