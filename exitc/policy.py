@@ -342,7 +342,10 @@ def rows_outlook(exits: list[int], fit_scores: np.ndarray, fit_agree: np.ndarray
     split's predicted speedup at the deployment batch at that agreement (fit_speedup). Why: on a
     few thousand rows the certification split's bar, not the heads, often limits the plan (1500
     rows must agree 99.47% for a 0.99 bound at 95%; 6000 rows 99.22%). The estimate keeps today's
-    heads and exits, so it understates the gain (heads fitted on more rows are better)."""
+    heads and exits, so it understates the gain (heads fitted on more rows are better). Empty at
+    target 1.0, which no number of rows certifies."""
+    if opts.target_acc >= 1.0:
+        return []
     out = []
     for factor in OUTLOOK_FACTORS:
         rows = n_rows * factor
@@ -515,5 +518,6 @@ def policy_stage(heads: list[FittedHead], cert_features: list[np.ndarray], cert_
                         opts.confidence, w, ns)
     if plan.exits:
         plan.gates = gates
+    if exits:  # also where certification kept none of them: there more rows may be what it takes
         plan.outlook = rows_outlook(exits, fit_scores, fit.agree, profile, len(fit.scores) + len(cert.scores), opts)
     return plan

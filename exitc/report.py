@@ -135,14 +135,13 @@ def _plots(out_dir, plan, profile) -> list[str]:
 def _outlook_html(outlook: list[dict], batch: int) -> str:
     if not outlook:
         return ""
-    now = outlook[0]["fit_speedup_batch"]
     rows = "".join(f"<tr><td>{o['calibration_rows']}</td><td>{o['certification_rows']}</td>"
-                   f"<td>{o['required_agreement']:.2%}</td><td>{o['fit_speedup_batch'] / now - 1.0:+.1%}</td></tr>"
+                   f"<td>{o['required_agreement']:.2%}</td><td>{o['fit_speedup_batch']:.2f}x</td></tr>"
                    for o in outlook)
-    return (f"<h2>More calibration rows</h2><p>Throughput at batch {batch} relative to this calibration set, "
-            "estimated on the fit split with these heads and exits (heads fitted on more rows would do better "
-            "still).</p><table><tr><th>calibration rows</th><th>certification rows</th>"
-            f"<th>agreement they must show</th><th>throughput</th></tr>{rows}</table>")
+    return (f"<h2>More calibration rows</h2><p>Speedup at batch {batch} estimated on the fit split with these heads "
+            "and exits (heads fitted on more rows would do better still; the certified prediction above is the "
+            "reference for this calibration set).</p><table><tr><th>calibration rows</th><th>certification rows</th>"
+            f"<th>agreement they must show</th><th>fit-split speedup</th></tr>{rows}</table>")
 
 
 def _html(out_dir, rep, plots) -> None:
@@ -235,17 +234,27 @@ def median_cliff_note(plan, form: str) -> str | None:
 
 
 def outlook_line(plan) -> str | None:
-    """One line on what more calibration rows would buy (policy.rows_outlook), or None: the fit
-    split's estimate for each larger set relative to its estimate for the set as it is (the
-    certified prediction above stays the reference)."""
+    """One line on what more calibration rows would buy (policy.rows_outlook), or None. With
+    exits, each larger set's fit-split estimate relative to the estimate for the set as it is
+    (the certified prediction above stays the reference); where certification kept no exit, the
+    fit split's estimates themselves."""
     if len(plan.outlook) < 2:
         return None
     now = plan.outlook[0]
+
+    def gain(o):
+        if plan.exits:
+            return f"{o['fit_speedup_batch'] / now['fit_speedup_batch'] - 1.0:+.1%}"
+        return f"{o['fit_speedup_batch']:.2f}x"
+
     parts = [f"{o['calibration_rows']} rows ({o['certification_rows']} certify at >= {o['required_agreement']:.2%}) "
-             f"{o['fit_speedup_batch'] / now['fit_speedup_batch'] - 1.0:+.1%}" for o in plan.outlook[1:]]
-    return (f"more calibration rows: {now['calibration_rows']} rows certify at >= {now['required_agreement']:.2%} "
+             f"{gain(o)}" for o in plan.outlook[1:]]
+    head = (f"more calibration rows: {now['calibration_rows']} rows certify at >= {now['required_agreement']:.2%} "
             f"agreement on {now['certification_rows']}; batch throughput estimated on the fit split with these heads "
-            "and exits (better heads from more rows not counted): " + ", ".join(parts))
+            "and exits (better heads from more rows not counted)")
+    if not plan.exits:
+        head += f" {now['fit_speedup_batch']:.2f}x now"
+    return head + ": " + ", ".join(parts)
 
 
 def print_summary(result, log=print) -> None:
@@ -277,8 +286,8 @@ def print_summary(result, log=print) -> None:
         note = median_cliff_note(plan, form)
         if note:
             log(note)
-        outlook = outlook_line(plan)
-        if outlook:
-            log(outlook)
+    outlook = outlook_line(plan)
+    if outlook:
+        log(outlook)
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in result.stage_seconds.items())
     log(f"compiled in {result.seconds:.1f}s ({stages}) -> {result.out_dir}")

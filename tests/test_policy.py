@@ -268,7 +268,15 @@ def test_fit_speedup_prices_the_configuration_fit_cost_picks():
     assert policy.fit_speedup([], scores, agree, profile, req=0.99) == 1.0
 
 
-def test_no_outlook_without_exits():
-    heads, cert_feats, cert_pred = _heads(500, 300)
-    plan = policy_stage(heads, cert_feats, cert_pred, _profile(), CompileOptions(target_acc=0.999))
+def test_outlook_where_certification_keeps_no_exit(monkeypatch):
+    """Exits chosen on the fit split that certification keeps none of: the plan runs the original,
+    and the outlook prices those exits at the bars of larger sets. At target 1.0, which no number
+    of rows certifies: no outlook."""
+    from exitc import policy
+    heads, cert_feats, cert_pred = _heads(1500, 1500)
+    monkeypatch.setattr(policy, "certify_plan", lambda exits, *a, **k: Plan.without_exits(
+        0.99, 0.95, "no configuration with exits could be certified at the requested target and confidence"))
+    plan = policy_stage(heads, cert_feats, cert_pred, _profile(), CompileOptions(target_acc=0.99))
+    assert not plan.exits and len(plan.outlook) == 3 and plan.outlook[0]["fit_speedup_batch"] > 1.0
+    plan = policy_stage(heads, cert_feats, cert_pred, _profile(), CompileOptions(target_acc=1.0))
     assert not plan.exits and plan.outlook == []

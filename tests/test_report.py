@@ -37,3 +37,13 @@ def test_outlook_line_states_the_bar_and_relative_gains():
     line = outlook_line(plan)
     assert "3000 rows certify at >= 99.47% agreement on 1500" in line
     assert "6000 rows (3000 certify at >= 99.33%) +5.0%" in line
+
+
+def test_outlook_line_without_exits_gives_the_estimates_themselves():
+    plan = Plan.without_exits(0.99, 0.95, "no configuration with exits could be certified")
+    plan.outlook = [{"calibration_rows": 600, "certification_rows": 300, "required_agreement": 1.0,
+                     "fit_speedup_batch": 1.4},
+                    {"calibration_rows": 1200, "certification_rows": 600, "required_agreement": 0.995,
+                     "fit_speedup_batch": 1.9}]
+    line = outlook_line(plan)
+    assert "1.40x now" in line and "1200 rows (600 certify at >= 99.50%) 1.90x" in line
