@@ -87,7 +87,11 @@ def place_candidates(gm, model: onnx.ModelProto, candidates: list[Candidate], da
     Guarantees: a candidate is placed only if some fx node holds its tensor's value on three
     calibration rows (:func:`match_tensors`) and splitting there recomputes no heavy op
     (:func:`cut_recomputes_nothing`). An input exit (its tensor a graph input: cut 0) is placed
-    at the fx placeholder of the same name (the mirror keeps the forward's argument names)."""
+    at the fx placeholder of the same name (the mirror keeps the forward's argument names). A
+    time-major candidate ("tbc": [time, batch, C] between recurrent layers, as torch.onnx writes
+    a `batch_first=True` nn.LSTM stack) is placed only where the fx graph holds it batch-major,
+    [batch, time, C]: fx cuts carry the batch on axis 0 (the torch runtime compacts rows there)
+    and the runtime's head reads the tensor transposed (TorchExitHead)."""
     graph_inputs = set(input_names(gm))
     inner = [c for c in candidates if c.tensor not in graph_inputs]
     rows = {k: v[:3] for k, v in data.feeds.items()}
@@ -100,15 +104,14 @@ def place_candidates(gm, model: onnx.ModelProto, candidates: list[Candidate], da
             probe.graph.output.append(onnx.helper.make_tensor_value_info(c.tensor, elem_types.get(c.tensor, 1), None))
         values = make_session(probe, label).run(rows, [c.tensor for c in inner])
         placed_names.update(match_tensors(record_values(gm, _torch_feeds(rows)),
-                                          {c.tensor: v for c, v in zip(inner, values)}))
+                                          {c.tensor: np.swapaxes(v, 0, 1) if c.layout == "tbc" else v
+                                           for c, v in zip(inner, values)}))
     placement = {}
     for c in candidates:
         fx_name = placed_names.get(c.tensor)
         if fx_name is None:
             continue
         # An ONNX input exit recomputed from the inputs is carried by the fx segments instead.
-        if c.layout == "tbc":  # the torch runtime compacts carried tensors along axis 0 only
-            continue
         fx_cut = dataclasses.replace(c, tensor=fx_name, side=(), recomputed=False)
         if cut_recomputes_nothing(gm, fx_cut):
             placement[c.tensor] = fx_cut

@@ -57,7 +57,10 @@ TORCH_OPS = ArrayOps(
 class TorchExitHead(torch.nn.Module):
     """An :class:`ExitHead` (passes.heads) in torch: ExitHeadModule.from_head (pooling, layers,
     gate, chained gate included) with the names the exit loop needs. Returns (its answer in the
-    original's form, score [batch], its class probabilities)."""
+    original's form, score [batch], its class probabilities). It reads its fx cut, which holds
+    the batch on axis 0: a time-major head ("tbc", fitted on the ONNX mirror's [time, batch, C]
+    tensor) reads the fx graph's [batch, time, C] transposed (frontend.place_candidates places
+    it only there)."""
 
     def __init__(self, head: ExitHead):
         super().__init__()
@@ -71,6 +74,8 @@ class TorchExitHead(torch.nn.Module):
         self.threshold = float(head.meta.get("threshold", 2.0))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, prev: torch.Tensor | None = None):
+        if self.layout == "tbc":
+            x = x.transpose(0, 1)
         return self.module.answer_score_probs(x, mask, prev if self.module.chained else None)
 
 
