@@ -474,6 +474,28 @@ def test_without_the_onnx_mirror_candidates_come_from_the_fx_graph(tmp_path):
     assert not (tmp_path / "nomirror.exitc").exists()
 
 
+def test_torch_costs_are_interleaved_and_calibrated_like_the_onnx_path():
+    # Without a mirror the costs are measured in torch (measurements.profile_torch): every slice,
+    # head and the original at batch 1 and the profiling batch, and the slices add up to the
+    # original at both (a load spike during one timing priced the original 6x its slices before).
+    from exitc.driver import CompileOptions
+
+    m = make_cnn()
+    x = cnn_data(600)
+    opts = CompileOptions(target_acc=0.9, max_candidates=3, batch_size=16, progress=False)
+    c = tf.compile_traced(trace(m), "ResCNN", ["x"], tf.to_dataset(x, {"x": x[:2]}), opts, log=lambda s: None,
+                          mirror=False)
+    p = c.profile
+    k = len(c.candidates)
+    assert c.measured_in == "torch" and len(p.slices) == k + 1 and len(p.heads) == k
+    assert set(p.timings) == {"original"} | {f"slice{i}" for i in range(k + 1)} | {f"head{i}" for i in range(k)}
+    assert all(set(t) == {"batch1", "batch16"} and min(t.values()) > 0 for t in p.timings.values())
+    for rows in (1, 16):
+        work = sum(s.at(rows) for s in p.slices)
+        assert work == pytest.approx(max(p.original.at(rows) - p.call_overhead, 0.0), rel=1e-5)
+    assert all(h.at(1) >= 0 and h.at(16) >= 0 for h in p.heads)
+
+
 def test_match_tensors_places_values_not_names():
     from exitc.passes.fx import match_tensors, record_values
 

@@ -5,13 +5,12 @@ Holds: :class:`TorchMeasurements` (the :class:`exitc.analysis.Measurements` that
 (:func:`profile_torch`), and :func:`find_mask_input` (the attention-mask input of a token model).
 
 Guarantees: features are pooled as the exit heads pool them (:func:`exitc.passes.fx.pool_features`);
-every cost is the line through median timings at batch 1 and at the profiling batch
-(:class:`exitc.profile.Cost`); no synthetic neighbours (their features would need the ONNX probe).
+every cost is the line through median timings, taken round-robin, at batch 1 and at the
+profiling batch (:class:`exitc.profile.Cost`), slices calibrated to the original as on the ONNX
+path; no synthetic neighbours (their features would need the ONNX probe).
 """
 
 from __future__ import annotations
-
-import time
 
 import numpy as np
 import onnx
@@ -24,7 +23,7 @@ from ..options import CompileOptions
 from ..passes.candidates import Candidate
 from ..passes.fx import Observed, build_fx_segments, extract_segment, input_names, output_node, pool_features
 from ..predictions import LOGITS
-from ..profile import Cost, Profile
+from ..profile import Cost, Profile, calibrate_slices, measure_interleaved, without_call
 from .inputs import _torch_feeds
 from .runtime import TorchExitHead, torch_exit_head
 
@@ -46,50 +45,56 @@ def collect_features_torch(gm, candidates, mask_input: str | None, data: Dataset
     return out, [np.concatenate(p).astype(np.float32) for p in parts[1:]]
 
 
-def _time(fn, reps: int, warmup: int = 2) -> float:
-    with torch.no_grad():
-        for _ in range(warmup):
-            fn()
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+class _Call:
+    """A torch call in the shape exitc.profile.measure_interleaved times: run(feeds) -> outputs."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def run(self, _feeds):
+        return self.fn()
 
 
 def profile_torch(gm, candidates, heads: list[TorchExitHead], mask_input: str | None,
                   feeds: dict[str, torch.Tensor], reps_b1: int = 20, reps_bn: int = 5) -> Profile:
-    """Measured torch costs, as :class:`exitc.profile.Profile`: call overhead (a trivial fx call),
-    the original, every backbone slice between consecutive candidates and every head, each
-    modelled as fixed + per_row from batch 1 and the profiling batch."""
+    """Measured torch costs, as :class:`exitc.profile.Profile`, the way the ONNX path measures
+    (exitc.profile.profile_costs): the original, every backbone slice between consecutive
+    candidates and every head, timed round-robin (measure_interleaved) at batch 1 and at the
+    profiling batch, each modelled as fixed + per_row; the slices scaled to add up to the
+    original (calibrate_slices), the heads less one call's overhead (a trivial fx call).
+
+    Why interleaved and calibrated: timed one after another, a load spike during the original's
+    few batch-N repetitions priced it 6x and 60x its slices on a busy 2-core VM (a batch_first
+    LSTM stack compiled beside a test run predicted 6.3x and 425x where it ran at 0.6-0.75x)."""
     b = len(next(iter(feeds.values())))
     one = {k: v[:1] for k, v in feeds.items()}
     names = input_names(gm)
-    timings: dict[str, dict] = {}
-
-    def cost(label, fn_b1, fn_bn):
-        t1, tb = _time(fn_b1, reps_b1), _time(fn_bn, reps_bn)
-        timings[label] = {"batch1": t1, f"batch{b}": tb}
-        return Cost.from_two(t1, tb, b)
-
     ident = torch.fx.symbolic_trace(torch.nn.Identity())
     z = torch.zeros(1)
-    overhead = _time(lambda: ident(z), 200)
-    original = cost("original", lambda: gm(*[one[n] for n in names]), lambda: gm(*[feeds[n] for n in names]))
-    state_b, state_1 = dict(feeds), dict(one)
-    slices = []
-    for seg in build_fx_segments(gm, candidates):
-        a1, ab = [state_1[n] for n in seg.inputs], [state_b[n] for n in seg.inputs]
-        slices.append(cost(f"slice{seg.index}", lambda: seg.module(*a1), lambda: seg.module(*ab)))
-        with torch.no_grad():
-            state_1.update(zip(seg.outputs, seg.module(*a1)))
-            state_b.update(zip(seg.outputs, seg.module(*ab)))
-    head_costs = []
-    for k, (c, h) in enumerate(zip(candidates, heads)):
-        m1 = state_1.get(mask_input) if c.layout == "btc" and mask_input else None
-        mb = state_b.get(mask_input) if c.layout == "btc" and mask_input else None
-        head_costs.append(cost(f"head{k}", lambda: h(state_1[c.tensor], m1), lambda: h(state_b[c.tensor], mb)))
+    with torch.no_grad():
+        overhead = measure_interleaved([("call", _Call(lambda: ident(z)), None)], 200)["call"]
+        jobs: dict[int, list] = {1: [], b: []}
+        for rows, f in ((1, one), (b, feeds)):
+            jobs[rows].append(("original", _Call(lambda f=f: gm(*[f[n] for n in names])), None))
+        state = {1: dict(one), b: dict(feeds)}
+        segments = build_fx_segments(gm, candidates)
+        for seg in segments:
+            for rows in (1, b):
+                args = [state[rows][n] for n in seg.inputs]
+                jobs[rows].append((f"slice{seg.index}", _Call(lambda seg=seg, args=args: seg.module(*args)), None))
+                state[rows].update(zip(seg.outputs, seg.module(*args)))
+        for k, (c, h) in enumerate(zip(candidates, heads)):
+            for rows in (1, b):
+                mask = state[rows].get(mask_input) if c.layout == "btc" and mask_input else None
+                x = state[rows][c.tensor]
+                jobs[rows].append((f"head{k}", _Call(lambda h=h, x=x, mask=mask: h(x, mask)), None))
+        t1 = measure_interleaved(jobs[1], reps_b1)
+        tb = measure_interleaved(jobs[b], reps_bn)
+    timings = {name: {"batch1": t1[name], f"batch{b}": tb[name]} for name in t1}
+    cost = {name: Cost.from_two(t1[name], tb[name], b) for name in t1}
+    original = cost["original"]
+    slices = calibrate_slices([cost[f"slice{seg.index}"] for seg in segments], original, overhead, b)
+    head_costs = [without_call(cost[f"head{k}"], overhead, b) for k in range(len(heads))]
     return Profile(b, original, slices, head_costs, overhead, timings)
 
 
