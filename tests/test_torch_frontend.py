@@ -496,6 +496,18 @@ def test_torch_costs_are_interleaved_and_calibrated_like_the_onnx_path():
     assert all(h.at(1) >= 0 and h.at(16) >= 0 for h in p.heads)
 
 
+def test_a_plan_without_exits_runs_the_module_unchanged():
+    # target 1.0 admits no exit: one segment, run directly (no exit loop), every row "ran to the end"
+    m = make_cnn()
+    x = cnn_data(300)
+    c = tf.compile(m, torch.from_numpy(x[:2]), calib=x, **dict(FAST, target_acc=1.0))
+    assert c.num_exits == 0 and not c.plan.exits
+    xt = torch.from_numpy(cnn_data(40, seed=3))
+    y, ref = c(xt), m(xt).detach()
+    assert y.shape == ref.shape and y.dtype == ref.dtype and torch.allclose(y, ref, rtol=0, atol=1e-6)
+    assert c.last_exit_index.tolist() == [0] * 40 and bool(full_depth_rows(c).all())
+
+
 def test_match_tensors_places_values_not_names():
     from exitc.passes.fx import match_tensors, record_values
 
