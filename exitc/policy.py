@@ -336,14 +336,16 @@ OUTLOOK_FACTORS = (1, 2, 4)
 
 def rows_outlook(exits: list[int], fit_scores: np.ndarray, fit_agree: np.ndarray, profile: Profile,
                  n_rows: int, opts: CompileOptions) -> list[dict]:
-    """What more calibration rows would buy, for a plan's exits: for the calibration set as it is
-    and OUTLOOK_FACTORS times as large, the certification rows its split gives (split_rows' rule),
-    the agreement they must show for the bound to reach the target (required_rate), and the fit
-    split's predicted speedup at the deployment batch at that agreement (fit_speedup). Why: on a
-    few thousand rows the certification split's bar, not the heads, often limits the plan (1500
-    rows must agree 99.47% for a 0.99 bound at 95%; 6000 rows 99.22%). The estimate keeps today's
-    heads and exits, so it understates the gain (heads fitted on more rows are better). Empty at
-    target 1.0, which no number of rows certifies."""
+    """What more calibration rows would buy: for the calibration set as it is and OUTLOOK_FACTORS
+    times as large, the certification rows its split gives (split_rows' rule), the agreement they
+    must show for the bound to reach the target (required_rate), the exits, and the fit split's
+    predicted speedup at the deployment batch at that agreement (fit_speedup). The exits are the
+    plan's (`exits`); where the fit split chose none (`exits` empty: no exit paid at today's bar),
+    select_exits chooses them again at each larger set's bar. Why: on a few thousand rows the
+    certification split's bar, not the heads, often limits the plan (1500 rows must agree 99.47%
+    for a 0.99 bound at 95%; 6000 rows 99.22%). The estimate keeps today's heads, so it
+    understates the gain (heads fitted on more rows are better). Empty at target 1.0, which no
+    number of rows certifies, and where no larger set would find an exit either."""
     if opts.target_acc >= 1.0:
         return []
     out = []
@@ -351,9 +353,19 @@ def rows_outlook(exits: list[int], fit_scores: np.ndarray, fit_agree: np.ndarray
         rows = n_rows * factor
         n_cert = max(int(rows * opts.certify_fraction), rows - opts.max_fit_rows)
         req = required_rate(n_cert, opts.target_acc, opts.confidence)
+        chosen = exits
+        if not exits and factor > 1:
+            chosen = select_exits(fit_scores, fit_agree, profile, req, latency_weight=opts.latency_weight,
+                                  never_slower=opts.never_slower)
+        speedup = fit_speedup(chosen, fit_scores, fit_agree, profile, req, opts.latency_weight, opts.never_slower)
+        if out and speedup < out[-1]["fit_speedup_batch"]:
+            # A lower bar admits whatever a higher one did. (fit_cost's rule is not nested at a bar
+            # of 1.0: there an exit with no fit-split disagreement is not charged.)
+            chosen, speedup = out[-1]["exits"], out[-1]["fit_speedup_batch"]
         out.append({"calibration_rows": rows, "certification_rows": n_cert, "required_agreement": req,
-                    "fit_speedup_batch": fit_speedup(exits, fit_scores, fit_agree, profile, req,
-                                                     opts.latency_weight, opts.never_slower)})
+                    "exits": list(chosen), "fit_speedup_batch": speedup})
+    if not any(o["exits"] for o in out):
+        return []
     return out
 
 
@@ -518,6 +530,7 @@ def policy_stage(heads: list[FittedHead], cert_features: list[np.ndarray], cert_
                         opts.confidence, w, ns)
     if plan.exits:
         plan.gates = gates
-    if exits:  # also where certification kept none of them: there more rows may be what it takes
-        plan.outlook = rows_outlook(exits, fit_scores, fit.agree, profile, len(fit.scores) + len(cert.scores), opts)
+    # Also where certification kept none of the exits, or the fit split chose none: there more
+    # rows may be what it takes.
+    plan.outlook = rows_outlook(exits, fit_scores, fit.agree, profile, len(fit.scores) + len(cert.scores), opts)
     return plan

@@ -241,6 +241,8 @@ def outlook_line(plan) -> str | None:
     if len(plan.outlook) < 2:
         return None
     now = plan.outlook[0]
+    if not plan.exits and all(o["fit_speedup_batch"] == now["fit_speedup_batch"] for o in plan.outlook):
+        return None  # certification, not the bar, kept the exits out: more rows change no estimate
 
     def gain(o):
         if plan.exits:
@@ -253,6 +255,7 @@ def outlook_line(plan) -> str | None:
             f"agreement on {now['certification_rows']}; batch throughput estimated on the fit split with these heads "
             "and exits (better heads from more rows not counted)")
     if not plan.exits:
+        head = head.replace("these heads and exits", "these heads (and the exits it picks at each bar)")
         head += f" {now['fit_speedup_batch']:.2f}x now"
     return head + ": " + ", ".join(parts)
 

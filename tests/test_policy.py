@@ -280,3 +280,22 @@ def test_outlook_where_certification_keeps_no_exit(monkeypatch):
     assert not plan.exits and len(plan.outlook) == 3 and plan.outlook[0]["fit_speedup_batch"] > 1.0
     plan = policy_stage(heads, cert_feats, cert_pred, _profile(), CompileOptions(target_acc=1.0))
     assert not plan.exits and plan.outlook == []
+
+
+def test_outlook_picks_exits_again_where_none_paid_at_todays_bar(monkeypatch):
+    """No exit pays at today's bar (here: select_exits finds none above 99.4%): the outlook asks the
+    fit split again at each larger set's bar, and says what it would pick; larger sets never
+    estimate slower than smaller ones."""
+    from exitc import policy
+    from exitc.report import outlook_line
+    real = policy.select_exits
+    monkeypatch.setattr(policy, "select_exits", lambda s, a, p, req, *args, **kw: [] if req > 0.994 else real(s, a, p, req, *args, **kw))
+    heads, cert_feats, cert_pred = _heads(1500, 1500)
+    plan = policy_stage(heads, cert_feats, cert_pred, _profile(), CompileOptions(target_acc=0.99))
+    assert not plan.exits and plan.outlook
+    now, *larger = plan.outlook
+    assert now["exits"] == [] and now["fit_speedup_batch"] == 1.0 and now["required_agreement"] > 0.994
+    assert all(o["exits"] and o["fit_speedup_batch"] > 1.0 for o in larger)
+    speedups = [o["fit_speedup_batch"] for o in plan.outlook]
+    assert speedups == sorted(speedups)
+    assert "1.00x now" in outlook_line(plan)

@@ -47,3 +47,5 @@ def test_outlook_line_without_exits_gives_the_estimates_themselves():
                      "fit_speedup_batch": 1.9}]
     line = outlook_line(plan)
     assert "1.40x now" in line and "1200 rows (600 certify at >= 99.50%) 1.90x" in line
+    plan.outlook[1]["fit_speedup_batch"] = 1.4      # more rows change no estimate: nothing to say
+    assert outlook_line(plan) is None
