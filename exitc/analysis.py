@@ -25,7 +25,7 @@ from .options import CompileOptions
 from .passes.candidates import Candidate
 from .passes.normalize import Signature
 from .passes.sequence import SequenceAxis, length_factors, row_lengths
-from .policy import Plan, policy_stage
+from .policy import Plan, certification_rows, policy_stage
 from .profile import Profile, given_profile, profile_costs
 from .stats import min_rows_for
 
@@ -34,9 +34,7 @@ def split_rows(n: int, certify_fraction: float, seed: int, max_fit_rows: int | N
     """(fit rows, certification rows), disjoint, sorted: `certify_fraction` of the rows certify,
     or more where the fit split would exceed `max_fit_rows`."""
     perm = np.random.default_rng(seed).permutation(n)
-    n_cert = int(n * certify_fraction)
-    if max_fit_rows is not None:
-        n_cert = max(n_cert, n - max_fit_rows)
+    n_cert = certification_rows(n, certify_fraction, max_fit_rows)
     return np.sort(perm[n_cert:]), np.sort(perm[:n_cert])
 
 

@@ -28,10 +28,6 @@ class FeatureCache:
     kind: str                    # what the outputs hold (predictions.KINDS); exit heads answer in it
 
     @property
-    def outputs_are_probabilities(self) -> bool:
-        return self.kind == PROBABILITIES
-
-    @property
     def predictions(self) -> np.ndarray:
         return self.outputs.argmax(axis=1)
 

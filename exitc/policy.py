@@ -204,6 +204,13 @@ def full_depth_overhead(cm: CostModel, exits: list[int]) -> dict:
     return over
 
 
+def certification_rows(n: int, certify_fraction: float, max_fit_rows: int | None = None) -> int:
+    """How many of `n` calibration rows certify: `certify_fraction` of them, or more where the fit
+    split would exceed `max_fit_rows` (analysis.split_rows draws them; rows_outlook prices them)."""
+    n_cert = int(n * certify_fraction)
+    return n_cert if max_fit_rows is None else max(n_cert, n - max_fit_rows)
+
+
 def required_rate(n_cert: int, target: float, confidence: float) -> float:
     """Empirical agreement the certification split must show for the bound to reach target."""
     lo, hi = 0, n_cert
@@ -337,7 +344,7 @@ OUTLOOK_FACTORS = (1, 2, 4)
 def rows_outlook(exits: list[int], fit_scores: np.ndarray, fit_agree: np.ndarray, profile: Profile,
                  n_rows: int, opts: CompileOptions) -> list[dict]:
     """What more calibration rows would buy: for the calibration set as it is and OUTLOOK_FACTORS
-    times as large, the certification rows its split gives (split_rows' rule), the agreement they
+    times as large, the certification rows its split gives (certification_rows), the agreement they
     must show for the bound to reach the target (required_rate), the exits, and the fit split's
     predicted speedup at the deployment batch at that agreement (fit_speedup). The exits are the
     plan's (`exits`); where the fit split chose none (`exits` empty: no exit paid at today's bar),
@@ -351,7 +358,7 @@ def rows_outlook(exits: list[int], fit_scores: np.ndarray, fit_agree: np.ndarray
     out = []
     for factor in OUTLOOK_FACTORS:
         rows = n_rows * factor
-        n_cert = max(int(rows * opts.certify_fraction), rows - opts.max_fit_rows)
+        n_cert = certification_rows(rows, opts.certify_fraction, opts.max_fit_rows)
         req = required_rate(n_cert, opts.target_acc, opts.confidence)
         chosen = exits
         if not exits and factor > 1:

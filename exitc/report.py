@@ -251,13 +251,11 @@ def outlook_line(plan) -> str | None:
 
     parts = [f"{o['calibration_rows']} rows ({o['certification_rows']} certify at >= {o['required_agreement']:.2%}) "
              f"{gain(o)}" for o in plan.outlook[1:]]
-    head = (f"more calibration rows: {now['calibration_rows']} rows certify at >= {now['required_agreement']:.2%} "
-            f"agreement on {now['certification_rows']}; batch throughput estimated on the fit split with these heads "
-            "and exits (better heads from more rows not counted)")
-    if not plan.exits:
-        head = head.replace("these heads and exits", "these heads (and the exits it picks at each bar)")
-        head += f" {now['fit_speedup_batch']:.2f}x now"
-    return head + ": " + ", ".join(parts)
+    basis = "these heads and exits" if plan.exits else "these heads (and the exits it picks at each bar)"
+    now_text = "" if plan.exits else f" {now['fit_speedup_batch']:.2f}x now"
+    return (f"more calibration rows: {now['calibration_rows']} rows certify at >= {now['required_agreement']:.2%} "
+            f"agreement on {now['certification_rows']}; batch throughput estimated on the fit split with {basis} "
+            f"(better heads from more rows not counted){now_text}: " + ", ".join(parts))
 
 
 def print_summary(result, log=print) -> None:

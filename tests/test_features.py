@@ -71,7 +71,7 @@ def test_features_are_the_pooling_of_the_candidate_tensors(name):
     # the original's outputs, its predictions and the soft targets
     np.testing.assert_allclose(cache.outputs, original, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(cache.predictions, original.argmax(axis=1))
-    assert not cache.outputs_are_probabilities  # the synthetic models output logits
+    assert cache.kind != PROBABILITIES  # the synthetic models output logits
     np.testing.assert_allclose(cache.probs, softmax(original), rtol=1e-5, atol=1e-6)
 
 
@@ -104,7 +104,7 @@ def test_probability_outputs_are_detected_or_overridden():
     probe = FeatureProbe(model, cands, mask)
     assert probe.collect(data, progress=False).kind == LOGITS
     forced = probe.collect(data, progress=False, kind=PROBABILITIES)
-    assert forced.outputs_are_probabilities and forced.probs is not None
+    assert forced.kind == PROBABILITIES and forced.probs is not None
     np.testing.assert_array_equal(forced.probs, forced.outputs)  # taken as they are, not softmaxed
     p = softmax(np.random.default_rng(0).standard_normal((6, 4)))
     assert prediction_kind(p) == PROBABILITIES
