@@ -7,6 +7,8 @@ C++ backend, with the same instance count, ORT threads, max_batch_size and dynam
   original    the single-segment artifact (compile with --target-acc 1.0: no exits), plain mode
   plain       the early-exit artifact, plain mode (one pass per execute call)
   continuous  the early-exit artifact, continuous depth-wise batching
+  monitored   (with --monitor-sample-rate R > 0) plain mode with the agreement monitor running that
+              share of the early rows again at full depth (exitc::AgreementMonitor): its serving cost
 
 Closed loop: --threads client threads each send requests of --rows rows back to back; open loop
 (--rate R): request k is due at k/R seconds and sent then by a free thread (latency from its due
@@ -109,6 +111,8 @@ def main(argv=None) -> int:
     ap.add_argument("--intra-op-threads", type=int, default=1)
     ap.add_argument("--max-wait-us", type=int, default=4000, help="continuous mode latency bound")
     ap.add_argument("--policy", default="fullest", choices=["fullest", "deepest"])
+    ap.add_argument("--monitor-sample-rate", type=float, default=0.0,
+                    help="also serve 'monitored': plain mode with the agreement monitor at this sample rate")
     ap.add_argument("--max-seconds", type=float, default=120, help="per model and round, hard stop")
     ap.add_argument("--json", help="write the results here")
     a = ap.parse_args(argv)
@@ -138,11 +142,14 @@ def main(argv=None) -> int:
         "continuous": (a.artifact, "continuous", {**common, "continuous_max_wait_us": str(a.max_wait_us),
                                                   "continuous_policy": a.policy}),
     }
+    if a.monitor_sample_rate > 0:
+        models["monitored"] = (a.artifact, "plain", common)
     tmp = tempfile.mkdtemp(prefix="exitc_triton_load_")
     repo = os.path.join(tmp, "models")
     for name, (art, mode, params) in models.items():
         export_triton(art, repo, name=name, max_batch_size=a.max_batch_size, instances=a.instances, mode=mode,
-                      max_queue_delay_us=a.max_queue_delay_us, extra_parameters=params)
+                      max_queue_delay_us=a.max_queue_delay_us, extra_parameters=params,
+                      monitor_sample_rate=a.monitor_sample_rate if name == "monitored" else 0.0)
     results = {k: {"latencies": [], "seconds": 0.0, "errors": []} for k in models}
     with TritonServer(repo, backend_dir=bdir, log_path=os.path.join(tmp, "tritonserver.log")) as server:
         # Warm-up: a few requests per model (not measured).
@@ -185,6 +192,11 @@ def main(argv=None) -> int:
                         - metric_sum(before, "exitc_segment_rows_total", model=name, segment=str(s)))
                 seg.append({"runs": int(runs), "rows": int(rows), "mean_batch": rows / runs if runs else None})
             entry["segments"] = seg
+        if name == "monitored":
+            # cumulative gauges: what this run's requests added (the warm-up's rows are before)
+            entry["monitor_rows"] = {k: metric_sum(after, "exitc_monitor_rows", model=name, rows=k)
+                                     - metric_sum(before, "exitc_monitor_rows", model=name, rows=k)
+                                     for k in ("sampled", "disagreements")}
         if res["errors"]:
             entry["first_error"] = res["errors"][0]
         report["models"][name] = entry
@@ -204,6 +216,12 @@ def main(argv=None) -> int:
         print("continuous: mean rows per segment run: "
               + ", ".join(f"seg{s} {d['mean_batch']:.2f} ({d['runs']} runs)" if d["mean_batch"] else f"seg{s} -"
                           for s, d in enumerate(seg)))
+    mon = report["models"].get("monitored")
+    if mon:
+        plain_tp = report["models"]["plain"]["throughput_rows_s"] or float("nan")
+        print(f"monitored: {mon['throughput_rows_s'] / plain_tp:.3f}x plain's throughput; agreement monitor at sample "
+              f"rate {a.monitor_sample_rate:g} checked {int(mon['monitor_rows']['sampled'])} early rows at full depth "
+              f"({int(mon['monitor_rows']['disagreements'])} disagreed)")
     print("rows per exit (plain): " + ", ".join(f"{int(v)}" for v in report["models"]["plain"]["rows_per_exit"]))
     if a.json:
         with open(a.json, "w") as f:

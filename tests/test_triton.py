@@ -19,6 +19,7 @@ are defence in depth that no request from this client can reach.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -369,3 +370,28 @@ def test_agreement_monitor_reports_live_agreement(setup, model, metric_prefix):
         got = metric_value(text, agreement, model=model, value=value)
         assert got == pytest.approx(getattr(want, f"agreement_{value}"), abs=1e-6), value
     assert metric_value(text, agreement, model=model, value="target") == pytest.approx(want.target)
+
+def test_load_bench_serves_every_model_and_prices_the_monitor(tmp_path):
+    """bench/triton_load.py end to end on a small run: all four models (original, plain,
+    continuous, and plain with the agreement monitor) answer every request without an error, the
+    report has their throughput and latencies, and the monitored model's metrics show the early
+    rows it checked at full depth (sample rate 1: all of them)."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import triton_load
+
+    art = tiny_artifact(tmp_path)
+    data = tmp_path / "rows.npz"
+    np.savez(data, x=(np.random.default_rng(3).standard_normal((64, 4)) * 2).astype(np.float32))
+    out = tmp_path / "load.json"
+    rc = triton_load.main(["--artifact", art, "--original", art, "--data", str(data), "--requests", "40",
+                           "--rounds", "2", "--threads", "4", "--max-batch-size", str(MAX_BATCH),
+                           "--monitor-sample-rate", "1", "--max-seconds", "60", "--json", str(out)])
+    assert rc == 0
+    report = json.loads(out.read_text())["models"]
+    assert set(report) == {"original", "plain", "continuous", "monitored"}
+    for name, entry in report.items():
+        assert entry["requests"] == 40 and entry["errors"] == 0, name
+        assert entry["throughput_rows_s"] > 0 and entry["p99_ms"] >= entry["p50_ms"] > 0, name
+    early = sum(report["monitored"]["rows_per_exit"][:-1])
+    assert early > 0, "the tiny artifact's exits take some of these rows"
+    assert report["monitored"]["monitor_rows"]["sampled"] == early
