@@ -93,6 +93,34 @@ def test_not_onnx(tmp_path, cnn):
                        str(bad), "not an ONNX model", out=str(tmp_path / "o"))
 
 
+def test_weights_in_an_external_data_file(tmp_path, cnn):
+    """Models saved with their weights beside them (torch.onnx's default `model.onnx.data`) load
+    whole; a missing or short weights file is named in one line (it is an ONNX model, so "not an
+    ONNX model" would mislead)."""
+    from exitc.passes.normalize import load_model
+
+    inline = onnx.load(cnn / "model.onnx")
+    want = {t.name: onnx.numpy_helper.to_array(t) for t in inline.graph.initializer}
+    d = tmp_path / "ext"
+    d.mkdir()
+    onnx.save(inline, d / "model.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+              location="model.onnx.data", size_threshold=0)
+    assert os.path.getsize(d / "model.onnx") < os.path.getsize(cnn / "model.onnx") / 4  # weights are outside
+    loaded = load_model(str(d / "model.onnx"))
+    got = {t.name: onnx.numpy_helper.to_array(t) for t in loaded.graph.initializer}
+    assert want.keys() == got.keys() and all(np.array_equal(want[k], got[k]) for k in want)
+    res = exitc("inspect", str(d / "model.onnx"))
+    assert res.returncode == 0 and "measured share" in res.stdout, res.stderr
+    data = (d / "model.onnx.data").read_bytes()
+    (d / "model.onnx.data").write_bytes(data[: len(data) // 2])
+    assert_clean_error(exitc("compile", str(d / "model.onnx"), "--calib", str(cnn / "calib.npz"), "-o",
+                             str(tmp_path / "o")), "external weights could not be read", out=str(tmp_path / "o"))
+    os.remove(d / "model.onnx.data")
+    assert_clean_error(exitc("compile", str(d / "model.onnx"), "--calib", str(cnn / "calib.npz"), "-o",
+                             str(tmp_path / "o")), str(d / "model.onnx"), "'model.onnx.data'", "not found",
+                       out=str(tmp_path / "o"))
+
+
 def test_no_classification_output(tmp_path, cnn):
     g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],

@@ -62,14 +62,57 @@ class Signature:
         return self.num_classes == 1
 
 
+# Largest model exitc takes with its weights in memory: protobuf's limit on one serialized message
+# (ONNX Runtime sessions and every derived graph are built from serialized models).
+MAX_MODEL_BYTES = 2**31 - 1
+
+
+def _load_weights_file(model: onnx.ModelProto, path: str) -> None:
+    """Weights stored beside the model (ONNX external data, e.g. torch.onnx's `model.onnx.data`)
+    loaded into `model`; a missing or short file named in one line."""
+    from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_model, uses_external_data
+
+    base = os.path.dirname(os.path.abspath(path))
+    tensors = [t for t in _all_initializers(model.graph) if uses_external_data(t)]
+    if not tensors:
+        return
+    for t in tensors:
+        where = os.path.join(base, ExternalDataInfo(t).location)
+        if not os.path.isfile(where):
+            raise ExitcError(f"{path}: weights file {ExternalDataInfo(t).location!r} (external data of tensor "
+                             f"{t.name!r}) not found next to the model")
+    try:
+        load_external_data_for_model(model, base)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExitcError(f"{path}: its external weights could not be read: {first}") from None
+    size = model.ByteSize()
+    if size > MAX_MODEL_BYTES:
+        raise ExitcError(f"{path}: the model with its weights is {size / 2**30:.1f} GiB; exitc takes models up to "
+                         f"2 GiB (one protobuf message)")
+
+
+def _all_initializers(graph: onnx.GraphProto):
+    """Initializers of `graph` and of every subgraph (If/Loop/Scan bodies)."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _all_initializers(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _all_initializers(g)
+
+
 def load_model(path: str) -> onnx.ModelProto:
     """Read and check an ONNX file; raise ExitcError naming the file on any problem."""
     if not os.path.isfile(path):
         raise ExitcError(f"{path}: no such file")
     try:
-        model = onnx.load(path)
+        model = onnx.load(path, load_external_data=False)
     except Exception:
         raise ExitcError(f"{path}: not an ONNX model (could not parse it as an ONNX protobuf)") from None
+    _load_weights_file(model, path)
     if len(model.graph.node) == 0:
         raise ExitcError(f"{path}: not an ONNX model (the graph has no nodes)")
     try:
