@@ -48,7 +48,7 @@ def _parser(version: str) -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="compile a model into an early-exit model directory")
     c.add_argument("model", help="model.onnx, or FILE.py:NAME for a PyTorch nn.Module/factory (needs torch)")
     c.add_argument("--example-shape", help="FILE.py:NAME only: per-row input shape, e.g. 3,32,32 (checked against --calib)")
-    c.add_argument("--calib", required=True, help=".npz calibration data (arrays named after model inputs)")
+    c.add_argument("--calib", required=True, help=".npz calibration data (arrays named after model inputs; a model with one input also takes an .npy)")
     c.add_argument("--target-acc", type=float, default=D.target_acc,
                    help="minimum agreement with the original's top-1 prediction")
     c.add_argument("--confidence", type=float, default=D.confidence, help="statistical confidence of the guarantee")

@@ -51,15 +51,24 @@ def cast_to(arr: np.ndarray, dtype: np.dtype) -> np.ndarray | None:
     return None
 
 
-def load_dataset(path: str, inputs, label: str = "data") -> Dataset:
-    """Load and validate `path` against the model inputs (a list of TensorInfo)."""
+def read_arrays(path: str) -> dict[str, np.ndarray]:
+    """The arrays of an .npz by name, or of an .npy (one array, named "arr_0" as np.savez names an
+    unnamed one: it stands for a model's only input); ExitcError naming the file otherwise."""
     if not os.path.isfile(path):
         raise ExitcError(f"{path}: no such file")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            return {"arr_0": loaded}
+        with loaded as npz:
+            return {k: npz[k] for k in npz.files}
     except Exception:
-        raise ExitcError(f"{path}: not a readable .npz file") from None
+        raise ExitcError(f"{path}: not a readable .npz (or, for a model with one input, .npy) file") from None
+
+
+def load_dataset(path: str, inputs, label: str = "data") -> Dataset:
+    """Load and validate `path` against the model inputs (a list of TensorInfo)."""
+    arrays = read_arrays(path)
     labels = arrays.pop(LABELS, None)
     names = [i.name for i in inputs]
     if len(inputs) == 1 and names[0] not in arrays:

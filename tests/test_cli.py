@@ -255,3 +255,19 @@ def test_run_and_bench_outputs_are_never_half_written(cnn, tmp_path):
     res = exitc("run", str(tmp_path / "missing.exitc"), "--input", str(cnn / "test.npz"), "-o", str(tmp_path / "y.npz"))
     assert_clean_error(res, "missing.exitc")
     assert not os.listdir(tmp_path)
+
+
+def test_npy_for_a_one_input_model(tmp_path, cnn):
+    """A model with one input takes its rows from an .npy as well as an .npz (exitc run and bench
+    read data the same way)."""
+    from exitc.data import load_dataset
+    from exitc.passes.normalize import load_model, prepare
+
+    x = np.load(cnn / "calib.npz")["x"]
+    np.save(tmp_path / "calib.npy", x)
+    _, sig = prepare(load_model(str(cnn / "model.onnx")))
+    data = load_dataset(str(tmp_path / "calib.npy"), sig.inputs)
+    assert np.array_equal(data.feeds["x"], x) and data.labels is None
+    (tmp_path / "junk.npy").write_bytes(b"not numpy")
+    assert_clean_error(exitc("compile", str(cnn / "model.onnx"), "--calib", str(tmp_path / "junk.npy"), "-o",
+                             str(tmp_path / "o")), "junk.npy", "not a readable .npz", out=str(tmp_path / "o"))

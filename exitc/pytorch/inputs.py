@@ -18,7 +18,7 @@ import os
 import numpy as np
 import torch
 
-from ..data import Dataset
+from ..data import LABELS, Dataset, read_arrays
 from ..errors import ExitcError
 
 LABEL_KEYS = ("labels", "label", "targets", "target", "y")
@@ -71,7 +71,7 @@ def _item_to_feeds(item, names: list[str]) -> tuple[dict[str, np.ndarray], np.nd
 def to_dataset(calib, examples: dict[str, np.ndarray], label: str = "calibration data") -> Dataset:
     """Normalise calibration data to an :class:`exitc.data.Dataset` keyed by input name.
 
-    Accepted: a path to an .npz (arrays named after the inputs); a numpy array (single input); a
+    Accepted: a path to an .npz (arrays named after the inputs) or, for one input, an .npy; a numpy array (single input); a
     tuple of arrays (positional inputs, optional trailing labels) or a dict of arrays (whole data
     set); or any iterable (a DataLoader, a list) of batches or single rows, each a tensor/array, a
     tuple/list (positional; one extra element is taken as labels) or a dict (by input name).
@@ -80,9 +80,8 @@ def to_dataset(calib, examples: dict[str, np.ndarray], label: str = "calibration
     """
     names = list(examples)
     if isinstance(calib, (str, os.PathLike)):
-        with np.load(calib, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-        labels = arrays.pop("labels", None)
+        arrays = read_arrays(str(calib))
+        labels = arrays.pop(LABELS, None)
         if len(names) == 1 and names[0] not in arrays and len(arrays) == 1:
             arrays = {names[0]: next(iter(arrays.values()))}
         parts = [(_item_to_feeds(arrays, names)[0], labels)]
@@ -132,11 +131,7 @@ def _torch_feeds(feeds: dict[str, np.ndarray], sl=slice(None)) -> dict[str, torc
 def examples_from_npz(module: torch.nn.Module, path) -> dict[str, np.ndarray]:
     """Two rows of each forward argument found in an .npz (a single array stands for the first
     argument whatever its name); ExitcError naming the file if it cannot be read."""
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k][:2] for k in npz.files if k != "labels"}
-    except (OSError, ValueError) as exc:
-        raise ExitcError(f"{path}: not a readable .npz ({exc})") from None
+    arrays = {k: v[:2] for k, v in read_arrays(str(path)).items() if k != LABELS}
     params = [p.name for p in forward_params(module)]
     if len(arrays) == 1 and params and params[0] not in arrays:
         arrays = {params[0]: next(iter(arrays.values()))}
