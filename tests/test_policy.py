@@ -299,3 +299,45 @@ def test_outlook_picks_exits_again_where_none_paid_at_todays_bar(monkeypatch):
     speedups = [o["fit_speedup_batch"] for o in plan.outlook]
     assert speedups == sorted(speedups)
     assert "1.00x now" in outlook_line(plan)
+
+
+def _signal_and_noise_exits(seed, n=1500, k=6):
+    """Gate scores of k candidates: exit 0's confident rows agree with the original (99.95%), the
+    other exits agree 93% of the time whatever their score (any high-precision share is luck)."""
+    rng = np.random.default_rng(seed)
+    scores = rng.random((n, k))
+    agree = rng.random((n, k)) < 0.93
+    agree[:, 0] = rng.random(n) < np.where(scores[:, 0] > 0.5, 0.9995, 0.7)
+    slices = [Cost(1e-4, 1e-3)] * (k + 1)
+    # the original costs what its slices add up to: a plan whose exits take no row costs more
+    profile = Profile(32, Cost(1e-4 * (k + 1), 1e-3 * (k + 1)), slices, [Cost(1e-5, 1e-5)] * k, 5e-5)
+    return scores, agree, profile
+
+
+def test_exit_count_supported_by_held_out_halves_keeps_out_lucky_exits():
+    """On 1500 fit rows the beam search adds exits whose high-precision share is luck; sizing the
+    set by 2-fold cross-validation inside the fit split (exits_supported) keeps most of them out
+    and never drops the real one."""
+    from exitc import policy
+
+    req = required_rate(1500, 0.99, 0.95)
+    lucky_free = lucky_sized = 0
+    for seed in range(6):
+        scores, agree, profile = _signal_and_noise_exits(seed)
+        free = policy._best(policy._beam_costs(scores, agree, profile, req, 4, 0.25, True), 4)
+        sized = policy.select_exits(scores, agree, profile, req, seed=seed)
+        assert 0 in free and 0 in sized
+        assert len(sized) <= policy.exits_supported(scores, agree, profile, req, 4, seed=seed)
+        lucky_free += len(free) - 1
+        lucky_sized += len(sized) - 1
+    assert lucky_sized < lucky_free, (lucky_sized, lucky_free)
+
+
+def test_exit_count_undecided_where_no_exit_pays_on_halves():
+    from exitc import policy
+
+    rng = np.random.default_rng(0)
+    scores, agree = rng.random((400, 5)), np.zeros((400, 5), bool)  # every exit always wrong
+    _, _, profile = _signal_and_noise_exits(0, n=400, k=5)
+    assert policy.exits_supported(scores, agree, profile, required_rate(1500, 0.99, 0.95), 4) == 4
+    assert policy.select_exits(scores, agree, profile, required_rate(1500, 0.99, 0.95)) == []
