@@ -42,7 +42,7 @@ def _parser(version: str) -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="list candidate exits and their measured cost shares")
     i.add_argument("model")
     i.add_argument("--output", help="prediction output name, if the model has several")
-    i.add_argument("--data", help=".npz with real inputs to profile on (default: random inputs)")
+    i.add_argument("--data", help=".npz (or .npy, one input) with real inputs to profile on (default: random inputs)")
     i.add_argument("--batch-size", type=int, default=32, help="batch size to measure costs at")
 
     c = sub.add_parser("compile", help="compile a model into an early-exit model directory")
@@ -75,7 +75,7 @@ def _parser(version: str) -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmark a compiled model against the original")
     b.add_argument("artifact")
-    b.add_argument("--data", required=True, help=".npz test data never seen by compile")
+    b.add_argument("--data", required=True, help=".npz (or .npy, one input) test data never seen by compile")
     b.add_argument("--batch-size", type=int, default=32, help="rows per call for the throughput comparison")
     b.add_argument("--rounds", type=int, default=3, help="interleaved passes over the data (the median is reported)")
     b.add_argument("--latency-rows", type=int, default=300, help="rows timed one by one for batch-1 latency")
@@ -87,7 +87,7 @@ def _parser(version: str) -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run a compiled model on an .npz of inputs")
     r.add_argument("artifact")
-    r.add_argument("--input", required=True, help=".npz of inputs (arrays named after the model inputs)")
+    r.add_argument("--input", required=True, help=".npz of inputs (arrays named after the model inputs; .npy for a model with one input)")
     r.add_argument("-o", "--out", required=True, help="output .npz (model outputs + exitc_exit_index)")
     r.add_argument("--batch-size", type=int, default=32, help="rows per call")
     r.add_argument("--engine", default="auto", choices=["auto", "cpp", "python"],
