@@ -403,8 +403,8 @@ def rows_outlook(exits: list[int], fit_scores: np.ndarray, fit_agree: np.ndarray
 # from 32 px images, 0.472 as today's, random filters with both polarities 0.460, 64 filters 0.464,
 # 3x3 filters 0.446, a raw 8x8 grid added 0.474; with the sample's own features, 0.460 for the MLP
 # alone, 0.442 where a linear head must agree too, 0.462 for three MLPs that must agree; the head's
-# agreement with itself on a 1-px shifted copy 0.469. Mixed pairs of fit rows (60-90% of one row) as neighbours
-# changed the original's prediction too often (stability under 0.9) to be used.
+# agreement with itself on a 1-px shifted copy 0.469. Mixed pairs of fit rows (60-90% of one row)
+# as neighbours changed the original's prediction too often (stability under 0.9) to be used.
 MAX_EXITS = 4   # exits kept at most (see select_exits)
 BEAM_WIDTH = 8
 
@@ -462,10 +462,11 @@ def exits_supported(fit_scores: np.ndarray, fit_agree: np.ndarray, profile: Prof
         costs = _beam_costs(fit_scores[a], fit_agree[a], profile, req, limit, latency_weight, never_slower,
                             FIT_EXIT_PRIOR * len(a) / n)
         for size in range(1, limit + 1):
-            if not any(len(e) == size for e in costs):
+            sized = [e for e in costs if len(e) == size]
+            if not sized:
                 held_out[size] = np.inf
                 continue
-            best = list(min((e for e in costs if len(e) == size), key=lambda e: (costs[e], e)))
+            best = list(min(sized, key=lambda e: (costs[e], e)))
             held_out[size] += min(fit_cost(best, fit_scores[b], fit_agree[b], profile, req, latency_weight,
                                            never_slower, FIT_EXIT_PRIOR * len(b) / n), 1.0)
     held_out[0] = np.inf
@@ -490,7 +491,8 @@ def select_exits(fit_scores: np.ndarray, fit_agree: np.ndarray, profile: Profile
     if limit < 1:
         return []
     size = exits_supported(fit_scores, fit_agree, profile, req, limit, latency_weight, never_slower, seed)
-    costs = _beam_costs(fit_scores, fit_agree, profile, req, limit, latency_weight, never_slower)
+    # The beam's first `size` rounds do not depend on how many more follow: search no deeper.
+    costs = _beam_costs(fit_scores, fit_agree, profile, req, size, latency_weight, never_slower)
     best = _best(costs, size)
     if costs[best] >= 1.0:
         return []

@@ -71,9 +71,9 @@ def _item_to_feeds(item, names: list[str]) -> tuple[dict[str, np.ndarray], np.nd
 def to_dataset(calib, examples: dict[str, np.ndarray], label: str = "calibration data") -> Dataset:
     """Normalise calibration data to an :class:`exitc.data.Dataset` keyed by input name.
 
-    Accepted: a path to an .npz (arrays named after the inputs) or, for one input, an .npy; a numpy array (single input); a
-    tuple of arrays (positional inputs, optional trailing labels) or a dict of arrays (whole data
-    set); or any iterable (a DataLoader, a list) of batches or single rows, each a tensor/array, a
+    Accepted: a path to an .npz (arrays named after the inputs) or, for one input, an .npy; a
+    numpy array (single input); a tuple of arrays (positional inputs, optional trailing labels) or
+    a dict of arrays (whole data set); or any iterable (a DataLoader, a list) of batches or single rows, each a tensor/array, a
     tuple/list (positional; one extra element is taken as labels) or a dict (by input name).
     Arrays are checked against the example inputs (rank, non-batch dims, dtype kind) and cast to
     their dtype; a row without the batch dim is accepted.
