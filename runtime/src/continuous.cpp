@@ -56,7 +56,7 @@ struct Job {
 struct Row {
     std::shared_ptr<Job> job;
     int64_t index = 0;  // row of the call
-    Clock::time_point since;
+    Clock::time_point since;  // when its call was submitted (kept from segment to segment)
     std::vector<SlotRef> slots;  // by slot; empty block = not held
 };
 
@@ -75,6 +75,35 @@ uint64_t ns_between(Clock::time_point a, Clock::time_point b) {
 }
 
 }  // namespace
+
+std::size_t pick_queue(const std::vector<QueueView>& queues, Clock::time_point now,
+                       const ContinuousBatcherOptions& options) {
+    std::size_t oldest = queues.size();
+    for (std::size_t s = 0; s < queues.size(); ++s) {
+        if (queues[s].rows == 0) continue;
+        if (now - queues[s].front_submitted > options.max_wait &&
+            (oldest == queues.size() || queues[s].front_submitted < queues[oldest].front_submitted))
+            oldest = s;
+    }
+    if (oldest < queues.size()) return oldest;
+    // kFullest: fill relative to the segment's ideal batch, i.e. the rows a full segment-0
+    // batch sends to it at the survival rates seen so far (max_batch for segment 0).
+    std::size_t best = queues.size();
+    double best_fill = -1.0;
+    for (std::size_t s = queues.size(); s-- > 0;) {
+        if (queues[s].rows == 0) continue;
+        if (options.policy == ContinuousBatcherOptions::Policy::kDeepest) return s;
+        double ideal = static_cast<double>(options.max_batch);
+        if (s > 0 && queues[0].rows_run > 0)
+            ideal = std::max(1.0, ideal * static_cast<double>(queues[s].rows_run) / static_cast<double>(queues[0].rows_run));
+        const double fill = static_cast<double>(std::min(queues[s].rows, options.max_batch)) / ideal;
+        if (fill > best_fill) {
+            best = s;
+            best_fill = fill;
+        }
+    }
+    return best;
+}
 
 struct ContinuousBatcher::Impl {
     const Model& model;
@@ -230,33 +259,15 @@ struct ContinuousBatcher::Impl {
         work_cv.notify_one();
     }
 
-    // Under mutex; some queue is non-empty.
+    // Under mutex.
     std::size_t pick(Clock::time_point now) const {
-        std::size_t oldest = queues.size();
+        std::vector<QueueView> views(queues.size());
         for (std::size_t s = 0; s < queues.size(); ++s) {
-            if (queues[s].empty()) continue;
-            if (now - queues[s].front().since > options.max_wait &&
-                (oldest == queues.size() || queues[s].front().since < queues[oldest].front().since))
-                oldest = s;
+            views[s].rows = queues[s].size();
+            if (!queues[s].empty()) views[s].front_submitted = queues[s].front().since;
+            views[s].rows_run = segment_rows[s];
         }
-        if (oldest < queues.size()) return oldest;
-        // kFullest: fill relative to the segment's ideal batch, i.e. the rows a full segment-0
-        // batch sends to it at the survival rates seen so far (max_batch for segment 0).
-        std::size_t best = queues.size();
-        double best_fill = -1.0;
-        for (std::size_t s = queues.size(); s-- > 0;) {
-            if (queues[s].empty()) continue;
-            if (options.policy == ContinuousBatcherOptions::Policy::kDeepest) return s;
-            double ideal = static_cast<double>(options.max_batch);
-            if (s > 0 && segment_rows[0] > 0)
-                ideal = std::max(1.0, ideal * static_cast<double>(segment_rows[s]) / static_cast<double>(segment_rows[0]));
-            const double fill = static_cast<double>(std::min(queues[s].size(), options.max_batch)) / ideal;
-            if (fill > best_fill) {
-                best = s;
-                best_fill = fill;
-            }
-        }
-        return best;
+        return pick_queue(views, now, options);
     }
 
     // Under mutex: takes up to max_batch rows from queue s whose feeds have the same non-batch
@@ -354,11 +365,8 @@ struct ContinuousBatcher::Impl {
             calls_done += results.size() + failed.size();
             calls_failed += failed.size();
             if (!survivors.empty()) {
-                const Clock::time_point now = Clock::now();
-                for (Row& row : survivors) {
-                    row.since = now;
-                    queues[s + 1].push_back(std::move(row));
-                }
+                // `since` stays the call's submission time: the latency bound counts from there.
+                for (Row& row : survivors) queues[s + 1].push_back(std::move(row));
                 pending_rows += survivors.size();
             }
             lock.unlock();

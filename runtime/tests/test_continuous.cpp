@@ -133,6 +133,32 @@ EXITC_TEST(tiny_large_batch_small_pending_limit) {
     run_concurrently("tiny", o, 3, 2);
 }
 
+EXITC_TEST(pick_queue_rules) {
+    using std::chrono::milliseconds;
+    const auto t0 = std::chrono::steady_clock::now();
+    ContinuousBatcherOptions o;
+    o.max_batch = 32;
+    o.max_wait = std::chrono::microseconds(4000);
+    // Segment 0: 10 rows of calls submitted at 1 ms; segment 1: one row of a call submitted at 0
+    // (it has gone through segment 0). Half the rows reach segment 1, so its ideal batch is 16.
+    std::vector<QueueView> q(3);
+    q[0] = {10, t0 + milliseconds(1), 200};
+    q[1] = {1, t0, 100};
+    q[2] = {0, {}, 50};
+    // Within the bound: the fuller queue relative to its ideal batch (10/32 against 1/16).
+    CHECK_EQ(pick_queue(q, t0 + milliseconds(2), o), std::size_t{0});
+    // Past the bound, counted from submission: the row submitted first goes first, although it
+    // reached its queue only now (a bound counted per queue would let it wait again).
+    CHECK_EQ(pick_queue(q, t0 + milliseconds(5), o), std::size_t{1});
+    // kDeepest: the deepest non-empty queue while nothing is past the bound.
+    o.policy = ContinuousBatcherOptions::Policy::kDeepest;
+    CHECK_EQ(pick_queue(q, t0 + milliseconds(2), o), std::size_t{1});
+    q[1].rows = 0;
+    CHECK_EQ(pick_queue(q, t0 + milliseconds(2), o), std::size_t{0});
+    q[0].rows = 0;
+    CHECK_EQ(pick_queue(q, t0, o), q.size());
+}
+
 EXITC_TEST(single_call_matches_and_counts) {
     const Model model = Model::load(dir() + "/tiny.exitc");
     const auto cases = exitc_test::load_cases(dir() + "/tiny.cases");
