@@ -300,7 +300,8 @@ def add_subcommands(sub) -> dict:
     e.add_argument("artifact", help="compiled model directory (model.exitc)")
     e.add_argument("--repo", required=True, help="Triton model repository directory")
     e.add_argument("--name", help="model name (default: the artifact's name without .exitc)")
-    e.add_argument("--max-batch-size", type=int, default=64)
+    e.add_argument("--max-batch-size", type=int, default=64,
+                   help="most rows one request (and one dynamic batch) may hold: config.pbtxt max_batch_size")
     e.add_argument("--instances", type=int, default=1, help="instances (execution lanes) on CPU")
     e.add_argument("--backend", default="exitc", help="exitc (C++ backend) or python (Python backend + exitc.load)")
     e.add_argument("--mode", default="plain", help="plain or continuous (depth-wise batching; exitc backend)")
