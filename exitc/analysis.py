@@ -10,7 +10,7 @@ see fit rows; certification only ever reads certification rows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -49,12 +49,40 @@ def rows_needed(opts: CompileOptions) -> int:
 
 
 def check_rows(data: Dataset, opts: CompileOptions) -> None:
-    """Raise a one-line ExitcError unless `data` has rows_needed(opts) rows."""
+    """Raise a one-line ExitcError unless `data` has rows_needed(opts) rows, and as many distinct
+    ones: a row repeated is not new evidence (a set tiled up to the minimum, or one row copied
+    600 times, certified every exit on the copies: 29x on all-zero images)."""
     need = rows_needed(opts)
+    need_cert = min_rows_for(opts.target_acc, opts.confidence)
     if data.rows < need:
-        need_cert = min_rows_for(opts.target_acc, opts.confidence)
         raise ExitcError(f"{data.path}: {data.rows} calibration rows; --target-acc {opts.target_acc} at --confidence "
                          f"{opts.confidence} needs at least {need} ({need_cert} for certification)")
+    distinct = data.distinct_rows()
+    if distinct < need:
+        raise ExitcError(f"{data.path}: {data.rows} calibration rows but only {distinct} distinct (repeated rows are "
+                         f"not new evidence); --target-acc {opts.target_acc} at --confidence {opts.confidence} needs "
+                         f"at least {need} distinct rows")
+
+
+# Where the original predicts one class on at least this share of the calibration rows, the
+# compile says so: exits certified on such rows learn to answer that class.
+ONE_CLASS_SHARE = 0.99
+
+
+def one_class_note(predictions: np.ndarray, path: str) -> str | None:
+    """A warning where the original predicts one class on ONE_CLASS_SHARE of the calibration rows
+    (rows unlike the model's real inputs: blank images, padding only, one class's examples), else
+    None. The bound still holds for inputs like these rows; it says nothing about other traffic."""
+    pred = np.asarray(predictions)
+    if len(pred) == 0:
+        return None
+    values, counts = np.unique(pred, return_counts=True)
+    top = int(np.argmax(counts))
+    if counts[top] < ONE_CLASS_SHARE * len(pred):
+        return None
+    return (f"warning: the original predicts class {values[top]} on {counts[top]} of the {len(pred)} calibration "
+            f"rows in {path}; exits certified on them learn to answer that class, and the bound holds only for "
+            f"inputs like these rows: calibrate on rows like the model's real traffic")
 
 
 # Rows the original runs on to tell what its prediction output holds where nothing else runs it.
@@ -69,6 +97,7 @@ class Analysis:
     heads: list[FittedHead]
     profile: Profile | None
     prediction_kind: str               # what the original's prediction output holds: the exits answer in it
+    notes: list[str] = field(default_factory=list)  # warnings on the calibration rows (one_class_note)
 
 
 class Measurements(Protocol):
@@ -123,6 +152,9 @@ def analyse(measure: Measurements, candidates: list[Candidate], data: Dataset, f
         return Analysis(Plan.without_exits(opts.target_acc, opts.confidence, reason), [], None, kind)
     with stage("features"):
         cache = measure.features(candidates, data, opts)
+    notes = [n for n in [one_class_note(cache.predictions, data.path)] if n]
+    for n in notes:
+        log(f"exitc: {n}")
     mark("features")
     neighbours = None
     if opts.augment:
@@ -150,4 +182,4 @@ def analyse(measure: Measurements, candidates: list[Candidate], data: Dataset, f
     with stage("policy"):
         plan = policy_stage(heads, [f[cert_idx] for f in cache.features], cache.predictions[cert_idx], profile, opts)
     mark("policy")
-    return Analysis(plan, heads, profile, cache.kind)
+    return Analysis(plan, heads, profile, cache.kind, notes)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+import hashlib
+
 import numpy as np
 
 from .errors import ExitcError
@@ -29,6 +31,13 @@ class Dataset:
     @property
     def rows(self) -> int:
         return len(next(iter(self.feeds.values())))
+
+    def distinct_rows(self) -> int:
+        """Rows that differ from every other row in some input (byte for byte)."""
+        parts = [np.ascontiguousarray(a).reshape(len(a), -1).view(np.uint8).reshape(len(a), -1)
+                 for a in self.feeds.values()]
+        whole = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+        return len({hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in whole})
 
     def take(self, index: np.ndarray) -> "Dataset":
         return Dataset({k: v[index] for k, v in self.feeds.items()},

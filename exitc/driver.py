@@ -188,7 +188,7 @@ def run_pipeline(front: FrontEnd, out_dir: str, opts: CompileOptions, log=print,
                                       cost_b1=profile.original.at(1) if profile else None)
         mark("emit+verify")
         with stage("report"):
-            report.write_reports(staging, manifest, plan, candidates, heads, profile, check, opts)
+            report.write_reports(staging, manifest, plan, candidates, heads, profile, check, opts, found.notes)
             emit.commit(staging, out_dir, opts.force)
             staging = None
     finally:

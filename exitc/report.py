@@ -43,9 +43,9 @@ def _candidate_rows(candidates, heads, profile) -> list[dict]:
     return rows
 
 
-def write_reports(out_dir, manifest, plan, candidates, heads, profile, check, opts) -> None:
+def write_reports(out_dir, manifest, plan, candidates, heads, profile, check, opts, data_notes=()) -> None:
     """report.json, report.html and plots/ for a staged artifact; `check` is its exitc.verify
-    Verification."""
+    Verification; `data_notes`: warnings on the calibration rows (analysis.one_class_note)."""
     rep = {
         "manifest": {k: manifest[k] for k in ("calibration", "profile", "prediction_output", "num_classes")},
         "options": {"target_acc": opts.target_acc, "confidence": opts.confidence, "batch_size": opts.batch_size,
@@ -63,8 +63,8 @@ def write_reports(out_dir, manifest, plan, candidates, heads, profile, check, op
                  "batch1": plan.batch1,
                  "calibration_outlook": plan.outlook,
                  "reason": plan.reason,
-                 "notes": [n for n in [median_cliff_note(plan, check.batch1_form if check is not None
-                                                         else plan.batch1)] if n]},
+                 "notes": list(data_notes) + [n for n in [median_cliff_note(
+                     plan, check.batch1_form if check is not None else plan.batch1)] if n]},
         "validation": check.to_json(),
         "speed": [dict(zip(("metric", "predicted", "measured"), r)) for r in speed_rows(plan, profile, check)],
         "profile": profile.to_json() if profile else None,

@@ -137,6 +137,7 @@ def test_no_classification_output(tmp_path, cnn):
     ("shape", ["'x'", "shape"]),
     ("nan", ["'x'", "NaN or Inf"]),
     ("few", ["needs at least", "certification"]),
+    ("repeated", ["1400 calibration rows but only 200 distinct", "needs at least", "distinct rows"]),
 ])
 def test_bad_calibration_data(tmp_path, cnn, case, needles):
     rng = np.random.default_rng(0)
@@ -144,7 +145,7 @@ def test_bad_calibration_data(tmp_path, cnn, case, needles):
     arrays = {"missing": {"a": x, "b": x}, "dtype": {"x": np.full(x.shape, "abc")},
               "overflow": {"x": np.where(rng.random(x.shape) < 1e-4, 1e300, x.astype(np.float64))},
               "shape": {"x": x[:, :, :8, :8]}, "nan": {"x": np.where(rng.random(x.shape) < 1e-4, np.nan, x)},
-              "few": {"x": x[:300]}}[case]
+              "few": {"x": x[:300]}, "repeated": {"x": np.tile(x[:200], (7, 1, 1, 1))}}[case]
     np.savez(tmp_path / "c.npz", **arrays)
     assert_clean_error(exitc("compile", str(cnn / "model.onnx"), "--calib", str(tmp_path / "c.npz"), "-o",
                              str(tmp_path / "o")), *needles, out=str(tmp_path / "o"))

@@ -96,6 +96,35 @@ def test_split_rows_caps_the_fit_split():
     assert len(fit_small) == 300
 
 
+def test_one_class_calibration_rows_are_called_out():
+    from exitc.analysis import one_class_note
+    pred = np.zeros(700, np.int64)
+    note = one_class_note(pred, "c.npz")
+    assert note and "class 0 on 700 of the 700 calibration rows in c.npz" in note
+    pred[:6] = 3   # 99.1% one class: still called out
+    assert "class 0 on 694 of the 700" in one_class_note(pred, "c.npz")
+    pred[:8] = 3   # 98.9%: an imbalanced set, not one class
+    assert one_class_note(pred, "c.npz") is None
+    assert one_class_note(np.zeros(0, np.int64), "c.npz") is None
+
+
+def test_repeated_rows_count_once():
+    from exitc.analysis import check_rows
+    from exitc.data import Dataset
+    from exitc.errors import ExitcError
+    x = np.random.default_rng(0).standard_normal((700, 4)).astype(np.float32)
+    mask = np.ones((700, 2), np.int64)
+    assert Dataset({"x": x, "m": mask}, None, "c.npz").distinct_rows() == 700
+    twice = np.concatenate([x[:350], x[:350]])
+    assert Dataset({"x": twice, "m": mask}, None, "c.npz").distinct_rows() == 350
+    mask2 = mask.copy()
+    mask2[350:, 1] = 0   # the copies differ in another input: distinct rows
+    assert Dataset({"x": twice, "m": mask2}, None, "c.npz").distinct_rows() == 700
+    check_rows(Dataset({"x": x}, None, "c.npz"), CompileOptions())
+    with pytest.raises(ExitcError, match="700 calibration rows but only 350 distinct"):
+        check_rows(Dataset({"x": twice}, None, "c.npz"), CompileOptions())
+
+
 def test_median_latency_is_the_path_of_the_median_request():
     from exitc.policy import CostModel
 
