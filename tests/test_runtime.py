@@ -139,7 +139,7 @@ def test_manifest_errors(tmp_path):
     m["schema_version"] = 1
     m["prediction_kind"] = "softmax"
     json.dump(m, open(os.path.join(path, "manifest.json"), "w"))
-    with pytest.raises(ExitcError, match="field 'prediction_kind' must be one of logits, probabilities, log_probabilities"):
+    with pytest.raises(ExitcError, match='field .prediction_kind. must be "logits", "probabilities" or "log_probabilities"'):
         ExitModel(path)
     m["prediction_kind"] = "log_probabilities"
     json.dump(m, open(os.path.join(path, "manifest.json"), "w"))
