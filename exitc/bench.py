@@ -34,6 +34,12 @@ class BenchOptions:
     engine: str = "auto"
     progress: bool = True
 
+    def validate(self) -> None:
+        for flag, value in (("--batch-size", self.batch_size), ("--rounds", self.rounds),
+                            ("--latency-rows", self.latency_rows)):
+            if value < 1:
+                raise ExitcError(f"{flag} {value}: must be at least 1")
+
 
 def original_path(artifact: str, manifest: dict, given: str | None) -> str:
     path = given or manifest["source"].get("path")
@@ -42,12 +48,27 @@ def original_path(artifact: str, manifest: dict, given: str | None) -> str:
     return path
 
 
+def check_original(path: str, model, manifest: dict) -> None:
+    """The original must take the compiled model's inputs: a different model (another --original)
+    is a one-line error naming both sides, not an ONNX Runtime failure mid-run."""
+    initializers = {t.name for t in model.graph.initializer}
+    theirs = sorted(i.name for i in model.graph.input if i.name not in initializers)
+    ours = sorted(i["name"] for i in manifest["inputs"])
+    if theirs != ours:
+        raise ExitcError(f"{path}: takes inputs {', '.join(theirs) or 'none'}, the compiled model takes "
+                         f"{', '.join(ours)}: not the model it was compiled from")
+
+
 def bench(artifact: str, data_path: str, opts: BenchOptions, original: str | None = None, log=print) -> dict:
+    opts.validate()
     compiled = load(artifact, engine=opts.engine)
     manifest = compiled.manifest
     # The original as it is (prepare only names dims and makes the batch symbolic): no shapes
     # observed on made-up rows, which ORT would trust (a free dim recorded as 1 changed results).
-    model, _ = prepare(load_model(original_path(artifact, manifest, original)), output=manifest["prediction_output"])
+    path = original_path(artifact, manifest, original)
+    raw = load_model(path)
+    check_original(path, raw, manifest)
+    model, _ = prepare(raw, output=manifest["prediction_output"])
     orig = make_session(model, "original model")
     data = load_dataset(data_path, input_infos(manifest))
     n, b = data.rows, opts.batch_size

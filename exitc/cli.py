@@ -150,6 +150,7 @@ def cmd_inspect(a) -> int:
 
 
 def cmd_compile(a) -> int:
+    from .errors import ExitcError
     from .options import CompileOptions
 
     torch_module = ":" in a.model and a.model.split(":", 1)[0].endswith(".py")
@@ -162,6 +163,9 @@ def cmd_compile(a) -> int:
                           latency_weight=a.latency_weight, progress=_progress(a), force=a.force,
                           augment=not a.no_augment, never_slower=not a.allow_slower,
                           trim_padding=not a.no_trim_padding, seed=a.seed)
+    if a.example_shape and not torch_module:
+        raise ExitcError(f"--example-shape {a.example_shape}: only for a PyTorch module given as FILE.py:NAME "
+                         f"(an ONNX model's input shapes are in {os.path.basename(a.model)})")
     if torch_module:
         from .torch_frontend import compile_module_cli
 

@@ -241,7 +241,8 @@ def distill_heads(candidates: list[Candidate], features: list[np.ndarray], targe
     # mlp_max_features: MLPs are tried only on features up to this size (their fits dominate the
     # time); 800 admits 384-wide transformer features with two poolings (768). Image-like maps'
     # random-filter features (about 1600) are the exception: fixed random filters are only worth
-    # their compute with a nonlinear head on top, and an input exit has just one of them.
+    # their compute with a nonlinear head on top, and an input exit has just one of them. Where
+    # MLPs are the only kind asked for (--heads mlp), every candidate gets them, whatever its size.
     grid = {kind: tuple((l2_grid or L2_GRID).get(kind, (1e-2,))) for kind in kinds}
     workers = workers or min(4, os.cpu_count() or 1)
     # The optimiser makes many small matrix products; OpenBLAS's thread hand-offs cost more than
@@ -263,8 +264,8 @@ def _distill_heads(candidates, features, targets, kinds, folds, mlp_max_features
     fold_of = np.random.default_rng(seed).permutation(n) % folds
     heads = []
     jobs = [(k, kind, l2, f) for k in range(len(candidates)) for kind in kinds for l2 in grid[kind]
-            for f in range(folds) if kind == "linear" or features[k].shape[1] <= mlp_max_features
-            or _has_random_filters(candidates[k])]
+            for f in range(folds) if kind == "linear" or "linear" not in kinds
+            or features[k].shape[1] <= mlp_max_features or _has_random_filters(candidates[k])]
 
     def fit_fold(job):
         k, kind, l2, f = job

@@ -72,6 +72,15 @@ def test_compile_bench_run_inspect(cnn, tmp_path):
     # existing output without --force
     assert_clean_error(exitc("compile", str(cnn / "model.onnx"), "--calib", str(cnn / "calib.npz"), "-o", str(out)),
                        "already exists", "--force")
+    # bench: options out of range, and an --original that is another model
+    for flag, value in (("--batch-size", "0"), ("--rounds", "0"), ("--latency-rows", "-1")):
+        assert_clean_error(exitc("bench", str(out), "--data", str(cnn / "test.npz"), flag, value, "--json",
+                                 str(tmp_path / "b2.json")), f"{flag} {value}: must be at least 1",
+                           out=str(tmp_path / "b2.json"))
+    other = tmp_path / "other.onnx"
+    onnx.save(tiny_transformer(), other)
+    assert_clean_error(exitc("bench", str(out), "--data", str(cnn / "test.npz"), "--original", str(other)),
+                       "other.onnx: takes inputs attention_mask, input_ids", "the compiled model takes x")
 
 
 def test_transformer_two_tensor_carry_compiles(tmp_path):
@@ -149,6 +158,12 @@ def test_bad_calibration_data(tmp_path, cnn, case, needles):
     np.savez(tmp_path / "c.npz", **arrays)
     assert_clean_error(exitc("compile", str(cnn / "model.onnx"), "--calib", str(tmp_path / "c.npz"), "-o",
                              str(tmp_path / "o")), *needles, out=str(tmp_path / "o"))
+
+
+def test_example_shape_is_for_modules_only(tmp_path, cnn):
+    assert_clean_error(exitc("compile", str(cnn / "model.onnx"), "--calib", str(cnn / "calib.npz"),
+                             "--example-shape", "3,16,16", "-o", str(tmp_path / "o")),
+                       "--example-shape 3,16,16: only for a PyTorch module", out=str(tmp_path / "o"))
 
 
 @pytest.mark.parametrize("value", ["0", "1.5", "-0.1"])

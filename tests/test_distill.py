@@ -88,6 +88,17 @@ def test_distill_heads_choose_l2_on_out_of_fold_rows():
     assert h.l2 == 1e-2 and worth[1e-2] == max(worth.values()), worth
 
 
+def test_mlp_only_fits_every_candidate_whatever_its_width():
+    # MLPs beside linear heads are tried only up to mlp_max_features; asked for alone (--heads mlp),
+    # a wide candidate gets one too (it had no head at all: an internal error).
+    x, p = _teacher(n=300)
+    cand = Candidate(cut=1, tensor="t", side=(), layout="bf", features=12, row_elements=12, flops_fraction=0.5)
+    (h,) = distill_heads([cand], [x], p, kinds=("mlp",), progress=False, mlp_max_features=4)
+    assert h.kind == "mlp"
+    (h,) = distill_heads([cand], [x], p, kinds=("linear", "mlp"), progress=False, mlp_max_features=4)
+    assert h.kind == "linear"
+
+
 def test_distill_heads_do_not_depend_on_workers():
     x, p = _teacher(n=600)
     cand = Candidate(cut=1, tensor="t", side=(), layout="bf", features=12, row_elements=12, flops_fraction=0.5)
