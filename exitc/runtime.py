@@ -65,10 +65,14 @@ class ExitModel:
     def _check(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = {}
         batch = None
+        names = [i["name"] for i in self.inputs]
+        unknown = [k for k in feeds if k not in names]
+        if unknown:  # as libexitc: a misspelt name is an error, not an input silently left out
+            raise ExitcError(f"unknown input {unknown[0]!r} (model inputs: {', '.join(names)})")
         for spec in self.inputs:
             name = spec["name"]
             if name not in feeds:
-                raise ExitcError(f"missing input {name!r} (expected {[i['name'] for i in self.inputs]})")
+                raise ExitcError(f"missing input {name!r} (model inputs: {', '.join(names)})")
             arr = np.asarray(feeds[name])
             if arr.dtype != np.dtype(spec["dtype"]):
                 raise ExitcError(f"input {name!r} has dtype {arr.dtype}, expected {spec['dtype']}")

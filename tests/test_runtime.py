@@ -121,7 +121,11 @@ def test_runtime_rejects_bad_inputs(tmp_path):
     path, _ = make_artifact(tmp_path, model, sig, [0.5], feeds=feeds)
     rt = ExitModel(path)
     with pytest.raises(ExitcError, match="missing input 'x'"):
+        rt.run({})
+    with pytest.raises(ExitcError, match=r"unknown input 'y' \(model inputs: x\)"):  # as libexitc
         rt.run({"y": feeds["x"]})
+    with pytest.raises(ExitcError, match="unknown input 'y'"):
+        rt.run({"x": feeds["x"], "y": feeds["x"]})
     with pytest.raises(ExitcError, match="dtype float64"):
         rt.run({"x": feeds["x"].astype(np.float64)})
     with pytest.raises(ExitcError, match="shape"):
