@@ -43,6 +43,7 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 import exitc  # noqa: E402
 from exitc.errors import ExitcError  # noqa: E402
 from exitc.triton import backend_dir, export_triton  # noqa: E402
+from synthetic import tiny_transformer, transformer_feeds  # noqa: E402
 
 try:
     BACKEND_DIR = backend_dir()
@@ -58,6 +59,21 @@ def tiny_artifact(tmp):
         subprocess.run([sys.executable, os.path.join(ROOT, "runtime", "tests", "make_tiny_artifact.py"),
                         "--out", str(out)], check=True, capture_output=True)
     return str(out / "tiny.exitc")
+
+
+def token_artifact(tmp):
+    """A token model: two int64 inputs [batch, 8] (ids, attention mask), cut to row lengths by the
+    runtimes (manifest `sequence`), compiled from synthetic rows."""
+    import onnx
+
+    from exitc.driver import CompileOptions, compile_model
+
+    onnx.save(tiny_transformer(), tmp / "tok.onnx")
+    np.savez(tmp / "tok_calib.npz", **transformer_feeds(1400, seed=1))
+    art = tmp / "tok.exitc"
+    compile_model(str(tmp / "tok.onnx"), str(tmp / "tok_calib.npz"), str(art),
+                  CompileOptions(target_acc=0.9, progress=False), log=lambda *a: None)
+    return str(art)
 
 
 def cv_artifact():
@@ -93,7 +109,7 @@ def setup(tmp_path_factory):
     # One backend directory holding both backends (Triton takes a single --backend-directory).
     os.symlink(os.path.join(triton_paths()["server"], "backends", "python"), backends / "python")
     os.symlink(os.path.join(BACKEND_DIR, "exitc"), backends / "exitc")
-    arts = {"tiny": (tiny_artifact(tmp), None)}
+    arts = {"tiny": (tiny_artifact(tmp), None), "tok": (token_artifact(tmp), None)}
     cv = cv_artifact()
     if cv is not None:
         arts["cv"] = cv
@@ -139,6 +155,31 @@ def check_equal(model, x, got, what):
 
 
 VARIANTS = ["plain", "cont", "py"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_token_model_with_two_int64_inputs(setup, variant):
+    """Several inputs per request, int64, rows of different lengths (the runtimes cut each segment
+    run to its longest row): every batch size answers what exitc.load answers."""
+    server, _, models = setup
+    feeds = transformer_feeds(60, seed=7)
+    logits, exit_index = models["tok"].run(feeds)
+    c = http.InferenceServerClient(server.http_url)
+    try:
+        start = 0
+        for b in range(1, MAX_BATCH + 1):
+            inputs = []
+            for name in ("input_ids", "attention_mask"):
+                inp = http.InferInput(name, [b, 8], "INT64")
+                inp.set_data_from_numpy(np.ascontiguousarray(feeds[name][start:start + b]))
+                inputs.append(inp)
+            r = c.infer(f"tok_{variant}", inputs, outputs=[http.InferRequestedOutput("logits"),
+                                                           http.InferRequestedOutput("exitc_exit_index")])
+            np.testing.assert_array_equal(r.as_numpy("exitc_exit_index").reshape(-1), exit_index[start:start + b])
+            np.testing.assert_allclose(r.as_numpy("logits"), logits[0][start:start + b], rtol=1e-4, atol=1e-4)
+            start += b
+    finally:
+        c.close()
 
 
 def test_server_ready_and_models_ready(setup):
