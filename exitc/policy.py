@@ -122,7 +122,7 @@ class CostModel:
         for i in range(len(bounds) - 1):
             js = range(bounds[i] + 1, bounds[i + 1] + 1)
             fixed = self.p.call_overhead + sum(self.p.slices[j].fixed for j in js)
-            per_row = sum(self.p.slices[j].per_row for j in js)
+            per_row = sum(self.p.slices[j].per_row for j in js) + (self.p.cut_per_row if i > 0 else 0.0)
             if i < len(exits):  # the head is fused into the segment: its work, no extra call
                 fixed += self.p.heads[exits[i]].fixed
                 per_row += self.p.heads[exits[i]].per_row

@@ -174,6 +174,33 @@ def test_expected_cost_is_never_negative(points, reach_scale, batch):
     assert (parts >= -1e-12).all()
 
 
+def test_cut_cost_is_the_slope_of_what_slices_cost_beyond_the_whole_model():
+    from exitc.profile import cut_cost_per_row
+
+    # 3 slices (2 cuts): beyond the original they cost 2e-4 at batch 1 and 2e-4 + 2 * 31 * 1e-5 at
+    # batch 32, i.e. 1e-5 s a row per cut
+    t = {"original": {"batch1": 1e-3, "batch32": 1e-2},
+         "slice0": {"batch1": 4e-4, "batch32": 4e-3}, "slice1": {"batch1": 4e-4, "batch32": 4e-3},
+         "slice2": {"batch1": 4e-4, "batch32": 2e-3 + 2e-4 + 2 * 31 * 1e-5}, "head0": {"batch1": 1.0, "batch32": 1.0}}
+    assert cut_cost_per_row(t, 32) == pytest.approx(1e-5)
+    t["slice2"]["batch32"] = 1e-3  # slices cheaper than the whole at batch 32 (noise): no per-row cost
+    assert cut_cost_per_row(t, 32) == 0.0
+    assert cut_cost_per_row({"original": t["original"], "slice0": t["slice0"]}, 32) == 0.0
+
+
+def test_segments_after_the_first_pay_the_cut_per_row():
+    from exitc.policy import CostModel
+
+    p = Profile(32, Cost(1e-3, 1e-3), [Cost(0.0, 1e-4)] * 3, [Cost(0.0, 1e-6)] * 2, 1e-5, cut_per_row=2e-5)
+    flat = Profile(32, Cost(1e-3, 1e-3), [Cost(0.0, 1e-4)] * 3, [Cost(0.0, 1e-6)] * 2, 1e-5)
+    with_cut, without = CostModel(p).segments([0, 1]), CostModel(flat).segments([0, 1])
+    assert with_cut[0] == without[0]
+    for a, b in zip(with_cut[1:], without[1:]):
+        assert a.per_row == pytest.approx(b.per_row + 2e-5) and a.fixed == b.fixed
+    assert p.cut_to_lengths(0.5, 0.25).cut_per_row == pytest.approx(5e-6)
+    assert p.to_json()["cut_per_row"] == 2e-5
+
+
 def test_cut_to_lengths_prices_the_backbone_cut_and_keeps_the_users_original():
     """A token model cut to row lengths: the original and the slices cost the length factors of
     their full-length cost at both batch sizes, heads and the per-call cost stay, speedups stay

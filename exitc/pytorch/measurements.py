@@ -23,7 +23,7 @@ from ..options import CompileOptions
 from ..passes.candidates import Candidate
 from ..passes.fx import Observed, build_fx_segments, extract_segment, input_names, output_node, pool_features
 from ..predictions import LOGITS
-from ..profile import Cost, Profile, calibrate_slices, measure_interleaved, without_call
+from ..profile import Cost, Profile, calibrate_slices, cut_cost_per_row, measure_interleaved, without_call
 from .inputs import _torch_feeds
 from .runtime import TorchExitHead, torch_exit_head
 
@@ -95,7 +95,7 @@ def profile_torch(gm, candidates, heads: list[TorchExitHead], mask_input: str | 
     original = cost["original"]
     slices = calibrate_slices([cost[f"slice{seg.index}"] for seg in segments], original, overhead, b)
     head_costs = [without_call(cost[f"head{k}"], overhead, b) for k in range(len(heads))]
-    return Profile(b, original, slices, head_costs, overhead, timings)
+    return Profile(b, original, slices, head_costs, overhead, timings, cut_per_row=cut_cost_per_row(timings, b))
 
 
 def find_mask_input(obs: dict[str, Observed], names: list[str]) -> str | None:
