@@ -74,6 +74,16 @@ class Plan:
     # What more calibration rows would buy (rows_outlook): per calibration-set size, the
     # certification rows, the agreement they must show, the fit split's predicted batch speedup.
     outlook: list[dict] = field(default_factory=list)
+    # Predicted batch-1 (mean, median) seconds of each form in BATCH1_FORMS for this plan: verify
+    # may change the form on measurement, and the report then shows that form's prediction.
+    batch1_predictions: dict = field(default_factory=dict)
+
+    def use_batch1_form(self, form: str) -> None:
+        """Batch-1 requests run `form` (one of BATCH1_FORMS): the plan's batch-1 predictions
+        become that form's."""
+        self.batch1 = form
+        self.predicted_cost_b1, self.predicted_median_b1 = self.batch1_predictions.get(
+            form, (self.original_cost_b1, self.original_cost_b1))
 
     @property
     def predicted_speedup(self) -> float:
@@ -557,6 +567,10 @@ def certify_plan(exits: list[int], fit_scores: np.ndarray, fit_agree: np.ndarray
     if obj[i] >= 1.0:
         return no_exits("no certified configuration is cheaper than the original model", curve)
     fractions = [(cert_exit[i] == e).mean() for e in range(len(exits) + 1)]
+    reach_i = cert_reach[i]
+    first_mean, first_median = cm.first_exit_latency(exits, reach_i)
+    forms = {"exits": (float(cm.expected(exits, reach_i, 1)), float(cm.median_latency(exits, reach_i))),
+             "first_exit": (float(first_mean), float(first_median)), "original": (orig_1, orig_1)}
     return Plan(exits=exits, thresholds=[float(t) for t in th[i]], mu=float(CERT_MU_GRID[i]), target=target,
                 confidence=confidence, n_fit=len(fit_scores), n_certify=n_cert,
                 agreement_fit=float(fit_agreement[i]), agreement_certify=float(cert_agreement[i]),
@@ -564,7 +578,8 @@ def certify_plan(exits: list[int], fit_scores: np.ndarray, fit_agree: np.ndarray
                 exit_fractions=[float(f) for f in fractions], predicted_cost_batch=float(costs[i]),
                 predicted_cost_b1=float(mean_b1[i]), original_cost_batch=orig_b, original_cost_b1=orig_1,
                 reason="", curve=curve, predicted_median_b1=float(median_b1[i]),
-                full_depth_overhead=full_depth_overhead(cm, exits), batch1=BATCH1_FORMS[form_b1[i]])
+                full_depth_overhead=full_depth_overhead(cm, exits), batch1=BATCH1_FORMS[form_b1[i]],
+                batch1_predictions=forms)
 
 
 # --------------------------------------------------------------------------------------------

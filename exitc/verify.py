@@ -493,8 +493,7 @@ def verify_stage(staging: str, manifest: dict, model: onnx.ModelProto, sig: Sign
                 "run the original model")
         log(f"exitc: {note}")
         check.notes.append(note)
-        plan.batch1 = "original"
-        plan.predicted_median_b1 = plan.predicted_cost_b1 = plan.original_cost_b1
+        plan.use_batch1_form("original")
         emit.write_batch1_form(staging, manifest, "original", model)
         check.latency_ms_b1.pop("conditional", None)  # that was the If-graph
         measure(staging, model, holdout, opts.batch_size, manifest["conditional"], check)
@@ -505,7 +504,7 @@ def verify_stage(staging: str, manifest: dict, model: onnx.ModelProto, sig: Sign
     # slower), the first-exit form gets its measured chance; not again after it measured slower.
     if act and check.batch1_form == "original" and policy_form != "first_exit" \
             and try_first_exit(staging, manifest, model, holdout, check, log):
-        plan.batch1 = "first_exit"
+        plan.use_batch1_form("first_exit")
         choose_batch1(check, manifest["conditional"])
     manifest["profile"]["measured"] = {
         "throughput_ratio": check.throughput_ratio, "p50_ratio_b1": check.p50_ratio_b1,

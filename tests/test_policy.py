@@ -70,6 +70,16 @@ def test_policy_stage_certifies_and_holds_on_fresh_data():
     assert plan.predicted_cost_batch < plan.original_cost_batch
     assert len(plan.thresholds) == len(plan.exits)
     assert not plan.gates or len(plan.gates) == len(plan.exits)
+    # every batch-1 form priced; the chosen one's figures are the plan's, and a form verify
+    # switches to brings its own (the report showed 1.00x for a first-exit form chosen there)
+    assert set(plan.batch1_predictions) == set(BATCH1_FORMS)
+    assert plan.batch1_predictions[plan.batch1] == pytest.approx((plan.predicted_cost_b1, plan.predicted_median_b1))
+    plan.use_batch1_form("first_exit")
+    assert plan.batch1 == "first_exit"
+    assert (plan.predicted_cost_b1, plan.predicted_median_b1) == plan.batch1_predictions["first_exit"]
+    assert plan.predicted_cost_b1 != plan.original_cost_b1
+    plan.use_batch1_form("original")
+    assert plan.predicted_cost_b1 == plan.predicted_median_b1 == plan.original_cost_b1
     # fresh rows from the same distribution: agreement at the target (up to sampling noise)
     _, fresh_feats, fresh_pred = _heads(3000, 20000, seed=0)
     assert _true_agreement(plan, heads, fresh_feats, fresh_pred) >= 0.95 - 0.005
