@@ -96,6 +96,14 @@ class _Fields:
                 self.fail(f"{self.join(path, key)}[{i}]", "must be a string")
         return arr
 
+    def indexed_object(self, obj, path: str, expected: int, what: str = "an object") -> None:
+        """`obj` is `what` (an object) whose 'index' field is `expected` (a segment, its exit)."""
+        if not isinstance(obj, dict):
+            self.fail(path, f"must be {what}")
+        index = self.integer(obj, path, "index")
+        if index != expected:
+            self.fail(f"{path}.index", f"is {index}, expected {expected}")
+
     def tensor_spec(self, obj, path: str) -> None:
         if not isinstance(obj, dict):
             self.fail(path, "must be an object")
@@ -187,11 +195,7 @@ def validate_manifest(m, origin: str) -> None:
     exits = 0
     for s, seg in enumerate(segments):
         path = f"segments[{s}]"
-        if not isinstance(seg, dict):
-            r.fail(path, "must be an object")
-        index = r.integer(seg, path, "index")
-        if index != s:
-            r.fail(f"{path}.index", f"is {index}, expected {s}")
+        r.indexed_object(seg, path, s)
         if not r.string(seg, path, "file"):
             r.fail(f"{path}.file", "is empty")
         for i, name in enumerate(r.string_list(seg, path, "inputs")):
@@ -211,11 +215,7 @@ def validate_manifest(m, origin: str) -> None:
             r.fail(f"{path}.exit", "is missing; every segment but the last has an exit")
         if ex is not None:
             epath = f"{path}.exit"
-            if not isinstance(ex, dict):
-                r.fail(epath, "must be an object or null")
-            e_index = r.integer(ex, epath, "index")
-            if e_index != s:
-                r.fail(f"{epath}.index", f"is {e_index}, expected {s}")
+            r.indexed_object(ex, epath, s, "an object or null")
             r.string(ex, epath, "logits")
             r.string(ex, epath, "score")
             r.number(ex, epath, "threshold")

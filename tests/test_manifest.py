@@ -5,26 +5,18 @@ with the same words (the cases of runtime/tests/test_manifest.cpp and more)."""
 
 import copy
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 
 from exitc.errors import ExitcError
 from exitc.manifest import read_manifest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tiny_artifacts):
     """The C++ tests' tiny artifact: 3 segments, 2 exits, a conditional form."""
-    out = tmp_path_factory.mktemp("artifacts")
-    subprocess.run([sys.executable, os.path.join(ROOT, "runtime", "tests", "make_tiny_artifact.py"), "--out", str(out)],
-                   check=True, capture_output=True)
-    return out / "tiny.exitc"
+    return tiny_artifacts / "tiny.exitc"
 
 
 def _set(path, value):

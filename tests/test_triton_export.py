@@ -14,11 +14,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny")
-    subprocess.run([sys.executable, os.path.join(ROOT, "runtime", "tests", "make_tiny_artifact.py"), "--out", str(out)],
-                   check=True, capture_output=True)
-    return str(out / "tiny.exitc"), str(out / "side.exitc")
+def tiny(tiny_artifacts):
+    return str(tiny_artifacts / "tiny.exitc"), str(tiny_artifacts / "side.exitc")
 
 
 def cli(*args):
