@@ -9,10 +9,9 @@ values fit) and refused otherwise; `Dataset.casts` says what was cast.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
-
-import hashlib
 
 import numpy as np
 
@@ -33,7 +32,7 @@ class Dataset:
         return len(next(iter(self.feeds.values())))
 
     def distinct_rows(self) -> int:
-        """Rows that differ from every other row in some input (byte for byte)."""
+        """How many different rows there are (a row's inputs compared byte for byte)."""
         parts = [np.ascontiguousarray(a).reshape(len(a), -1).view(np.uint8).reshape(len(a), -1)
                  for a in self.feeds.values()]
         whole = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
