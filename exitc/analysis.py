@@ -57,7 +57,7 @@ def check_rows(data: Dataset, opts: CompileOptions) -> None:
     if data.rows < need:
         raise ExitcError(f"{data.path}: {data.rows} calibration rows; --target-acc {opts.target_acc} at --confidence "
                          f"{opts.confidence} needs at least {need} ({need_cert} for certification)")
-    distinct = data.distinct_rows()
+    distinct = data.distinct_rows
     if distinct < need:
         raise ExitcError(f"{data.path}: {data.rows} calibration rows but only {distinct} distinct (repeated rows are "
                          f"not new evidence); --target-acc {opts.target_acc} at --confidence {opts.confidence} needs "

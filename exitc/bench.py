@@ -20,6 +20,7 @@ from .data import load_dataset
 from .errors import ExitcError
 from .manifest import input_infos
 from .measure import batch1_latencies, run_all, run_interleaved
+from .passes.graph import GraphIndex
 from .passes.normalize import load_model, prepare
 from .report import format_table
 from .runtime import load
@@ -51,8 +52,7 @@ def original_path(artifact: str, manifest: dict, given: str | None) -> str:
 def check_original(path: str, model, manifest: dict) -> None:
     """The original must take the compiled model's inputs: a different model (another --original)
     is a one-line error naming both sides, not an ONNX Runtime failure mid-run."""
-    initializers = {t.name for t in model.graph.initializer}
-    theirs = sorted(i.name for i in model.graph.input if i.name not in initializers)
+    theirs = sorted(GraphIndex.build(model).graph_inputs)
     ours = sorted(i["name"] for i in manifest["inputs"])
     if theirs != ours:
         raise ExitcError(f"{path}: takes inputs {', '.join(theirs) or 'none'}, the compiled model takes "

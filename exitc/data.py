@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -31,8 +32,11 @@ class Dataset:
     def rows(self) -> int:
         return len(next(iter(self.feeds.values())))
 
+    @cached_property
     def distinct_rows(self) -> int:
-        """How many different rows there are (a row's inputs compared byte for byte)."""
+        """How many different rows there are (a row's inputs compared byte for byte). Kept: the
+        torch front end checks the rows before tracing and the pipeline again (1.2 s on
+        cv_native's 3000 images)."""
         parts = [np.ascontiguousarray(a).reshape(len(a), -1).view(np.uint8).reshape(len(a), -1)
                  for a in self.feeds.values()]
         whole = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]

@@ -145,19 +145,16 @@ def _json_type(v) -> str:
     return {str: "string", list: "array", dict: "object"}.get(type(v), type(v).__name__)
 
 
-def validate_manifest(m, origin: str) -> None:
-    """The checks of the C++ reader (Manifest::parse), in its order, with its messages."""
+def _validate_fields(m: dict, origin: str) -> None:
+    """The checks of the C++ reader (Manifest::parse) after the root and 'format' (read_manifest
+    checks those first: a JSON file that is not an exitc manifest is said to be that), in its
+    order, with its messages."""
     r = _Fields(origin)
-    if not isinstance(m, dict):
-        r.fail("(root)", "must be a JSON object")
     version = r.member(m, "", "schema_version")
     if not _is_int(version):
         r.fail("schema_version", f"must be an integer, got {r.describe(version)}")
     if version not in SUPPORTED_VERSIONS:
         raise ExitcError(f"{origin}: schema_version {version!r} is not supported (this exitc reads {list(SUPPORTED_VERSIONS)})")
-    fmt = r.string(m, "", "format")
-    if fmt != FORMAT:
-        r.fail("format", f'must be "{FORMAT}", got "{fmt}"')
     r.optional_string(m, "", "exitc_version")
     r.optional_string(m, "", "backend")
     inputs = r.tensor_specs(m, "", "inputs")
@@ -272,7 +269,7 @@ def validate_manifest(m, origin: str) -> None:
 
 
 def read_manifest(path: str) -> dict:
-    """Read and validate `path/manifest.json` (validate_manifest) and check that the files it
+    """Read and validate `path/manifest.json` (_validate_fields) and check that the files it
     names exist; errors name the file and the field."""
     mpath = os.path.join(path, MANIFEST)
     if not os.path.isdir(path):
@@ -286,7 +283,7 @@ def read_manifest(path: str) -> dict:
         raise ExitcError(f"{mpath}: not valid JSON ({exc})") from None
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise ExitcError(f"{mpath}: not an exitc manifest (field 'format' must be {FORMAT!r})")
-    validate_manifest(m, mpath)
+    _validate_fields(m, mpath)
     for i, seg in enumerate(m["segments"]):
         f = os.path.join(path, seg["file"])
         if not os.path.isfile(f):

@@ -237,6 +237,16 @@ def required_rate(n_cert: int, target: float, confidence: float) -> float:
 BATCH1_FORMS = ("exits", "first_exit", "original")
 
 
+def batch1_form_latencies(cm: CostModel, exits: list[int], reach: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Expected and median batch-1 latency [..., len(BATCH1_FORMS)] of every form (see
+    batch1_forms) under each configuration [...]."""
+    orig = np.full(reach.shape[:-1], cm.p.original.at(1))
+    first_mean, first_median = cm.first_exit_latency(exits, reach)
+    mean = np.stack([cm.expected(exits, reach, 1), first_mean, orig], axis=-1)
+    median = np.stack([cm.median_latency(exits, reach), first_median, orig], axis=-1)
+    return mean, median
+
+
 def batch1_forms(cm: CostModel, exits: list[int], reach: np.ndarray,
                  never_slower: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """What batch-1 requests run under each configuration [...]: (form, an index into
@@ -253,12 +263,9 @@ def batch1_forms(cm: CostModel, exits: list[int], reach: np.ndarray,
     `never_slower`, a form qualifies only if its median request is predicted at most
     MEDIAN_TOLERANCE slower than the original's ("original" always does), and the qualifying form
     with the lowest expected latency is taken; without, batch-1 requests run the plan's exits."""
-    orig = np.full(reach.shape[:-1], cm.p.original.at(1))
-    first_mean, first_median = cm.first_exit_latency(exits, reach)
-    mean = np.stack([cm.expected(exits, reach, 1), first_mean, orig], axis=-1)
-    median = np.stack([cm.median_latency(exits, reach), first_median, orig], axis=-1)
+    mean, median = batch1_form_latencies(cm, exits, reach)
     if never_slower:
-        ok = median <= orig[..., None] * (1.0 + MEDIAN_TOLERANCE)
+        ok = median <= median[..., 2:] * (1.0 + MEDIAN_TOLERANCE)
         ok[..., 2] = True
         form = np.where(ok, mean, np.inf).argmin(axis=-1)
     else:
@@ -567,10 +574,9 @@ def certify_plan(exits: list[int], fit_scores: np.ndarray, fit_agree: np.ndarray
     if obj[i] >= 1.0:
         return no_exits("no certified configuration is cheaper than the original model", curve)
     fractions = [(cert_exit[i] == e).mean() for e in range(len(exits) + 1)]
-    reach_i = cert_reach[i]
-    first_mean, first_median = cm.first_exit_latency(exits, reach_i)
-    forms = {"exits": (float(cm.expected(exits, reach_i, 1)), float(cm.median_latency(exits, reach_i))),
-             "first_exit": (float(first_mean), float(first_median)), "original": (orig_1, orig_1)}
+    means, medians = batch1_form_latencies(cm, exits, cert_reach[i])
+    forms = {f: (float(means[k]), float(medians[k])) for k, f in enumerate(BATCH1_FORMS)}
+    forms["original"] = (orig_1, orig_1)  # the user's model itself: what speedups are relative to
     return Plan(exits=exits, thresholds=[float(t) for t in th[i]], mu=float(CERT_MU_GRID[i]), target=target,
                 confidence=confidence, n_fit=len(fit_scores), n_certify=n_cert,
                 agreement_fit=float(fit_agreement[i]), agreement_certify=float(cert_agreement[i]),

@@ -201,29 +201,30 @@ def profile_costs(model: onnx.ModelProto, heads: list[FittedHead], mask_input: s
     # the NLP sample 0.35 ms per call, 40x a trivial graph's; ignoring it predicted a batch-1
     # speedup where there was a slowdown).
     timed = [c for c in slices if c is not NO_COST]
-    split_extra = (sum(c.at(1) for c in timed) - original.at(1)) / max(len(timed) - 1, 1)
     smallest_call = min((min(max(c.fixed, 0.0), c.at(1)) for c in head_costs + timed), default=0.0)
-    overhead = max(smallest_call, split_extra, 0.0)
+    overhead = max(smallest_call, split_cost(slices, original, 1), 0.0)
     return Profile(b, original, calibrate_slices(slices, original, overhead, b),
                    [without_call(h, overhead, b) for h in head_costs], overhead, timings,
-                   cut_per_row=cut_cost_per_row(timings, b))
+                   cut_per_row=cut_cost_per_row(slices, original, b))
 
 
-def cut_cost_per_row(timings: dict, batch: int) -> float:
-    """Seconds per row that a cut between two segments costs beyond the per-call cost: the slices,
-    each timed as its own call, cost in sum more than the monolithic model, per extra call, by a
-    line in the rows (the carried tensors written out and read back, fusions and cache reuse lost
-    across the cut); its slope, 0 where the line falls (noise). Measured: on the CV and NLP
-    samples 0.2-1.0% of the original's cost a row; on small models of a few ms a batch 3-9%
-    (a channel-shuffle net with SE blocks at 32 px: predicted 1.98x at batch 32 without it,
-    measured 1.38x), where every extra exit's cut decides whether it pays."""
-    slices = [v for k, v in timings.items() if k.startswith("slice")]
-    original = timings.get("original")
-    if len(slices) < 2 or original is None or batch <= 1:
+def split_cost(slices: list[Cost], original: Cost, rows: int) -> float:
+    """What the slices (empty ones aside), each called on its own with `rows` rows, cost in sum
+    beyond the monolithic model, per extra call."""
+    timed = [c for c in slices if c is not NO_COST]
+    return (sum(c.at(rows) for c in timed) - original.at(rows)) / max(len(timed) - 1, 1)
+
+
+def cut_cost_per_row(slices: list[Cost], original: Cost, batch: int) -> float:
+    """Seconds per row that a cut between two segments costs beyond the per-call cost: split_cost
+    grows with the rows (the carried tensors written out and read back, fusions and cache reuse
+    lost across the cut); its slope between batch 1 and `batch`, 0 where it falls (noise).
+    Measured: on the CV and NLP samples 0.2-1.0% of the original's cost a row; on small models of
+    a few ms a batch 3-9% (a channel-shuffle net with SE blocks at 32 px: predicted 1.98x at
+    batch 32 without it, measured 1.38x), where every extra exit's cut decides whether it pays."""
+    if sum(c is not NO_COST for c in slices) < 2 or batch <= 1:
         return 0.0
-    at = {rows: (sum(v[key] for v in slices) - original[key]) / (len(slices) - 1)
-          for rows, key in ((1, "batch1"), (batch, f"batch{batch}"))}
-    return max(0.0, (at[batch] - at[1]) / (batch - 1))
+    return max(0.0, (split_cost(slices, original, batch) - split_cost(slices, original, 1)) / (batch - 1))
 
 
 def without_call(cost: Cost, overhead: float, batch: int) -> Cost:

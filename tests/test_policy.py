@@ -124,12 +124,12 @@ def test_repeated_rows_count_once():
     from exitc.errors import ExitcError
     x = np.random.default_rng(0).standard_normal((700, 4)).astype(np.float32)
     mask = np.ones((700, 2), np.int64)
-    assert Dataset({"x": x, "m": mask}, None, "c.npz").distinct_rows() == 700
+    assert Dataset({"x": x, "m": mask}, None, "c.npz").distinct_rows == 700
     twice = np.concatenate([x[:350], x[:350]])
-    assert Dataset({"x": twice, "m": mask}, None, "c.npz").distinct_rows() == 350
+    assert Dataset({"x": twice, "m": mask}, None, "c.npz").distinct_rows == 350
     mask2 = mask.copy()
     mask2[350:, 1] = 0   # the copies differ in another input: distinct rows
-    assert Dataset({"x": twice, "m": mask2}, None, "c.npz").distinct_rows() == 700
+    assert Dataset({"x": twice, "m": mask2}, None, "c.npz").distinct_rows == 700
     check_rows(Dataset({"x": x}, None, "c.npz"), CompileOptions())
     with pytest.raises(ExitcError, match="700 calibration rows but only 350 distinct"):
         check_rows(Dataset({"x": twice}, None, "c.npz"), CompileOptions())

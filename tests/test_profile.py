@@ -178,14 +178,14 @@ def test_cut_cost_is_the_slope_of_what_slices_cost_beyond_the_whole_model():
     from exitc.profile import cut_cost_per_row
 
     # 3 slices (2 cuts): beyond the original they cost 2e-4 at batch 1 and 2e-4 + 2 * 31 * 1e-5 at
-    # batch 32, i.e. 1e-5 s a row per cut
-    t = {"original": {"batch1": 1e-3, "batch32": 1e-2},
-         "slice0": {"batch1": 4e-4, "batch32": 4e-3}, "slice1": {"batch1": 4e-4, "batch32": 4e-3},
-         "slice2": {"batch1": 4e-4, "batch32": 2e-3 + 2e-4 + 2 * 31 * 1e-5}, "head0": {"batch1": 1.0, "batch32": 1.0}}
-    assert cut_cost_per_row(t, 32) == pytest.approx(1e-5)
-    t["slice2"]["batch32"] = 1e-3  # slices cheaper than the whole at batch 32 (noise): no per-row cost
-    assert cut_cost_per_row(t, 32) == 0.0
-    assert cut_cost_per_row({"original": t["original"], "slice0": t["slice0"]}, 32) == 0.0
+    # batch 32, i.e. 1e-5 s a row per cut; an empty slice (before an input exit at cut 0) is no call
+    original = Cost.from_two(1e-3, 1e-2, 32)
+    slices = [NO_COST, Cost.from_two(4e-4, 4e-3, 32), Cost.from_two(4e-4, 4e-3, 32),
+              Cost.from_two(4e-4, 2e-3 + 2e-4 + 2 * 31 * 1e-5, 32)]
+    assert cut_cost_per_row(slices, original, 32) == pytest.approx(1e-5)
+    slices[3] = Cost.from_two(4e-4, 1e-3, 32)  # slices cheaper than the whole at batch 32 (noise): no per-row cost
+    assert cut_cost_per_row(slices, original, 32) == 0.0
+    assert cut_cost_per_row([NO_COST, slices[1]], original, 32) == 0.0
 
 
 def test_segments_after_the_first_pay_the_cut_per_row():

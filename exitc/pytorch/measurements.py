@@ -93,9 +93,11 @@ def profile_torch(gm, candidates, heads: list[TorchExitHead], mask_input: str | 
     timings = {name: {"batch1": t1[name], f"batch{b}": tb[name]} for name in t1}
     cost = {name: Cost.from_two(t1[name], tb[name], b) for name in t1}
     original = cost["original"]
-    slices = calibrate_slices([cost[f"slice{seg.index}"] for seg in segments], original, overhead, b)
+    measured = [cost[f"slice{seg.index}"] for seg in segments]
+    slices = calibrate_slices(measured, original, overhead, b)
     head_costs = [without_call(cost[f"head{k}"], overhead, b) for k in range(len(heads))]
-    return Profile(b, original, slices, head_costs, overhead, timings, cut_per_row=cut_cost_per_row(timings, b))
+    return Profile(b, original, slices, head_costs, overhead, timings,
+                   cut_per_row=cut_cost_per_row(measured, original, b))
 
 
 def find_mask_input(obs: dict[str, Observed], names: list[str]) -> str | None:
