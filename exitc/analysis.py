@@ -10,7 +10,8 @@ see fit rows; certification only ever reads certification rows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -48,20 +49,40 @@ def rows_needed(opts: CompileOptions) -> int:
     return max(int(np.ceil(need_cert / opts.certify_fraction)), need_cert + 100)
 
 
+def reachable_target(rows: int, opts: CompileOptions) -> float | None:
+    """The highest --target-acc (rounded down to 0.001) that `rows` calibration rows can be
+    asked for at opts.confidence and opts.certify_fraction (the inverse of rows_needed), or None
+    where they suffice for no target above 0.5."""
+    m = min(int(rows * opts.certify_fraction), rows - 100)  # certification rows rows_needed asks for
+    if m < 1:
+        return None
+    t = math.floor((1.0 - opts.confidence) ** (1.0 / m) * 1000) / 1000
+    while t > 0.5 and rows_needed(replace(opts, target_acc=t)) > rows:  # float rounding at the edge
+        t = round(t - 0.001, 3)
+    return t if t > 0.5 else None
+
+
 def check_rows(data: Dataset, opts: CompileOptions) -> None:
     """Raise a one-line ExitcError unless `data` has rows_needed(opts) rows, and as many distinct
     ones: a row repeated is not new evidence (a set tiled up to the minimum, or one row copied
-    600 times, certified every exit on the copies: 29x on all-zero images)."""
+    600 times, certified every exit on the copies: 29x on all-zero images). The message says
+    which target the rows could be asked for instead (reachable_target)."""
     need = rows_needed(opts)
     need_cert = min_rows_for(opts.target_acc, opts.confidence)
+
+    def instead(rows: int) -> str:
+        t = reachable_target(rows, opts)
+        return f"; these rows allow --target-acc {t} at most" if t is not None else ""
+
     if data.rows < need:
         raise ExitcError(f"{data.path}: {data.rows} calibration rows; --target-acc {opts.target_acc} at --confidence "
-                         f"{opts.confidence} needs at least {need} ({need_cert} for certification)")
+                         f"{opts.confidence} needs at least {need} ({need_cert} for certification)"
+                         f"{instead(data.rows)}")
     distinct = data.distinct_rows
     if distinct < need:
         raise ExitcError(f"{data.path}: {data.rows} calibration rows but only {distinct} distinct (repeated rows are "
                          f"not new evidence); --target-acc {opts.target_acc} at --confidence {opts.confidence} needs "
-                         f"at least {need} distinct rows")
+                         f"at least {need} distinct rows{instead(distinct)}")
 
 
 # Where the original predicts one class on at least this share of the calibration rows, the

@@ -145,8 +145,9 @@ def test_no_classification_output(tmp_path, cnn):
     ("overflow", ["'x'", "dtype float64", "do not all convert"]),
     ("shape", ["'x'", "shape"]),
     ("nan", ["'x'", "NaN or Inf"]),
-    ("few", ["needs at least", "certification"]),
-    ("repeated", ["1400 calibration rows but only 200 distinct", "needs at least", "distinct rows"]),
+    ("few", ["needs at least", "certification", "these rows allow --target-acc 0.98 at most"]),
+    ("repeated", ["1400 calibration rows but only 200 distinct", "needs at least", "distinct rows",
+                  "--target-acc 0.97 at most"]),
 ])
 def test_bad_calibration_data(tmp_path, cnn, case, needles):
     rng = np.random.default_rng(0)

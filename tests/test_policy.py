@@ -131,8 +131,22 @@ def test_repeated_rows_count_once():
     mask2[350:, 1] = 0   # the copies differ in another input: distinct rows
     assert Dataset({"x": twice, "m": mask2}, None, "c.npz").distinct_rows == 700
     check_rows(Dataset({"x": x}, None, "c.npz"), CompileOptions())
-    with pytest.raises(ExitcError, match="700 calibration rows but only 350 distinct"):
+    with pytest.raises(ExitcError, match="700 calibration rows but only 350 distinct.*--target-acc 0.983 at most"):
         check_rows(Dataset({"x": twice}, None, "c.npz"), CompileOptions())
+
+
+def test_reachable_target_is_the_highest_target_the_rows_allow():
+    from dataclasses import replace
+
+    from exitc.analysis import reachable_target, rows_needed
+    for opts in (CompileOptions(), CompileOptions(confidence=0.99), CompileOptions(certify_fraction=0.3)):
+        for rows in (120, 300, 597, 598, 1000, 3000):
+            t = reachable_target(rows, opts)
+            assert t is not None and 0.5 < t < 1.0
+            assert rows_needed(replace(opts, target_acc=t)) <= rows          # allowed
+            assert rows_needed(replace(opts, target_acc=round(t + 0.001, 3))) > rows   # and the highest
+    assert reachable_target(598, CompileOptions()) == 0.99
+    assert reachable_target(100, CompileOptions()) is None   # certifies nothing above 0.5
 
 
 def test_median_latency_is_the_path_of_the_median_request():
