@@ -6,7 +6,9 @@ practice: channel shuffles and squeeze-excitation (Reshape/Transpose between con
 global-pool branch multiplied back), DenseNet concatenations (every cut carries a growing
 tensor), Inception branches (several tensors cross most cuts), ConvNeXt blocks (NCHW <-> NHWC
 permutes around LayerNorm), a ViT (class token, nn.TransformerEncoderLayer), an MLP-Mixer
-returning log-probabilities, and an NHWC-input network returning probabilities. Each is fitted
+returning log-probabilities, an NHWC-input network returning probabilities, and four image
+classifiers from the `transformers` library's own modeling code (Swin, MobileViT, ConvNeXt V2,
+DeiT; small configs, randomly initialised). Each is fitted
 for a few hundred steps on Fashion-MNIST photos (Debian `dataset-fashion-mnist`, resized to
 32 px, 3 channels), so that its predictions spread over the classes, then exported by the
 dynamo exporter (opset 18) and the TorchScript exporter (opset 13), compiled by `exitc compile
@@ -23,11 +25,14 @@ Needs torch (scripts/setup_samples.sh) and the Fashion-MNIST package (bench/zoo/
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,7 +196,39 @@ class NhwcProbs(nn.Module):
         return torch.softmax(self.fc(x.mean((2, 3))), -1)
 
 
-# name -> (module class, what its output holds, whether its input is NHWC)
+class Transformers(nn.Module):
+    """An image classifier as the `transformers` library writes it (randomly initialised from a
+    small config, then fitted like the others): its modeling code is what users export, with
+    its own reshapes (Swin's window partitions and shifted-window rolls, MobileViT's unfolding
+    into patches, ConvNeXt V2's global response norm, DeiT's two tokens)."""
+
+    def __init__(self, arch: str):
+        super().__init__()
+        import transformers as T  # slow to import: only where these families run
+
+        make = {
+            "swin": lambda: T.SwinForImageClassification(T.SwinConfig(
+                image_size=SIDE, patch_size=2, embed_dim=24, depths=[2, 2], num_heads=[2, 4], window_size=4,
+                num_labels=10, attn_implementation="eager")),
+            "mobilevit": lambda: T.MobileViTForImageClassification(T.MobileViTConfig(
+                image_size=SIDE, hidden_sizes=[32, 48, 64], neck_hidden_sizes=[8, 8, 16, 24, 32, 40, 160],
+                num_labels=10, attn_implementation="eager")),
+            "convnextv2": lambda: T.ConvNextV2ForImageClassification(T.ConvNextV2Config(
+                patch_size=2, hidden_sizes=[16, 32, 64], depths=[1, 2, 1], num_stages=3, num_labels=10)),
+            "deit": lambda: T.DeiTForImageClassification(T.DeiTConfig(
+                image_size=SIDE, patch_size=4, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+                intermediate_size=128, num_labels=10, attn_implementation="eager")),
+        }
+        # attn_implementation="eager": attention as plain MatMul/Softmax, as models exported for
+        # ONNX are usually written (the SDPA default does not export at opset 13 and kept Swin
+        # from exporting through the dynamo exporter too).
+        self.model = make[arch]()
+
+    def forward(self, x):
+        return self.model(pixel_values=x).logits
+
+
+# name -> (module factory, what its output holds, whether its input is NHWC)
 FAMILIES = {
     "shuffle_se": (ShuffleSE, "logits", False),
     "dense": (Dense, "logits", False),
@@ -200,6 +237,10 @@ FAMILIES = {
     "vit_like": (ViTLike, "logits", False),
     "mixer": (Mixer, "log_probabilities", False),
     "nhwc_probs": (NhwcProbs, "probabilities", True),
+    "hf_swin": (partial(Transformers, "swin"), "logits", False),
+    "hf_mobilevit": (partial(Transformers, "mobilevit"), "logits", False),
+    "hf_convnextv2": (partial(Transformers, "convnextv2"), "logits", False),
+    "hf_deit": (partial(Transformers, "deit"), "logits", False),
 }
 EXPORTERS = {"dynamo": 18, "torchscript": 13}
 
@@ -233,11 +274,12 @@ def fit(model: nn.Module, kind: str, x: torch.Tensor, y: torch.Tensor, steps: in
 def export(model: nn.Module, x: torch.Tensor, path: Path, exporter: str) -> str | None:
     """Writes `path`; returns torch's one-line reason where the export fails."""
     dynamo = exporter == "dynamo"
-    try:
-        torch.onnx.export(model, (x[:2],), str(path), input_names=["img"], output_names=["out"], dynamo=dynamo,
-                          opset_version=EXPORTERS[exporter],
-                          dynamic_shapes=({0: torch.export.Dim("n")},) if dynamo else None,
-                          dynamic_axes=None if dynamo else {"img": {0: "n"}, "out": {0: "n"}})
+    try:  # torch prints whole graphs on some failures: kept out of the table's output
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            torch.onnx.export(model, (x[:2],), str(path), input_names=["img"], output_names=["out"], dynamo=dynamo,
+                              opset_version=EXPORTERS[exporter],
+                              dynamic_shapes=({0: torch.export.Dim("n")},) if dynamo else None,
+                              dynamic_axes=None if dynamo else {"img": {0: "n"}, "out": {0: "n"}})
     except Exception as exc:  # torch's own failure, reported as a row of the table
         return f"{type(exc).__name__}: {str(exc).splitlines()[0][:100]}"
     return None
