@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import io
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -281,7 +282,8 @@ def export(model: nn.Module, x: torch.Tensor, path: Path, exporter: str) -> str 
                               dynamic_shapes=({0: torch.export.Dim("n")},) if dynamo else None,
                               dynamic_axes=None if dynamo else {"img": {0: "n"}, "out": {0: "n"}})
     except Exception as exc:  # torch's own failure, reported as a row of the table
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:100]}"
+        first = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines()[0]  # no terminal colours in the table
+        return f"{type(exc).__name__}: {first[:100]}"
     return None
 
 
