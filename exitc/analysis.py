@@ -28,7 +28,7 @@ from .passes.normalize import Signature
 from .passes.sequence import SequenceAxis, length_factors, row_lengths
 from .policy import Plan, certification_rows, policy_stage
 from .profile import Profile, given_profile, profile_costs
-from .stats import min_rows_for
+from .stats import max_target_for, min_rows_for
 
 
 def split_rows(n: int, certify_fraction: float, seed: int, max_fit_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -39,24 +39,28 @@ def split_rows(n: int, certify_fraction: float, seed: int, max_fit_rows: int | N
     return np.sort(perm[n_cert:]), np.sort(perm[:n_cert])
 
 
+# Rows rows_needed asks for beyond the certification minimum at the least (some rows to fit on).
+MIN_FIT_ROWS = 100
+
+
 def rows_needed(opts: CompileOptions) -> int:
     """Calibration rows --target-acc at --confidence needs: enough that --certify-fraction of them
-    can certify it (stats.min_rows_for), and at least 100 more than that minimum; 0 at
+    can certify it (stats.min_rows_for), and at least MIN_FIT_ROWS more than that minimum; 0 at
     --target-acc 1.0 (no exit is certified)."""
     if opts.target_acc >= 1.0:
         return 0
     need_cert = min_rows_for(opts.target_acc, opts.confidence)
-    return max(int(np.ceil(need_cert / opts.certify_fraction)), need_cert + 100)
+    return max(int(np.ceil(need_cert / opts.certify_fraction)), need_cert + MIN_FIT_ROWS)
 
 
 def reachable_target(rows: int, opts: CompileOptions) -> float | None:
     """The highest --target-acc (rounded down to 0.001) that `rows` calibration rows can be
     asked for at opts.confidence and opts.certify_fraction (the inverse of rows_needed), or None
     where they suffice for no target above 0.5."""
-    m = min(int(rows * opts.certify_fraction), rows - 100)  # certification rows rows_needed asks for
+    m = min(int(rows * opts.certify_fraction), rows - MIN_FIT_ROWS)  # certification rows rows_needed asks for
     if m < 1:
         return None
-    t = math.floor((1.0 - opts.confidence) ** (1.0 / m) * 1000) / 1000
+    t = math.floor(max_target_for(m, opts.confidence) * 1000) / 1000
     while t > 0.5 and rows_needed(replace(opts, target_acc=t)) > rows:  # float rounding at the edge
         t = round(t - 0.001, 3)
     return t if t > 0.5 else None

@@ -38,6 +38,12 @@ def min_rows_for(target: float, confidence: float) -> int:
     return int(math.ceil(math.log(1.0 - confidence) / math.log(target)))
 
 
+def max_target_for(rows: int, confidence: float) -> float:
+    """The inverse of min_rows_for: the highest target a perfect score on `rows` certification
+    rows certifies (before rounding; min_rows_for of it is at most `rows`)."""
+    return (1.0 - confidence) ** (1.0 / rows)
+
+
 def fixed_sequence(successes: list[int], n: int, target: float, confidence: float) -> int:
     """Index of the last configuration accepted by fixed-sequence testing, or -1 if none."""
     alpha = 1.0 - confidence

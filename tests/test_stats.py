@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from exitc.stats import binomial_p_value, clopper_pearson_lower, fixed_sequence, min_rows_for
+from exitc.stats import binomial_p_value, clopper_pearson_lower, fixed_sequence, max_target_for, min_rows_for
 
 
 def test_clopper_pearson_known_values():
@@ -24,6 +24,10 @@ def test_min_rows():
     assert min_rows_for(0.99, 0.95) == 299
     assert clopper_pearson_lower(299, 299, 0.95) >= 0.99 > clopper_pearson_lower(298, 298, 0.95)
     assert min_rows_for(1.0, 0.95) == 0
+    for rows in (50, 299, 1000):  # max_target_for inverts it: a perfect score on `rows` certifies it
+        t = max_target_for(rows, 0.95)
+        assert t == pytest.approx(clopper_pearson_lower(rows, rows, 0.95), rel=1e-9)
+        assert min_rows_for(t - 1e-9, 0.95) <= rows < min_rows_for(t + 1e-6, 0.95)
 
 
 def test_clopper_pearson_coverage_simulated():
