@@ -27,7 +27,7 @@ from .passes.candidates import Candidate
 from .passes.normalize import Signature
 from .passes.sequence import SequenceAxis, length_factors, row_lengths
 from .policy import Plan, certification_rows, policy_stage
-from .profile import Profile, given_profile, profile_costs
+from .profile import Profile, TrimTiming, given_profile, profile_costs
 from .stats import max_target_for, min_rows_for
 
 
@@ -164,12 +164,15 @@ class OnnxMeasurements:
 
 
 def analyse(measure: Measurements, candidates: list[Candidate], data: Dataset, fit_idx: np.ndarray, cert_idx: np.ndarray,
-            opts: CompileOptions, log=print, mark=lambda name: None, sequence: SequenceAxis | None = None) -> Analysis:
+            opts: CompileOptions, log=print, mark=lambda name: None, sequence: SequenceAxis | None = None,
+            trim: TrimTiming | None = None) -> Analysis:
     """features -> augment -> distill -> profile -> policy, one call per stage, on `measure`'s
     measurements (:class:`OnnxMeasurements` or the torch front end's). Guarantees: the heads are fitted
     on the fit rows only, the plan certified on the certification rows only; no exit where there is no
     candidate or --target-acc is 1.0. `sequence`: a token model that runtimes cut to row lengths;
-    measured costs are priced for that (profile.Profile.cut_to_lengths)."""
+    measured costs are priced for that (profile.Profile.cut_to_lengths), by what cutting measured
+    on calibration rows (`trim`, profile.measure_trimming) or, not measured, by the rows'
+    lengths (passes.sequence.length_factors)."""
     if not candidates or opts.target_acc >= 1.0:
         reason = "no candidate exit points found" if not candidates else "--target-acc 1.0 admits no early exit"
         with stage("features"):  # what the prediction output holds, for the manifest: from a few rows
@@ -199,7 +202,10 @@ def analyse(measure: Measurements, candidates: list[Candidate], data: Dataset, f
             profile = given_profile(opts.cost_profile, candidates, min(opts.batch_size, len(fit_idx)))
         else:
             profile = measure.profile(heads, data.take(fit_idx), opts)
-            if sequence is not None:
+            if sequence is not None and trim is not None:
+                profile = profile.cut_to_lengths(*trim.factors(), padded=trim.padded_factors())
+                profile.timings["trimming"] = trim.to_json()
+            elif sequence is not None:
                 profile = profile.cut_to_lengths(*length_factors(
                     row_lengths(data.feeds[sequence.mask][fit_idx]), profile.call_rows(), sequence.length,
                     profile.batch_size))

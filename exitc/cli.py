@@ -30,6 +30,7 @@ class _DefaultsFormatter(argparse.HelpFormatter):
 
 def _parser(version: str) -> argparse.ArgumentParser:
     from .options import CompileOptions as D  # defaults, one definition (imports nothing heavy)
+    from .options import TRIM_PADDING
 
     p = argparse.ArgumentParser(prog="exitc", description="Early-exit model compiler.")
     p.add_argument("--version", action="version", version=f"exitc {version}")
@@ -65,8 +66,11 @@ def _parser(version: str) -> argparse.ArgumentParser:
                    help="seed of the fit/certification split, the synthetic neighbours and the head fits")
     c.add_argument("--no-augment", action="store_true",
                    help="fit heads on the calibration rows only, without synthetic neighbours labelled by the original")
-    c.add_argument("--no-trim-padding", action="store_true",
-                   help="token models: run every row at the padded length (no sequence trimming or length buckets)")
+    c.add_argument("--trim-padding", choices=TRIM_PADDING, default=D.trim_padding,
+                   help="token models: cut rows to their length where the cut graph is exact and (auto) measures "
+                        "faster than the padded model on calibration rows, wherever it is exact (always), or never")
+    c.add_argument("--no-trim-padding", action="store_const", const="never", dest="trim_padding",
+                   help="the same as --trim-padding never")
     c.add_argument("--allow-slower", action="store_true",
                    help="accept plans whose median batch-1 request or batch cost is slower than the original's")
     c.add_argument("-o", "--out", help="output directory (default: MODEL with suffix .exitc)")
@@ -162,7 +166,7 @@ def cmd_compile(a) -> int:
                           head_kinds=tuple(k for k in a.heads.split(",") if k),
                           latency_weight=a.latency_weight, progress=_progress(a), force=a.force,
                           augment=not a.no_augment, never_slower=not a.allow_slower,
-                          trim_padding=not a.no_trim_padding, seed=a.seed)
+                          trim_padding=a.trim_padding, seed=a.seed)
     if a.example_shape and not torch_module:
         raise ExitcError(f"--example-shape {a.example_shape}: only for a PyTorch module given as FILE.py:NAME "
                          f"(an ONNX model's input shapes are in {os.path.basename(a.model)})")

@@ -35,7 +35,7 @@ from .passes.sequence import SequenceAxis, open_sequence, sequence_open_view
 from .passes.shape_reads import resolve_shape_reads
 from .passes.split import find_mask_input
 from .policy import Plan
-from .profile import Profile
+from .profile import MIN_TRIM_SAVING, Profile, TrimTiming, measure_trimming
 from .verify import Verification, verify_stage
 
 @dataclass
@@ -76,6 +76,9 @@ class FrontEnd:
     # opened graph before observation (the batch-1 form "original"); None / `reference` otherwise.
     sequence: SequenceAxis | None = None
     runnable: onnx.ModelProto | None = None
+    # What cutting the rows to their length measured on calibration rows (profile.measure_trimming);
+    # None: not measured (costs given, --trim-padding always): the profile estimates it.
+    trim: TrimTiming | None = None
 
 
 def normalise_stage(raw: onnx.ModelProto, read_data: Callable[[Signature], Dataset], opts: CompileOptions,
@@ -88,8 +91,19 @@ def normalise_stage(raw: onnx.ModelProto, read_data: Callable[[Signature], Datas
     if data.casts:
         log(f"exitc: {data.path}: cast to the model's input dtypes: "
             + ", ".join(f"{k} {v}" for k, v in data.casts.items()))
-    runnable, sequence, why = (open_sequence(reference, sig.inputs, sig.output.name, data.feeds) if opts.trim_padding
-                               else (reference, None, None))
+    runnable, sequence, why = (open_sequence(reference, sig.inputs, sig.output.name, data.feeds)
+                               if opts.trim_padding != "never" else (reference, None, None))
+    trim = None
+    # Costs given for another machine (opts.cost_profile) outrank timings taken here.
+    if sequence is not None and opts.trim_padding == "auto" and opts.cost_profile is None:
+        trim = measure_trimming(reference, runnable, sequence, data.feeds, opts.batch_size, opts.seed)
+        if not trim.pays(opts.latency_weight):
+            b = trim.batch_size
+            log(f"exitc: rows run at the padded length: cut to their length, calibration rows measured "
+                f"{trim.cut[1] / trim.padded[1]:.2f}x the padded model's time at batch {b} and "
+                f"{trim.cut[0] / trim.padded[0]:.2f}x at batch 1 (kept where it saves at least "
+                f"{MIN_TRIM_SAVING:.0%}; --trim-padding always keeps it)")
+            runnable, sequence, trim = reference, None, None
     if sequence is not None:
         log(f"exitc: token inputs {', '.join(sequence.inputs)} padded to {sequence.length}: a batch runs at the "
             f"length of its longest row ({sequence.mask!r} says which tokens are padding)")
@@ -105,7 +119,7 @@ def normalise_stage(raw: onnx.ModelProto, read_data: Callable[[Signature], Datas
     if sig.fixed_axes:
         shapes = ", ".join(f"{i.name}{i.shape}" for i in sig.inputs)
         log(f"exitc: {label} runs only at the size of the calibration rows; compiled for {shapes}")
-    return FrontEnd(model, sig, data, reference, path, label, sequence=sequence, runnable=runnable)
+    return FrontEnd(model, sig, data, reference, path, label, sequence=sequence, runnable=runnable, trim=trim)
 
 
 def load_stage(model_path: str, calib_path: str, opts: CompileOptions, log=print) -> FrontEnd:
@@ -160,7 +174,7 @@ def run_pipeline(front: FrontEnd, out_dir: str, opts: CompileOptions, log=print,
     fit_idx, cert_idx = split_rows(data.rows, opts.certify_fraction, opts.seed, opts.max_fit_rows)
     holdout = data.take(cert_idx) if len(cert_idx) else data
     found = analyse(OnnxMeasurements(model, sig, mask_input, elem_types), candidates, data, fit_idx, cert_idx, opts,
-                    log, mark, front.sequence)
+                    log, mark, front.sequence, front.trim)
     plan, heads, profile = found.plan, found.heads, found.profile
 
     staging = None

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 
 HEAD_KINDS = ("linear", "mlp")
+TRIM_PADDING = ("auto", "always", "never")
 
 
 @dataclass
@@ -58,8 +59,11 @@ class CompileOptions:
     augment: bool = True
     # Token models: open the sequence axis so a batch runs at its longest row's length, and let
     # runtimes split a batch by length (exitc.passes.sequence); kept only where the opened graph
-    # computes what the original does on calibration rows.
-    trim_padding: bool = True
+    # computes what the original does on calibration rows, and with "auto" only where it also
+    # measures faster than the padded model on them (profile.measure_trimming; with costs given,
+    # cost_profile, as "always"). "never": rows run at the padded length. (True / False: "auto" /
+    # "never".)
+    trim_padding: str = "auto"
     seed: int = 0
     progress: bool = True
     force: bool = False
@@ -82,5 +86,9 @@ class CompileOptions:
             raise ExitcError(f"--heads: no head kind given ({', '.join(HEAD_KINDS)})")
         if self.seed < 0:
             raise ExitcError(f"--seed {self.seed} must be >= 0")
+        if isinstance(self.trim_padding, bool):
+            self.trim_padding = "auto" if self.trim_padding else "never"
+        if self.trim_padding not in TRIM_PADDING:
+            raise ExitcError(f"--trim-padding {self.trim_padding!r}: expected one of {', '.join(TRIM_PADDING)}")
         if self.max_fit_rows < 50:
             raise ExitcError(f"--max-fit-rows {self.max_fit_rows} must be >= 50")

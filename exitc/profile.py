@@ -22,7 +22,8 @@ from .data import Dataset
 from .distill import FittedHead
 from .passes.candidates import Candidate
 from .passes.graph import GraphIndex
-from .passes.sequence import DEFAULT_CALL_ROWS
+from .passes.sequence import (DEFAULT_CALL_ROWS, SequenceAxis, cut_feeds, length_chunks, longest, row_lengths,
+                              trim_feeds)
 from .passes.split import build_segments, head_model
 from .predictions import LOGITS
 
@@ -91,21 +92,27 @@ class Profile:
             return DEFAULT_CALL_ROWS
         return round(max(MIN_CALL_ROWS, line.fixed / line.per_row), 3)
 
-    def cut_to_lengths(self, factor_b1: float, factor_batch: float) -> "Profile":
+    def cut_to_lengths(self, factor_b1: float, factor_batch: float,
+                       padded: tuple[float, float] | None = None) -> "Profile":
         """This profile for a token model whose runtime cuts rows to their length: the original and
         every slice cost `factor_b1` of their full-length cost at batch 1 and `factor_batch` at the
         deployment batch (exitc.passes.sequence.length_factors), a cut's per-row cost
         `factor_batch` (its carried tensors are cut too); heads (pooled features, a few layers)
         and the per-call cost stay. The policy then compares plans with the model that the
         artifact runs without exits (the original, cut), and speedups stay relative to the user's
-        model (`padded_original`)."""
+        model (`padded_original`). `padded`: the user's model's cost relative to the measured
+        `original` at (batch 1, the deployment batch) where they differ (TrimTiming.padded_factors:
+        the opened graph measured at the padded length is not the user's file); None: the same."""
         b = self.batch_size
 
         def cut(c: Cost) -> Cost:
             return NO_COST if c is NO_COST else Cost.through(c.at(1) * factor_b1, c.at(b) * factor_batch, b)
 
+        user = self.user_original
+        if padded is not None:
+            user = Cost.through(user.at(1) * padded[0], user.at(b) * padded[1], b)
         return replace(self, original=cut(self.original), slices=[cut(c) for c in self.slices],
-                       padded_original=self.user_original, cut_per_row=self.cut_per_row * factor_batch,
+                       padded_original=user, cut_per_row=self.cut_per_row * factor_batch,
                        timings={**self.timings, "length_factors": {"batch1": factor_b1, f"batch{b}": factor_batch}})
 
     def to_json(self) -> dict:
@@ -144,6 +151,121 @@ def measure_interleaved(jobs: list[tuple[str, OrtSession, dict]], reps: int, bar
         if bar:
             bar.update(1)
     return {name: float(np.median(v)) for name, v in times.items()}
+
+
+class _Calls:
+    """Several calls of one session timed as one job (measure_interleaved): a batch split by
+    length, each part cut to its longest row, as runtimes run it."""
+
+    def __init__(self, sess: OrtSession):
+        self.sess = sess
+
+    def run(self, parts: list[dict]):
+        for part in parts:
+            self.sess.run(part)
+
+
+@dataclass(frozen=True)
+class TrimTiming:
+    """A token model's sequence trimming as measured on calibration rows: seconds at batch 1 (a
+    row) and at the deployment batch of the model as the user gave it at the padded length
+    (`padded`), the opened graph at the padded length (`opened`, what the profile measures slices
+    on) and the opened graph on the same rows as runtimes run them (`cut`: a batch split by
+    length, each part cut to its longest row; see measure_trimming)."""
+
+    batch_size: int
+    padded: tuple[float, float]
+    opened: tuple[float, float]
+    cut: tuple[float, float]
+
+    def factors(self) -> tuple[float, float]:
+        """What cutting rows to their length does to a cost measured on the opened graph at the
+        padded length, at (batch 1, the deployment batch): Profile.cut_to_lengths' factors."""
+        return tuple(c / o if o > 0 else 1.0 for c, o in zip(self.cut, self.opened))
+
+    def padded_factors(self) -> tuple[float, float]:
+        """The user's model relative to the opened graph, both at the padded length."""
+        return tuple(p / o if o > 0 else 1.0 for p, o in zip(self.padded, self.opened))
+
+    def relative(self, latency_weight: float) -> float:
+        """The cut graph's time relative to the user's model, weighted as the policy weighs its
+        objective (batch 1: `latency_weight`, the deployment batch: the rest)."""
+        r1, rb = (c / p if p > 0 else 1.0 for c, p in zip(self.cut, self.padded))
+        return (1.0 - latency_weight) * rb + latency_weight * r1
+
+    def pays(self, latency_weight: float) -> bool:
+        return self.relative(latency_weight) <= 1.0 - MIN_TRIM_SAVING
+
+    def to_json(self) -> dict:
+        b = self.batch_size
+        return {name: {"batch1": v[0], f"batch{b}": v[1]}
+                for name, v in (("padded", self.padded), ("opened", self.opened), ("cut", self.cut))}
+
+
+# Sequence trimming is kept only where it measures at least this much faster than the padded
+# model (TrimTiming.pays): about the run-to-run spread of such a measurement here, and a smaller
+# gain does not pay for a graph whose shapes ONNX Runtime no longer knows. Why measure at all: on
+# tiny text classifiers (bench/text_families.py: transformers' BERT, ALBERT, ELECTRA, ... with 32
+# hidden units at 32 tokens) the opened graph cut to its rows measured 1.01-1.13x the padded
+# model's time at batch 32 on 9 of 13 exports, where the estimate from the rows' lengths
+# (length_factors) said 0.78-0.89x; 11 of the exports, compiled both ways, predicted a median
+# 1.35x of their measured batch-32 speedup with the estimate and 1.10x with this (measured mean
+# 2.18x and 2.27x). On the samples (MiniLM at 128 tokens) it measures 0.54-0.57x (nlp_austen) and
+# 0.67x (NLP) at batch 32.
+MIN_TRIM_SAVING = 0.05
+# Rows and rounds of that measurement: on the nlp_austen sample (MiniLM at 128 tokens, a ~250-s
+# compile) about 20 s. With 2 rounds one disturbed call moves a result (a median of 2 is a mean).
+TRIM_BATCHES, TRIM_ROWS_B1, TRIM_ROUNDS_B1, TRIM_ROUNDS = 2, 8, 5, 3
+
+
+def measure_trimming(padded: onnx.ModelProto, opened: onnx.ModelProto, axis: SequenceAxis, feeds: dict,
+                     batch_size: int, seed: int = 0) -> TrimTiming:
+    """Time the user's model (`padded`) and the opened graph at the padded length and cut to the
+    rows' lengths, interleaved, on TRIM_ROWS_B1 single calibration rows (each cut to its length)
+    and TRIM_BATCHES random batches of `batch_size` rows (split by length as runtimes split them,
+    passes.sequence.length_chunks, each part cut to its longest row). Sums over the rows and over
+    the batches.
+
+    The split needs a call's cost in rows, read off the line through the padded model's batch-1
+    and batch timings (Profile.call_rows does the same for the runtimes): here from the single
+    rows and a first pass over the batches, TRIM_ROUNDS each. With one round for that pass the
+    split moved between runs, and with it what the cut batches cost (nlp_austen: 0.82 s and 0.71 s
+    for the same two batches). Cut in one call each, the same batches cost 0.86x the padded model
+    against 0.54x split: the split is what runtimes pay, so it is what is timed."""
+    n = len(feeds[axis.mask])
+    b = max(1, min(batch_size, n))
+    rng = np.random.default_rng(seed)
+    s_pad, s_open = make_session(padded, "original model"), make_session(opened, "opened graph")
+    cut_calls = _Calls(s_open)
+    singles = [take_rows(feeds, rng.choice(n, 1)) for _ in range(TRIM_ROWS_B1)]
+    batches = [take_rows(feeds, np.sort(rng.choice(n, b, replace=False))) for _ in range(TRIM_BATCHES)]
+
+    def cut_parts(f: dict, call_rows: float) -> list[dict]:
+        lengths = row_lengths(f[axis.mask])
+        return [cut_feeds(take_rows(f, chunk), axis, longest(lengths[chunk]))
+                for chunk in length_chunks(lengths, call_rows, axis.length) if len(chunk)]
+
+    def total(t: dict, name: str) -> float:
+        return sum(v for k, v in t.items() if k.rstrip("0123456789") == name)
+
+    t1 = measure_interleaved([job for i, f in enumerate(singles) for job in (
+        (f"padded{i}", s_pad, f), (f"opened{i}", s_open, f), (f"cut{i}", s_open, trim_feeds(f, axis)))],
+        TRIM_ROUNDS_B1)
+    tb = measure_interleaved([job for i, f in enumerate(batches) for job in (
+        (f"padded{i}", s_pad, f), (f"opened{i}", s_open, f))], TRIM_ROUNDS)
+    line = Cost.from_two(total(t1, "padded") / len(singles), total(tb, "padded") / len(batches), b)
+    call_rows = max(MIN_CALL_ROWS, line.fixed / line.per_row) if line.per_row > 0 else DEFAULT_CALL_ROWS
+    tc = measure_interleaved([job for i, f in enumerate(batches) for job in (
+        (f"padded{i}", s_pad, f), (f"cut{i}", cut_calls, cut_parts(f, call_rows)))], TRIM_ROUNDS)
+    # the batches' cut time relative to the padded model in its own rounds, on pass 1's scale
+    cut_b = total(tc, "cut") / total(tc, "padded") * total(tb, "padded")
+    return TrimTiming(b, (total(t1, "padded"), total(tb, "padded")), (total(t1, "opened"), total(tb, "opened")),
+                      (total(t1, "cut"), cut_b))
+
+
+def take_rows(feeds: dict, rows: np.ndarray) -> dict:
+    """Those rows of every input (contiguous)."""
+    return {k: np.ascontiguousarray(v[rows]) for k, v in feeds.items()}
 
 
 def _backbone_jobs(model: onnx.ModelProto, cands: list[Candidate], mask_input: str | None, feeds: dict):

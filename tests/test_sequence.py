@@ -14,6 +14,7 @@ from exitc.driver import CompileOptions, compile_model
 from exitc.passes.normalize import prepare
 from exitc.passes.sequence import (check_open_sequence, find_sequence_axis, length_chunks, open_sequence,
                                    open_sequence_axis, row_lengths, trim_feeds, trimmed_length)
+from exitc.profile import TrimTiming
 from exitc.runtime import ExitModel
 
 from synthetic import tiny_transformer, transformer_feeds
@@ -136,7 +137,8 @@ def compiled(tmp_path_factory):
     np.savez(tmp / "calib.npz", **transformer_feeds(1200, seq=16))
     out = str(tmp / "m.exitc")
     res = compile_model(str(tmp / "m.onnx"), str(tmp / "calib.npz"), out,
-                        CompileOptions(target_acc=0.9, progress=False, never_slower=False), log=lambda *a: None)
+                        CompileOptions(target_acc=0.9, progress=False, never_slower=False, trim_padding="always"),
+                        log=lambda *a: None)
     return src, out, res
 
 
@@ -242,3 +244,99 @@ def test_exported_bert_runs_cut_to_its_rows(tmp_path, exporter, seq, attn):
         part = {k: v[rows] for k, v in feeds.items()}
         np.testing.assert_allclose(run(opened, {k: v[:, :n] for k, v in part.items()}), run(model, part),
                                    rtol=1e-3, atol=1e-4)
+
+
+def test_trim_timing_arithmetic():
+    t = TrimTiming(32, padded=(2.0, 10.0), opened=(2.5, 11.0), cut=(1.0, 5.5))
+    assert t.factors() == pytest.approx((0.4, 0.5))            # cut / opened: what the profile's costs are scaled by
+    assert t.padded_factors() == pytest.approx((0.8, 10 / 11))  # the user's model / the opened graph
+    assert t.relative(0.25) == pytest.approx(0.75 * 0.55 + 0.25 * 0.5) and t.pays(0.25)
+    same = TrimTiming(32, (2.0, 10.0), (2.0, 10.0), (1.98, 9.8))  # 2% faster: within the noise
+    assert not same.pays(0.25)
+    assert t.to_json() == {"padded": {"batch1": 2.0, "batch32": 10.0}, "opened": {"batch1": 2.5, "batch32": 11.0},
+                           "cut": {"batch1": 1.0, "batch32": 5.5}}
+
+
+def _compile_tokens(tmp_path, **opts):
+    onnx.save(tiny_transformer(), tmp_path / "m.onnx")
+    np.savez(tmp_path / "calib.npz", **transformer_feeds(600))
+    lines = []
+    res = compile_model(str(tmp_path / "m.onnx"), str(tmp_path / "calib.npz"), str(tmp_path / "m.exitc"),
+                        CompileOptions(target_acc=0.9, progress=False, never_slower=False, **opts), log=lines.append)
+    return res, lines
+
+
+def test_auto_runs_rows_padded_where_cutting_measures_no_faster(tmp_path, monkeypatch):
+    """--trim-padding auto (the default): the opened graph is exact here, but cut to the rows it
+    measured slower than the padded model: rows run at the padded length, and the log says so."""
+    import exitc.driver as driver
+
+    slow = TrimTiming(32, padded=(1e-3, 1e-2), opened=(1e-3, 1e-2), cut=(0.9e-3, 1.1e-2))
+    monkeypatch.setattr(driver, "measure_trimming", lambda *a, **k: slow)
+    res, lines = _compile_tokens(tmp_path)
+    assert res.manifest["sequence"] is None
+    assert "trimming" not in res.profile.timings and "length_factors" not in res.profile.timings
+    said = [line for line in lines if "rows run at the padded length" in line]
+    assert len(said) == 1 and "1.10x the padded model's time at batch 32 and 0.90x at batch 1" in said[0]
+
+
+def test_auto_prices_cutting_as_measured(tmp_path, monkeypatch):
+    """Where cutting pays, the profile's costs are scaled by what it measured (not estimated from
+    the rows' lengths), and speedups stay relative to the user's model as measured."""
+    import exitc.driver as driver
+
+    fast = TrimTiming(32, padded=(2e-3, 2e-2), opened=(2.5e-3, 2.5e-2), cut=(1e-3, 1e-2))
+    monkeypatch.setattr(driver, "measure_trimming", lambda *a, **k: fast)
+    res, _ = _compile_tokens(tmp_path)
+    assert res.manifest["sequence"] is not None
+    b = res.profile.batch_size
+    assert res.profile.timings["trimming"] == fast.to_json()
+    assert res.profile.timings["length_factors"] == pytest.approx({"batch1": 0.4, f"batch{b}": 0.4})
+    measured = res.profile.timings["original"]
+    assert res.profile.user_original.at(b) == pytest.approx(measured[f"batch{b}"] * 0.8, rel=1e-6)
+
+
+def test_always_keeps_cutting_without_timing_it(tmp_path, monkeypatch):
+    import exitc.driver as driver
+
+    def not_called(*a, **k):
+        raise AssertionError("--trim-padding always measured the trimming")
+
+    monkeypatch.setattr(driver, "measure_trimming", not_called)
+    res, _ = _compile_tokens(tmp_path, trim_padding="always")
+    assert res.manifest["sequence"] is not None and "trimming" not in res.profile.timings
+
+
+def test_measure_trimming_runs_the_cut_graph_on_cut_rows(monkeypatch):
+    """The measurement times the opened graph on rows cut as runtimes cut them (shorter than the
+    padded length where a batch's rows are), and the padded model at the padded length."""
+    import exitc.profile as profile
+
+    model, sig = prepare(tiny_transformer(seq=16))
+    feeds = transformer_feeds(64, seq=16)
+    opened, axis, why = open_sequence(model, sig.inputs, sig.output.name, feeds)
+    assert why is None
+    seen = {"original model": set(), "opened graph": set()}
+    real = profile.make_session
+
+    def recording(m, label):
+        sess = real(m, label)
+        inner = sess.run
+        sess.run = lambda f, *a, inner=inner: (seen[label].add(f["attention_mask"].shape[1]), inner(f, *a))[1]
+        return sess
+
+    monkeypatch.setattr(profile, "make_session", recording)
+    t = profile.measure_trimming(model, opened, axis, feeds, 32)
+    assert t.batch_size == 32 and min(t.padded + t.opened + t.cut) > 0
+    assert seen["original model"] == {16} and 16 in seen["opened graph"] and min(seen["opened graph"]) < 16
+
+
+def test_trim_padding_values():
+    from exitc.errors import ExitcError
+
+    for given, meant in ((True, "auto"), (False, "never"), ("always", "always")):
+        opts = CompileOptions(trim_padding=given)
+        opts.validate()
+        assert opts.trim_padding == meant
+    with pytest.raises(ExitcError, match="--trim-padding 'sometimes': expected one of auto, always, never"):
+        CompileOptions(trim_padding="sometimes").validate()

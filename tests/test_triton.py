@@ -72,7 +72,7 @@ def token_artifact(tmp):
     np.savez(tmp / "tok_calib.npz", **transformer_feeds(1400, seed=1))
     art = tmp / "tok.exitc"
     compile_model(str(tmp / "tok.onnx"), str(tmp / "tok_calib.npz"), str(art),
-                  CompileOptions(target_acc=0.9, progress=False), log=lambda *a: None)
+                  CompileOptions(target_acc=0.9, progress=False, trim_padding="always"), log=lambda *a: None)
     return str(art)
 
 

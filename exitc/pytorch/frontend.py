@@ -154,7 +154,7 @@ def compile(module: torch.nn.Module, example_inputs=None, calib=None, target_acc
             head_kinds: tuple[str, ...] = CompileOptions.head_kinds, max_candidates: int = CompileOptions.max_candidates,
             seed: int = 0, output_name: str = "logits", exporter: str = "auto", progress: bool = False, log=print,
             latency_weight: float = CompileOptions.latency_weight, cost_profile=None, augment: bool = True,
-            never_slower: bool = True):
+            never_slower: bool = True, trim_padding: str = CompileOptions.trim_padding):
     """Compile a PyTorch classifier into an early-exit model.
 
     module: an ``nn.Module`` whose forward returns one tensor [batch, classes] (logits or
@@ -163,7 +163,7 @@ def compile(module: torch.nn.Module, example_inputs=None, calib=None, target_acc
     :func:`to_dataset`. output_name: the prediction output's name in the artifact. cost_profile:
     optional ``f(candidates, batch_size) -> exitc.profile.Profile`` giving the costs instead of
     timing them here (reproducible compiles, costs from the target machine). augment,
-    never_slower and the other options as :class:`exitc.options.CompileOptions` (the same pipeline
+    never_slower, trim_padding and the other options as :class:`exitc.options.CompileOptions` (the same pipeline
     runs them). exporter: for the ONNX fallback of an untraceable module.
 
     Returns :class:`TorchCompiled`, or :class:`OnnxCompiled` when torch.fx cannot trace the module
@@ -173,7 +173,7 @@ def compile(module: torch.nn.Module, example_inputs=None, calib=None, target_acc
                           certify_fraction=certify_fraction, max_fit_rows=max_fit_rows, max_candidates=max_candidates,
                           head_kinds=tuple(head_kinds), seed=seed, progress=progress,
                           latency_weight=latency_weight, cost_profile=cost_profile, augment=augment,
-                          never_slower=never_slower)
+                          never_slower=never_slower, trim_padding=trim_padding)
     return compile_with_options(module, example_inputs, calib, opts, exporter, log)
 
 
