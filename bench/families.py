@@ -24,15 +24,8 @@ Needs torch (scripts/setup_samples.sh) and the Fashion-MNIST package (bench/zoo/
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import io
 import json
-import re
-import subprocess
 import sys
-import tempfile
-import time
 from functools import partial
 from pathlib import Path
 
@@ -44,6 +37,7 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from bench.exports import compile_and_read, parse_args, torch_export  # noqa: E402
 from bench.zoo.inputs import fashion_train  # noqa: E402
 from exitc.report import format_table  # noqa: E402
 
@@ -275,48 +269,17 @@ def fit(model: nn.Module, kind: str, x: torch.Tensor, y: torch.Tensor, steps: in
 def export(model: nn.Module, x: torch.Tensor, path: Path, exporter: str) -> str | None:
     """Writes `path`; returns torch's one-line reason where the export fails."""
     dynamo = exporter == "dynamo"
-    try:  # torch prints whole graphs on some failures: kept out of the table's output
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            torch.onnx.export(model, (x[:2],), str(path), input_names=["img"], output_names=["out"], dynamo=dynamo,
-                              opset_version=EXPORTERS[exporter],
-                              dynamic_shapes=({0: torch.export.Dim("n")},) if dynamo else None,
-                              dynamic_axes=None if dynamo else {"img": {0: "n"}, "out": {0: "n"}})
-    except Exception as exc:  # torch's own failure, reported as a row of the table
-        first = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines()[0]  # no terminal colours in the table
-        return f"{type(exc).__name__}: {first[:100]}"
-    return None
-
-
-def compile_and_read(d: Path) -> dict:
-    t = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", "exitc", "compile", str(d / "model.onnx"), "--calib",
-                          str(d / "calib.npz"), "--target-acc", "0.99", "-o", str(d / "model.exitc"), "--force",
-                          "--quiet"], capture_output=True, text=True, cwd=ROOT)
-    took = time.perf_counter() - t
-    if res.returncode != 0:
-        lines = res.stderr.strip().splitlines()
-        return {"error": lines[-1] if lines else f"exit status {res.returncode}", "lines": len(lines), "seconds": took}
-    rep = json.loads((d / "model.exitc" / "report.json").read_text())
-    plan, check = rep["plan"], rep["validation"]
-    return {"exits": plan["exits"], "fractions": [round(f, 2) for f in plan["exit_fractions_certify"]],
-            "predicted": plan["predicted_speedup_batch"] if plan["exits"] else 1.0,
-            "measured": check.get("throughput_ratio") if plan["exits"] else None,
-            "full_depth_diff": check["max_abs_diff_full_depth"], "reason": plan.get("reason", ""), "seconds": took}
+    return torch_export(torch.onnx.export, model, (x[:2],), str(path), input_names=["img"], output_names=["out"],
+                        dynamo=dynamo, opset_version=EXPORTERS[exporter],
+                        dynamic_shapes=({0: torch.export.Dim("n")},) if dynamo else None,
+                        dynamic_axes=None if dynamo else {"img": {0: "n"}, "out": {0: "n"}})
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--only", help="comma-separated family names (default: all)")
-    ap.add_argument("--steps", type=int, default=150, help="Adam steps of 64 rows before export")
-    ap.add_argument("--out", help="keep models and artifacts here (default: a temporary directory)")
-    ap.add_argument("--json", help="write the rows as JSON here")
-    a = ap.parse_args()
-    names = a.only.split(",") if a.only else list(FAMILIES)
-    unknown = [n for n in names if n not in FAMILIES]
-    if unknown:
-        print(f"families.py: unknown family {unknown[0]!r} ({', '.join(FAMILIES)})", file=sys.stderr)
+    parsed = parse_args(__doc__.split("\n\n")[0], "families.py", list(FAMILIES), steps=150)
+    if parsed is None:
         return 2
-    out = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="exitc-families-"))
+    a, names, out = parsed
     x, y = photos(CALIB_ROWS + TEST_ROWS)
     rows, results = [], []
     for name in names:
@@ -334,7 +297,7 @@ def main() -> int:
                 rows.append([name, exporter, f"{acc:.2f}", "-", "-", "-", "-", f"export failed in torch: {failed}"])
             else:
                 np.savez(d / "calib.npz", img=xin[:CALIB_ROWS].numpy())
-                r.update(compile_and_read(d))
+                r.update(compile_and_read(d, a.compile_args.split()))
                 if "error" in r:
                     rows.append([name, exporter, f"{acc:.2f}", "-", "-", "-", "-", f"{r['error']} ({r['lines']} line(s))"])
                 else:

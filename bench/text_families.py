@@ -22,15 +22,8 @@ Needs torch and transformers (scripts/setup_samples.sh).
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import io
 import json
-import re
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +34,7 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from bench.exports import compile_and_read, parse_args, torch_export  # noqa: E402
 from exitc.report import format_table  # noqa: E402
 
 VOCAB, LENGTH, CLASSES = 200, 32, 5
@@ -130,53 +124,17 @@ def export(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, path: Path, 
     reason where the export fails."""
     dynamo = exporter == "dynamo"
     names = ["input_ids", "attention_mask"]
-    try:  # torch prints whole graphs on some failures: kept out of the table's output
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            torch.onnx.export(model, (ids[:2], mask[:2]), str(path), input_names=names, output_names=["logits"],
-                              dynamo=dynamo, opset_version=EXPORTERS[exporter],
-                              dynamic_shapes=({0: torch.export.Dim("n")}, {0: torch.export.Dim("n")}) if dynamo else None,
-                              dynamic_axes=None if dynamo else {n: {0: "n"} for n in names + ["logits"]})
-    except Exception as exc:  # torch's own failure, reported as a row of the table
-        first = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines()[0]
-        return f"{type(exc).__name__}: {first[:100]}"
-    return None
-
-
-def compile_and_read(d: Path, extra: list[str]) -> dict:
-    t = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", "exitc", "compile", str(d / "model.onnx"), "--calib",
-                          str(d / "calib.npz"), "--target-acc", "0.99", "-o", str(d / "model.exitc"), "--force",
-                          "--quiet", *extra], capture_output=True, text=True, cwd=ROOT)
-    took = time.perf_counter() - t
-    if res.returncode != 0:
-        lines = res.stderr.strip().splitlines()
-        return {"error": lines[-1] if lines else f"exit status {res.returncode}", "lines": len(lines), "seconds": took}
-    rep = json.loads((d / "model.exitc" / "report.json").read_text())
-    plan, check = rep["plan"], rep["validation"]
-    padded = [line.split("rows run at the padded length: ", 1)[1] for line in res.stdout.splitlines()
-              if "rows run at the padded length: " in line]
-    manifest = json.loads((d / "model.exitc" / "manifest.json").read_text())
-    return {"cut_to_length": manifest.get("sequence") is not None, "why_padded": padded[0] if padded else "",
-            "exits": plan["exits"], "fractions": [round(f, 2) for f in plan["exit_fractions_certify"]],
-            "predicted": plan["predicted_speedup_batch"] if plan["exits"] else 1.0,
-            "measured": check.get("throughput_ratio") if plan["exits"] else None,
-            "full_depth_diff": check["max_abs_diff_full_depth"], "reason": plan.get("reason", ""), "seconds": took}
+    return torch_export(torch.onnx.export, model, (ids[:2], mask[:2]), str(path), input_names=names,
+                        output_names=["logits"], dynamo=dynamo, opset_version=EXPORTERS[exporter],
+                        dynamic_shapes=({0: torch.export.Dim("n")}, {0: torch.export.Dim("n")}) if dynamo else None,
+                        dynamic_axes=None if dynamo else {n: {0: "n"} for n in names + ["logits"]})
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--only", help=f"comma-separated architectures (default: all of {', '.join(ARCHS)})")
-    ap.add_argument("--steps", type=int, default=200, help="Adam steps of 64 rows before export")
-    ap.add_argument("--out", help="keep models and artifacts here (default: a temporary directory)")
-    ap.add_argument("--json", help="write the rows as JSON here")
-    ap.add_argument("--compile-args", default="", help="more `exitc compile` arguments, e.g. \"--trim-padding always\"")
-    a = ap.parse_args()
-    names = a.only.split(",") if a.only else list(ARCHS)
-    unknown = [n for n in names if n not in ARCHS]
-    if unknown:
-        print(f"text_families.py: unknown architecture {unknown[0]!r} ({', '.join(ARCHS)})", file=sys.stderr)
+    parsed = parse_args(__doc__.split("\n\n")[0], "text_families.py", list(ARCHS), steps=200)
+    if parsed is None:
         return 2
-    out = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="exitc-text-families-"))
+    a, names, out = parsed
     ids_np, mask_np, y_np = keyword_rows(CALIB_ROWS + TEST_ROWS)
     ids, mask, y = map(torch.from_numpy, (ids_np, mask_np, y_np))
     rows, results = [], []
