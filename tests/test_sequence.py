@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from exitc.driver import CompileOptions, compile_model
 from exitc.passes.normalize import prepare
@@ -340,3 +340,115 @@ def test_trim_padding_values():
         assert opts.trim_padding == meant
     with pytest.raises(ExitcError, match="--trim-padding 'sometimes': expected one of auto, always, never"):
         CompileOptions(trim_padding="sometimes").validate()
+
+
+def _tiny_gpt2(tmp_path, exporter: str, seq: int, hidden: int):
+    """A random 2-layer GPT-2 classifier (pooled at the last real token) exported by `exporter`
+    at a fixed length `seq`, batch open."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=100, n_embd=hidden, n_layer=2, n_head=2, n_positions=64, num_labels=4,
+                                  pad_token_id=0, bos_token_id=1, eos_token_id=2, attn_implementation="eager")
+    model = transformers.GPT2ForSequenceClassification(cfg).eval()
+
+    class Logits(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = model
+
+        def forward(self, input_ids, attention_mask):
+            return self.m(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    feeds = transformer_feeds(64, seq=seq, vocab=100, seed=1)
+    feeds["input_ids"] = np.where(feeds["attention_mask"] == 1, np.maximum(feeds["input_ids"], 3), 0)
+    args = (torch.from_numpy(feeds["input_ids"][:2]), torch.from_numpy(feeds["attention_mask"][:2]))
+    path = tmp_path / f"gpt2_{exporter}_{seq}.onnx"
+    names = ["input_ids", "attention_mask"]
+    if exporter == "dynamo":
+        batch = torch.export.Dim("batch", min=1, max=1024)
+        torch.onnx.export(Logits(), args, str(path), dynamo=True, input_names=names, output_names=["logits"],
+                          dynamic_shapes={"input_ids": {0: batch}, "attention_mask": {0: batch}})
+    else:
+        torch.onnx.export(Logits(), args, str(path), dynamo=False, opset_version=14, input_names=names,
+                          output_names=["logits"], dynamic_axes={n: {0: "batch"} for n in names + ["logits"]})
+    return onnx.load(str(path)), feeds
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_a_hidden_size_equal_to_the_length_is_told_apart(tmp_path, exporter):
+    """GPT-2 reshapes its state to [-1, hidden] before each Gemm; with hidden == L (32 and 32)
+    that constant holds L too, and the dynamo exporter shares one [-1, 32] between that Reshape
+    and the token ids' (where 32 is the length). Before: 'the opened graph does not run at length
+    N', rows ran at the padded length. Now each use has its own copy and the constants behind the
+    node ONNX Runtime names are repaired: the opened graph gives the original's outputs at every
+    length."""
+    src, feeds = _tiny_gpt2(tmp_path, exporter, seq=32, hidden=32)
+    model, sig = prepare(src)
+    opened, axis, why = open_sequence(model, sig.inputs, "logits", feeds)
+    assert why is None and axis is not None and axis.length == 32
+    lengths = row_lengths(feeds["attention_mask"])
+    for n in (int(lengths.min()), int(np.median(lengths)), 32):
+        rows = np.flatnonzero(lengths <= n)
+        part = {k: v[rows] for k, v in feeds.items()}
+        np.testing.assert_allclose(run(opened, {k: v[:, :n] for k, v in part.items()}), run(model, part),
+                                   rtol=1e-3, atol=1e-4)
+
+
+def _reshape_gemm_graph():
+    """x -> Reshape(t) -> Gemm(w) -> Reshape(t) -> Gemm(w) -> y; ids -> Reshape(t) -> Gather -> e,
+    one shared target t = [-1, 4]."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])
+    ids = helper.make_tensor_value_info("ids", TensorProto.INT64, [2, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    e = helper.make_tensor_value_info("e", TensorProto.FLOAT, None)
+    g = helper.make_graph([
+        helper.make_node("Reshape", ["x", "t"], ["r0"], name="flat0"),
+        helper.make_node("Gemm", ["r0", "w"], ["g0"], name="gemm0"),
+        helper.make_node("Reshape", ["g0", "t"], ["r1"], name="flat1"),
+        helper.make_node("Gemm", ["r1", "w"], ["y"], name="gemm1"),
+        helper.make_node("Reshape", ["ids", "t"], ["i"], name="flat_ids"),
+        helper.make_node("Gather", ["table", "i"], ["e"], name="lookup")], "g", [x, ids], [y, e],
+        [numpy_helper.from_array(np.array([-1, 4], np.int64), "t"),
+         numpy_helper.from_array(np.eye(4, dtype=np.float32), "w"),
+         numpy_helper.from_array(np.ones((10, 3), np.float32), "table")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_shared_constants_are_one_per_use_and_alike_ones_are_repaired_together():
+    """unshare_small_constants gives each reading node its own copy of a shared small integer
+    constant (the graph computes the same; the given model is unchanged); a repair extends to the
+    copies in the same construct (a Reshape read by a Gemm), not to the same values elsewhere (the
+    Reshape read by a Gather)."""
+    from exitc.passes.sequence import _alike, unshare_small_constants
+
+    m = _reshape_gemm_graph()
+    u = unshare_small_constants(m)
+    targets = [n.input[1] for n in u.graph.node if n.op_type == "Reshape"]
+    assert len(set(targets)) == 3 and "t" not in {t.name for t in u.graph.initializer}
+    assert [n.input[1] for n in m.graph.node if n.op_type == "Reshape"] == ["t", "t", "t"]
+    feeds = {"x": np.arange(8, dtype=np.float32).reshape(2, 4), "ids": np.array([[1, 2, 3, 4], [5, 6, 7, 8]])}
+    for a, b in zip(run_all(m, feeds), run_all(u, feeds)):
+        np.testing.assert_array_equal(a, b)
+    gemm_target, _, ids_target = targets
+    assert _alike(u, frozenset({gemm_target})) == set(targets[:2])
+    assert _alike(u, frozenset({ids_target})) == {ids_target}
+
+
+def test_constants_behind_a_failing_node():
+    """What a repair changes: the constants holding the length that a named node reads, directly
+    or through REPAIR_DEPTH nodes upstream; a node the pass added stands for its constant."""
+    from exitc.passes.sequence import _constants_behind, _failed_node
+
+    m = _reshape_gemm_graph()
+    assert _failed_node("Non-zero status code returned while running Gemm node. Name:'gemm0' Status Message: K") == "gemm0"
+    assert _failed_node("outputs differ at length 3") is None
+    assert _constants_behind(m, "gemm0", 4) == {"w", "t"}   # w: [4, 4] has an axis of 4 too
+    assert _constants_behind(m, "flat_ids", 4) == {"t"} and _constants_behind(m, "flat_ids", 5) == frozenset()
+    assert _constants_behind(m, "exitc_seq_t_i64", 4) == {"t"}
+    assert _constants_behind(m, "nowhere", 4) == frozenset() and _constants_behind(m, None, 4) == frozenset()
+
+
+def run_all(model, feeds):
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {k: feeds[k] for k in [i.name for i in sess.get_inputs()]})

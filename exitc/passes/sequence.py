@@ -11,7 +11,10 @@ runtime length; a runtime then drops the padding columns that every row of a bat
 
 Whether it is exact is not assumed: :func:`check_open_sequence` runs the original at length L and
 the opened graph on the same rows cut to their batch's longest row, and the compiler keeps the
-opened graph only if the outputs agree (and says why not otherwise). Models whose padding is on
+opened graph only if the outputs agree (and says why not otherwise). Where L is also another size
+of the model (a hidden size), a constant holding it is ambiguous: :func:`open_sequence` gives each
+use of a small integer constant its own copy and repairs the constants behind the node a failed
+check names (MAX_REPAIRS). Models whose padding is on
 the left, or that do not mask it (mean over all positions), fail that check or gain nothing, and
 stay as they are.
 
@@ -24,11 +27,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 SEQ_SYMBOL = "exitc_seq"
 SEQ_LEN_1D = "exitc_seq_len"           # int64 [1]: the runtime length
@@ -183,7 +187,8 @@ def _is_padding_mask(a: np.ndarray) -> bool:
     return bool((a.astype(bool) == prefix).all() and (lengths < a.shape[1]).any())
 
 
-def open_sequence_axis(model: onnx.ModelProto, axis: SequenceAxis, first_only: bool = False) -> onnx.ModelProto:
+def open_sequence_axis(model: onnx.ModelProto, axis: SequenceAxis, first_only: bool = False,
+                       modes: dict[str, str] | None = None) -> onnx.ModelProto:
     """A copy of `model` whose sequence inputs have a symbolic length (``exitc_seq``) and whose
     constants that carried L are computed from the runtime length instead:
 
@@ -197,8 +202,10 @@ def open_sequence_axis(model: onnx.ModelProto, axis: SequenceAxis, first_only: b
     `first_only`: where L appears more than once in a constant, only the first one is the length
     (a hidden size equal to L: a position table [1, L, hidden] with hidden == L); by default every
     one is (a key-by-query mask [1, 1, L, L]). value_info is dropped (shapes are observed again
-    later). What it does not guarantee: that the result computes the same thing;
-    :func:`check_open_sequence` checks that."""
+    later). `modes`: per constant, "first" (as `first_only`, for that constant) or "keep" (left as
+    it is): open_sequence's repairs. What it does not guarantee: that the result computes the
+    same thing; :func:`check_open_sequence` checks that."""
+    modes = modes or {}
     model = copy.deepcopy(model)
     g = model.graph
     L = axis.length
@@ -234,8 +241,10 @@ def open_sequence_axis(model: onnx.ModelProto, axis: SequenceAxis, first_only: b
                                       name=SEQ_LEN_SCALAR, axis=0))
     for name, arr in consts.items():
         users = uses.get(name, [])
-        if not users:
+        mode = modes.get(name)
+        if not users or mode == "keep":
             continue
+        first = first_only or mode == "first"
         kinds = {(n.op_type, k) for n, k in users}
         replacement = None
         shape_like = (np.issubdtype(arr.dtype, np.integer) and arr.ndim <= 1 and arr.size <= SHAPE_LIKE_SIZE
@@ -244,7 +253,7 @@ def open_sequence_axis(model: onnx.ModelProto, axis: SequenceAxis, first_only: b
             parts = []
             at = int(np.argmax(arr == L))
             for j, value in enumerate(arr):
-                if value == L and (j == at or not first_only):
+                if value == L and (j == at or not first):
                     parts.append(SEQ_LEN_1D)
                 else:
                     piece = f"exitc_seq_{_safe(name)}_{j}"
@@ -268,7 +277,7 @@ def open_sequence_axis(model: onnx.ModelProto, axis: SequenceAxis, first_only: b
             # LayerNorm's scale, never the sequence of a [batch, seq, features] activation)
             current = name
             for a, size in enumerate(arr.shape):
-                if size != L or (first_only and a != arr.shape.index(L)):
+                if size != L or (first and a != arr.shape.index(L)):
                     continue
                 sliced = f"exitc_seq_{_safe(name)}_ax{a}"
                 axes = f"{sliced}_axes"
@@ -310,12 +319,152 @@ def open_sequence(model: onnx.ModelProto, inputs, output: str,
     if axis is None:
         return model, None, None
     why = None
+    given, model = model, unshare_small_constants(model)
     for first_only in (False, True):
-        opened = open_sequence_axis(model, axis, first_only)
-        why = check_open_sequence(model, opened, axis, feeds, output)
-        if why is None:
-            return opened, axis, None
-    return model, None, why
+        modes: dict[str, str] = {}
+        for repair in range(MAX_REPAIRS + 1):
+            opened = open_sequence_axis(model, axis, first_only, modes)
+            failed = check_open_sequence(model, opened, axis, feeds, output)
+            if failed is None:
+                return opened, axis, None
+            why = failed if repair == 0 else why  # the unrepaired graph's failure is the one to report
+            changed = False
+            for name in sorted(_alike(model, _constants_behind(model, _failed_node(failed), axis.length))):
+                step = REPAIR_STEPS.get((modes.get(name), first_only))
+                if step is not None:
+                    modes[name], changed = step, True
+            if not changed:
+                break
+    return given, None, why
+
+
+# Repairs open_sequence tries. Where the padded length L also is another size of the model (32
+# hidden units at 32 tokens; ALBERT's 128-wide embeddings at 128 tokens), a constant holding L may
+# mean that size: GPT-2 reshapes its state to [-1, hidden] before each Gemm, and a position table
+# [1, L, hidden] has two axes of L of which one is the length. The opened graph then fails at a
+# shorter length, and ONNX Runtime names the node: each constant holding L within REPAIR_DEPTH
+# nodes upstream of it is opened on its first L only, then left as it is (REPAIR_STEPS), and the
+# check runs again. A repaired graph is checked like any other, so a wrong repair only costs time.
+MAX_REPAIRS = 16  # GPT-2 at 32 tokens and 32 hidden units: 2 repairs (TorchScript), 5 (dynamo)
+REPAIR_DEPTH = 2  # inputs followed upstream of the failing node (a Gemm fed by a Reshape: 1)
+# (mode so far, first_only of the round) -> the next mode; absent: nothing left to try
+REPAIR_STEPS = {(None, False): "first", ("first", False): "keep", (None, True): "keep"}
+
+
+def _small_ints(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """The small integer constants (SHAPE_LIKE_SIZE values at most: shape arithmetic), by name."""
+    small = {}
+    for t in model.graph.initializer:
+        if t.data_type in (TensorProto.INT64, TensorProto.INT32) and np.prod(t.dims, dtype=np.int64) <= SHAPE_LIKE_SIZE:
+            small[t.name] = numpy_helper.to_array(t)
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.output and n.attribute and n.attribute[0].name == "value":
+            arr = numpy_helper.to_array(n.attribute[0].t)
+            if np.issubdtype(arr.dtype, np.integer) and arr.size <= SHAPE_LIKE_SIZE:
+                small[n.output[0]] = arr
+    return small
+
+
+def unshare_small_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` in which every small integer constant that several nodes read is one
+    initializer per reading node (``<name>__exitc_use<k>``), so that each use can be opened or
+    left on its own: the dynamo exporter writes one `[-1, 32]` for the token ids' Reshape (32 the
+    length) and for the state's Reshape before a Gemm (32 the hidden size). The graph computes the
+    same; `model` itself is unchanged."""
+    small = _small_ints(model)
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for name in n.input:
+            if name in small:
+                readers.setdefault(name, []).append(n)
+    shared = {name for name, ns in readers.items() if len(ns) > 1}
+    if not shared:
+        return model
+    model = copy.deepcopy(model)
+    copies = []
+    k = 0
+    for n in model.graph.node:
+        for i, name in enumerate(n.input):
+            if name in shared:
+                k += 1
+                n.input[i] = f"{name}__exitc_use{k}"
+                copies.append(numpy_helper.from_array(small[name], n.input[i]))
+    model.graph.initializer.extend(copies)
+    read = {name for n in model.graph.node for name in n.input} | {o.name for o in model.graph.output}
+    kept = [t for t in model.graph.initializer if t.name in read]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    nodes = [n for n in model.graph.node if n.op_type != "Constant" or n.output[0] in read]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
+
+
+def _alike(model: onnx.ModelProto, names: frozenset[str]) -> frozenset[str]:
+    """`names` and every small integer constant with the same values as one of them, read by the
+    same kind of node at the same input whose output the same kinds of node read: the same
+    construct in another layer (an exporter writes each layer's Reshape targets anew), which needs
+    the same repair. A constant of the same values elsewhere ([-1, L] reshaping the token ids
+    before the embedding lookup) is not alike."""
+    if not names:
+        return names
+    small = _small_ints(model)
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for name in n.input:
+            readers.setdefault(name, []).append(n)
+
+    def construct(name: str):
+        a = small[name]
+        uses = tuple(sorted((n.op_type, list(n.input).index(name),
+                             tuple(sorted({r.op_type for o in n.output for r in readers.get(o, [])})))
+                            for n in readers.get(name, [])))
+        return a.dtype.str, a.shape, a.tobytes(), uses
+
+    wanted = {construct(name) for name in names if name in small}
+    return frozenset(names) | {name for name in small if construct(name) in wanted}
+
+
+def _failed_node(why: str) -> str | None:
+    """The node name ONNX Runtime's failure message names ("... Name:'node_addmm' ..."), if any."""
+    found = re.search(r"Name:'([^']*)'", why)
+    return found.group(1) if found else None
+
+
+def _constants_behind(model: onnx.ModelProto, node_name: str | None, length: int) -> frozenset[str]:
+    """Names of the constants holding `length` (among their values, small integer ones; or as an
+    axis) that node `node_name` reads, directly or through up to REPAIR_DEPTH nodes upstream; a
+    node open_sequence_axis added (``exitc_seq_<constant>...``) stands for its constant. Empty
+    where no such node exists."""
+    if not node_name:
+        return frozenset()
+    g = model.graph
+    consts = {t.name: t for t in g.initializer}
+    consts.update({n.output[0]: n.attribute[0].t for n in g.node
+                   if n.op_type == "Constant" and n.output and n.attribute and n.attribute[0].name == "value"})
+
+    def holds(name: str) -> bool:
+        t = consts[name]
+        if length in t.dims:
+            return True
+        return (t.data_type in (TensorProto.INT64, TensorProto.INT32)
+                and np.prod(t.dims, dtype=np.int64) <= SHAPE_LIKE_SIZE
+                and bool((numpy_helper.to_array(t) == length).any()))
+
+    if node_name.startswith("exitc_seq_"):
+        return frozenset(c for c in consts if node_name.startswith(f"exitc_seq_{_safe(c)}") and holds(c))
+    producer = {o: n for n in g.node for o in n.output}
+    found, frontier = set(), [n for n in g.node if n.name == node_name]
+    for _ in range(REPAIR_DEPTH + 1):
+        upstream = []
+        for n in frontier:
+            for name in n.input:
+                if name in consts:
+                    found.add(name)
+                elif name in producer:
+                    upstream.append(producer[name])
+        frontier = upstream
+    return frozenset(c for c in found if holds(c))
 
 
 def sequence_open_view(sig, axis: SequenceAxis | None):
