@@ -194,16 +194,11 @@ def test_trim_feeds_leaves_other_inputs():
     assert cut["ids"].shape == (3, 2) and cut["m"].shape == (3, 2) and cut["other"] is feeds["other"]
 
 
-def _tiny_bert(tmp_path, exporter: str, seq: int, attn: str = "eager"):
-    """A random 2-layer BERT classifier exported by `exporter` ("torchscript" or "dynamo") at a
-    fixed length `seq` (batch open), as users' exporters write it."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                  intermediate_size=64, max_position_embeddings=64, num_labels=4,
-                                  attn_implementation=attn)
-    model = transformers.BertForSequenceClassification(cfg).eval()
+def _export_text_classifier(tmp_path, model, name: str, exporter: str, feeds: dict, optimize: bool = True):
+    """A transformers sequence classifier (`model`) exported by `exporter` ("torchscript" or
+    "dynamo") with input_ids and attention_mask at the length of `feeds` (batch open), as users'
+    exporters write it; the ONNX model."""
+    import torch
 
     class Logits(torch.nn.Module):
         def __init__(self):
@@ -213,19 +208,30 @@ def _tiny_bert(tmp_path, exporter: str, seq: int, attn: str = "eager"):
         def forward(self, input_ids, attention_mask):
             return self.m(input_ids=input_ids, attention_mask=attention_mask).logits
 
-    feeds = transformer_feeds(64, seq=seq, vocab=100, seed=1)
     args = (torch.from_numpy(feeds["input_ids"][:2]), torch.from_numpy(feeds["attention_mask"][:2]))
-    path = tmp_path / f"bert_{exporter}_{seq}.onnx"
-    kwargs = dict(input_names=["input_ids", "attention_mask"], output_names=["logits"])
+    path = tmp_path / f"{name}_{exporter}_{feeds['input_ids'].shape[1]}.onnx"
+    names = ["input_ids", "attention_mask"]
     if exporter == "dynamo":
         batch = torch.export.Dim("batch", min=1, max=1024)
-        torch.onnx.export(Logits(), args, str(path), dynamo=True, optimize=False,
-                          dynamic_shapes={"input_ids": {0: batch}, "attention_mask": {0: batch}}, **kwargs)
+        torch.onnx.export(Logits(), args, str(path), dynamo=True, optimize=optimize, input_names=names,
+                          output_names=["logits"], dynamic_shapes={n: {0: batch} for n in names})
     else:
-        torch.onnx.export(Logits(), args, str(path), dynamo=False, opset_version=14,
-                          dynamic_axes={"input_ids": {0: "batch"}, "attention_mask": {0: "batch"}, "logits": {0: "batch"}},
-                          **kwargs)
-    return onnx.load(str(path)), feeds
+        torch.onnx.export(Logits(), args, str(path), dynamo=False, opset_version=14, input_names=names,
+                          output_names=["logits"], dynamic_axes={n: {0: "batch"} for n in names + ["logits"]})
+    return onnx.load(str(path))
+
+
+def _tiny_bert(tmp_path, exporter: str, seq: int, attn: str = "eager"):
+    """A random 2-layer BERT classifier exported at a fixed length `seq` (_export_text_classifier)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=64, num_labels=4,
+                                  attn_implementation=attn)
+    feeds = transformer_feeds(64, seq=seq, vocab=100, seed=1)
+    model = transformers.BertForSequenceClassification(cfg).eval()
+    return _export_text_classifier(tmp_path, model, "bert", exporter, feeds, optimize=False), feeds
 
 
 @pytest.mark.parametrize("exporter,seq,attn", [("torchscript", 24, "eager"), ("torchscript", 32, "sdpa"),
@@ -343,36 +349,17 @@ def test_trim_padding_values():
 
 
 def _tiny_gpt2(tmp_path, exporter: str, seq: int, hidden: int):
-    """A random 2-layer GPT-2 classifier (pooled at the last real token) exported by `exporter`
-    at a fixed length `seq`, batch open."""
+    """A random 2-layer GPT-2 classifier (pooled at the last real token) exported at a fixed
+    length `seq` (_export_text_classifier)."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(vocab_size=100, n_embd=hidden, n_layer=2, n_head=2, n_positions=64, num_labels=4,
                                   pad_token_id=0, bos_token_id=1, eos_token_id=2, attn_implementation="eager")
-    model = transformers.GPT2ForSequenceClassification(cfg).eval()
-
-    class Logits(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.m = model
-
-        def forward(self, input_ids, attention_mask):
-            return self.m(input_ids=input_ids, attention_mask=attention_mask).logits
-
     feeds = transformer_feeds(64, seq=seq, vocab=100, seed=1)
     feeds["input_ids"] = np.where(feeds["attention_mask"] == 1, np.maximum(feeds["input_ids"], 3), 0)
-    args = (torch.from_numpy(feeds["input_ids"][:2]), torch.from_numpy(feeds["attention_mask"][:2]))
-    path = tmp_path / f"gpt2_{exporter}_{seq}.onnx"
-    names = ["input_ids", "attention_mask"]
-    if exporter == "dynamo":
-        batch = torch.export.Dim("batch", min=1, max=1024)
-        torch.onnx.export(Logits(), args, str(path), dynamo=True, input_names=names, output_names=["logits"],
-                          dynamic_shapes={"input_ids": {0: batch}, "attention_mask": {0: batch}})
-    else:
-        torch.onnx.export(Logits(), args, str(path), dynamo=False, opset_version=14, input_names=names,
-                          output_names=["logits"], dynamic_axes={n: {0: "batch"} for n in names + ["logits"]})
-    return onnx.load(str(path)), feeds
+    model = transformers.GPT2ForSequenceClassification(cfg).eval()
+    return _export_text_classifier(tmp_path, model, "gpt2", exporter, feeds), feeds
 
 
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
