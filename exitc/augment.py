@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .data import Dataset
+from .data import Dataset, take_rows
 from .distill import NeighbourRows
 from .features import FeatureCache, FeatureProbe
 from .passes.graph import TensorInfo
@@ -206,10 +206,6 @@ def perturbations(inputs: list[TensorInfo], feeds: Feeds, mask_input: str | None
     return out
 
 
-def _take(feeds: Feeds, idx: np.ndarray) -> Feeds:
-    return {k: np.ascontiguousarray(v[idx]) for k, v in feeds.items()}
-
-
 def make_neighbours(inputs: list[TensorInfo], fit: Dataset, fit_pred: np.ndarray, mask_input: str | None,
                     probe: FeatureProbe, kind: str, seed: int = 0, progress: bool = True) -> Neighbours:
     """Neighbours of the fit rows, labelled (and featurised) by the original through `probe`.
@@ -228,7 +224,7 @@ def make_neighbours(inputs: list[TensorInfo], fit: Dataset, fit_pred: np.ndarray
     stability: dict[str, float] = {}
     for name, kind in kinds.items():
         src = rng.choice(fit.rows, size=min(STABILITY_ROWS, fit.rows), replace=False)
-        rows = _take(fit.feeds, src)
+        rows = take_rows(fit.feeds, src)
         cache = probe.collect(Dataset(kind(rows, np.ones(len(src), bool), rng), None, fit.path), progress=False,
                               kind=kind)
         stability[name] = float((cache.predictions == fit_pred[src]).mean())
@@ -246,7 +242,7 @@ def make_neighbours(inputs: list[TensorInfo], fit: Dataset, fit_pred: np.ndarray
         if not per_kind:
             break
         src = rng.integers(0, fit.rows, size=per_kind)
-        feeds = kinds[name](_take(fit.feeds, src), np.ones(per_kind, bool), rng)
+        feeds = kinds[name](take_rows(fit.feeds, src), np.ones(per_kind, bool), rng)
         caches.append(probe.collect(Dataset(feeds, None, fit.path), progress=progress,
                                     desc=f"augment: label neighbours ({name})", kind=kind))
         sources.append(src)

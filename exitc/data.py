@@ -47,6 +47,11 @@ class Dataset:
                        None if self.labels is None else self.labels[index], self.path, dict(self.casts))
 
 
+def take_rows(feeds: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Those rows of every input, contiguous (what sessions are fed)."""
+    return {k: np.ascontiguousarray(v[rows]) for k, v in feeds.items()}
+
+
 def cast_to(arr: np.ndarray, dtype: np.dtype) -> np.ndarray | None:
     """`arr` as `dtype` where the cast keeps its meaning, else None: float to float (rounding only;
     values must stay finite), integer to integer or integer to float where every value comes back

@@ -98,10 +98,10 @@ def normalise_stage(raw: onnx.ModelProto, read_data: Callable[[Signature], Datas
     if sequence is not None and opts.trim_padding == "auto" and opts.cost_profile is None:
         trim = measure_trimming(reference, runnable, sequence, data.feeds, opts.batch_size, opts.seed)
         if not trim.pays(opts.latency_weight):
-            b = trim.batch_size
+            r1, rb = trim.cut_vs_padded()
             log(f"exitc: rows run at the padded length: cut to their length, calibration rows measured "
-                f"{trim.cut[1] / trim.padded[1]:.2f}x the padded model's time at batch {b} and "
-                f"{trim.cut[0] / trim.padded[0]:.2f}x at batch 1 (kept where it saves at least "
+                f"{rb:.2f}x the padded model's time at batch {trim.batch_size} and "
+                f"{r1:.2f}x at batch 1 (kept where it saves at least "
                 f"{MIN_TRIM_SAVING:.0%}; --trim-padding always keeps it)")
             runnable, sequence, trim = reference, None, None
     if sequence is not None:

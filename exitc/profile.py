@@ -18,7 +18,7 @@ from tqdm import tqdm
 from .backends import make_session
 from .backends.ort import OrtSession
 from .errors import ExitcError
-from .data import Dataset
+from .data import Dataset, take_rows
 from .distill import FittedHead
 from .passes.candidates import Candidate
 from .passes.graph import GraphIndex
@@ -187,10 +187,14 @@ class TrimTiming:
         """The user's model relative to the opened graph, both at the padded length."""
         return tuple(p / o if o > 0 else 1.0 for p, o in zip(self.padded, self.opened))
 
+    def cut_vs_padded(self) -> tuple[float, float]:
+        """The cut graph's time relative to the user's model at (batch 1, the deployment batch)."""
+        return tuple(c / p if p > 0 else 1.0 for c, p in zip(self.cut, self.padded))
+
     def relative(self, latency_weight: float) -> float:
-        """The cut graph's time relative to the user's model, weighted as the policy weighs its
-        objective (batch 1: `latency_weight`, the deployment batch: the rest)."""
-        r1, rb = (c / p if p > 0 else 1.0 for c, p in zip(self.cut, self.padded))
+        """cut_vs_padded weighted as the policy weighs its objective (batch 1: `latency_weight`,
+        the deployment batch: the rest)."""
+        r1, rb = self.cut_vs_padded()
         return (1.0 - latency_weight) * rb + latency_weight * r1
 
     def pays(self, latency_weight: float) -> bool:
@@ -261,11 +265,6 @@ def measure_trimming(padded: onnx.ModelProto, opened: onnx.ModelProto, axis: Seq
     cut_b = total(tc, "cut") / total(tc, "padded") * total(tb, "padded")
     return TrimTiming(b, (total(t1, "padded"), total(tb, "padded")), (total(t1, "opened"), total(tb, "opened")),
                       (total(t1, "cut"), cut_b))
-
-
-def take_rows(feeds: dict, rows: np.ndarray) -> dict:
-    """Those rows of every input (contiguous)."""
-    return {k: np.ascontiguousarray(v[rows]) for k, v in feeds.items()}
 
 
 def _backbone_jobs(model: onnx.ModelProto, cands: list[Candidate], mask_input: str | None, feeds: dict):

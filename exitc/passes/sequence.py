@@ -297,14 +297,7 @@ def open_sequence_axis(model: onnx.ModelProto, axis: SequenceAxis, first_only: b
     del g.node[:]
     g.node.extend(const_nodes + new_nodes + rest)
     g.initializer.extend(new_inits)
-    # Constants no node reads any more (the replaced ones) go.
-    read = {name for n in g.node for name in n.input} | {o.name for o in g.output}
-    kept = [t for t in g.initializer if t.name in read]
-    del g.initializer[:]
-    g.initializer.extend(kept)
-    nodes = [n for n in g.node if n.op_type != "Constant" or n.output[0] in read]
-    del g.node[:]
-    g.node.extend(nodes)
+    _drop_unread_constants(model)  # the replaced ones
     del g.value_info[:]
     return model
 
@@ -390,14 +383,20 @@ def unshare_small_constants(model: onnx.ModelProto) -> onnx.ModelProto:
                 n.input[i] = f"{name}__exitc_use{k}"
                 copies.append(numpy_helper.from_array(small[name], n.input[i]))
     model.graph.initializer.extend(copies)
-    read = {name for n in model.graph.node for name in n.input} | {o.name for o in model.graph.output}
-    kept = [t for t in model.graph.initializer if t.name in read]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
-    nodes = [n for n in model.graph.node if n.op_type != "Constant" or n.output[0] in read]
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
+    _drop_unread_constants(model)  # the shared originals
     return model
+
+
+def _drop_unread_constants(model: onnx.ModelProto) -> None:
+    """Remove, in place, the initializers and Constant nodes that no node and no graph output reads."""
+    g = model.graph
+    read = {name for n in g.node for name in n.input} | {o.name for o in g.output}
+    kept = [t for t in g.initializer if t.name in read]
+    del g.initializer[:]
+    g.initializer.extend(kept)
+    nodes = [n for n in g.node if n.op_type != "Constant" or n.output[0] in read]
+    del g.node[:]
+    g.node.extend(nodes)
 
 
 def _alike(model: onnx.ModelProto, names: frozenset[str]) -> frozenset[str]:
