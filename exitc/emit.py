@@ -23,6 +23,7 @@ from .errors import ExitcError
 from .manifest import FORMAT, MANIFEST, SCHEMA_VERSION, tensor_entry
 from .passes.graph import GraphIndex, default_opset
 from .passes.heads import ExitHead
+from .passes.normalize import check_model
 from .passes.sequence import DEFAULT_CALL_ROWS, SequenceAxis
 from .passes.split import EXIT_INDEX, build_segments, conditional_model, original_form
 from .predictions import KINDS
@@ -203,7 +204,7 @@ def write_batch1_form(staging: str, manifest: dict, batch1: str, model, segments
         cond, form = original_form(model, len(manifest["segments"]) - 1), "original"
     else:
         cond, form = conditional_model(segments, model), "if"
-    onnx.checker.check_model(cond)
+    check_model(cond)
     onnx.save(cond, os.path.join(staging, COND_FILE))
     manifest["conditional"] = {"file": COND_FILE, "form": form,
                                "outputs": [manifest["prediction_output"], EXIT_INDEX]}

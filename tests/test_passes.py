@@ -593,3 +593,55 @@ def test_graph_whose_nodes_are_out_of_order_is_sorted_at_load(tmp_path):
     onnx.save(cyc, str(tmp_path / "cycle.onnx"))
     with pytest.raises(ExitcError, match="cycle.onnx: the ONNX checker rejects this model"):
         load_model(str(tmp_path / "cycle.onnx"))
+
+
+def _layernorm_at_opset_14():
+    """tiny_transformer with its opset lowered to 14: ONNX-domain LayerNormalization (ONNX's from
+    opset 17) where ONNX Runtime's own LayerNormalization (from opset 1) runs it, as
+    onnxruntime.transformers' fusions write it into a RoBERTa exported at opset 14."""
+    m = tiny_transformer()
+    m.opset_import[0].version = 14
+    return m
+
+
+def test_ops_only_onnx_runtime_defines_at_the_opset_pass_the_check(tmp_path):
+    """Before: `exitc: error: ...: the ONNX checker rejects this model: No Op registered for
+    LayerNormalization with domain_version of 14` for a model ONNX Runtime runs. An op neither
+    defines is still refused in one line."""
+    from exitc.passes.normalize import load_model, runtime_only_ops
+
+    m = _layernorm_at_opset_14()
+    with pytest.raises(Exception, match="No Op registered for LayerNormalization"):
+        onnx.checker.check_model(m)
+    path = tmp_path / "ln14.onnx"
+    onnx.save(m, str(path))
+    loaded = load_model(str(path))
+    assert runtime_only_ops(loaded) == {"LayerNormalization"} and runtime_only_ops(tiny_transformer()) == set()
+    feeds = transformer_feeds(4)
+    model, sig = prepare(loaded)
+    np.testing.assert_array_equal(run(model, feeds)["logits"], run(tiny_transformer(), feeds)["logits"])
+    unknown = _layernorm_at_opset_14()
+    unknown.graph.node[-1].op_type = "NoSuchOp"
+    onnx.save(unknown, str(tmp_path / "unknown.onnx"))
+    with pytest.raises(ExitcError, match="unknown.onnx: the ONNX checker rejects this model: No Op registered for "
+                                         "NoSuchOp"):
+        load_model(str(tmp_path / "unknown.onnx"))
+
+
+def test_model_with_onnx_runtime_only_ops_compiles_exactly(tmp_path):
+    """The opset-14 LayerNormalization model end to end: segments and the batch-1 form keep the
+    op as the model has it, and full-depth rows equal the original's."""
+    from exitc.driver import CompileOptions, compile_model
+    from exitc.runtime import ExitModel
+
+    onnx.save(_layernorm_at_opset_14(), str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "calib.npz", **transformer_feeds(1200))
+    out = str(tmp_path / "m.exitc")
+    compile_model(str(tmp_path / "m.onnx"), str(tmp_path / "calib.npz"), out,
+                  CompileOptions(target_acc=0.9, progress=False, never_slower=False), log=lambda *a: None)
+    feeds = transformer_feeds(64, seed=3)
+    ref = run(tiny_transformer(), feeds)["logits"]
+    for conditional in (False, True):
+        (got,), idx = ExitModel(out, use_conditional=conditional).run(feeds)
+        end = idx == ExitModel(out).num_exits
+        np.testing.assert_allclose(got[end], ref[end], rtol=1e-5, atol=1e-5)

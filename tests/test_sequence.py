@@ -439,3 +439,33 @@ def test_constants_behind_a_failing_node():
 def run_all(model, feeds):
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return sess.run(None, {k: feeds[k] for k in [i.name for i in sess.get_inputs()]})
+
+
+def test_bert_fused_by_onnxruntime_runs_cut_to_its_rows(tmp_path):
+    """BERT after onnxruntime.transformers' optimizer (what `optimum`'s ORT optimisation also
+    writes): EmbedLayerNormalization, Attention, SkipLayerNormalization, BiasGelu from ORT's own
+    domain. With hidden == L (32 and 32) the embedding tables have an axis of size L; they are
+    weights of the fused op, not positions (before: sliced to the runtime length, the opened graph
+    failed to load, "word_embedding should have 2 dimensions and dimension size is known", and
+    rows ran at the padded length). Opened, it gives the original's outputs at every length."""
+    pytest.importorskip("torch")
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    src, feeds = _tiny_bert(tmp_path, "torchscript", 32)
+    plain = tmp_path / "bert.onnx"
+    onnx.save(src, str(plain))
+    fused_path = tmp_path / "bert_fused.onnx"
+    optimize_model(str(plain), model_type="bert", num_heads=2, hidden_size=32, opt_level=1).save_model_to_file(
+        str(fused_path))
+    fused = onnx.load(str(fused_path))
+    assert {"EmbedLayerNormalization", "Attention", "SkipLayerNormalization"} <= {
+        n.op_type for n in fused.graph.node if n.domain == "com.microsoft"}
+    model, sig = prepare(fused)
+    opened, axis, why = open_sequence(model, sig.inputs, "logits", feeds)
+    assert why is None and axis is not None and axis.length == 32
+    lengths = row_lengths(feeds["attention_mask"])
+    for n in (int(lengths.min()), int(np.median(lengths)), 32):
+        rows = np.flatnonzero(lengths <= n)
+        part = {k: v[rows] for k, v in feeds.items()}
+        np.testing.assert_allclose(run(opened, {k: v[:, :n] for k, v in part.items()}), run(model, part),
+                                   rtol=1e-3, atol=1e-4)

@@ -92,16 +92,28 @@ def _load_weights_file(model: onnx.ModelProto, path: str) -> None:
                          f"2 GiB (one protobuf message)")
 
 
+def _subgraphs(node: onnx.NodeProto):
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            yield attr.g
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            yield from attr.graphs
+
+
+def _all_nodes(graph: onnx.GraphProto):
+    """Nodes of `graph` and of every subgraph (If/Loop/Scan bodies)."""
+    for node in graph.node:
+        yield node
+        for g in _subgraphs(node):
+            yield from _all_nodes(g)
+
+
 def _all_initializers(graph: onnx.GraphProto):
     """Initializers of `graph` and of every subgraph (If/Loop/Scan bodies)."""
     yield from graph.initializer
     for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _all_initializers(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _all_initializers(g)
+        for g in _subgraphs(node):
+            yield from _all_initializers(g)
 
 
 def load_model(path: str) -> onnx.ModelProto:
@@ -116,7 +128,7 @@ def load_model(path: str) -> onnx.ModelProto:
     if len(model.graph.node) == 0:
         raise ExitcError(f"{path}: not an ONNX model (the graph has no nodes)")
     try:
-        onnx.checker.check_model(model)
+        check_model(model)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
         # onnxruntime.transformers' float16 converter (keep_io_types) appends the input casts at
@@ -124,11 +136,60 @@ def load_model(path: str) -> onnx.ModelProto:
         if "topologically sorted" not in first or not topological_sort(model.graph):
             raise ExitcError(f"{path}: the ONNX checker rejects this model: {first}") from None
         try:
-            onnx.checker.check_model(model)
+            check_model(model)
         except Exception as again:
             first = str(again).strip().splitlines()[0] if str(again).strip() else "invalid model"
             raise ExitcError(f"{path}: the ONNX checker rejects this model: {first}") from None
     return model
+
+
+def _onnx_defines(op: str, domain: str, opset: int) -> bool:
+    try:
+        onnx.defs.get_schema(op, opset, domain)
+        return True
+    except Exception:
+        return False
+
+
+def runtime_only_ops(model: onnx.ModelProto) -> set[str]:
+    """Ops of the ONNX domain in `model` that ONNX does not define at the model's opset but ONNX
+    Runtime does: its own LayerNormalization and SimplifiedLayerNormalization from opset 1 (ONNX
+    has LayerNormalization from opset 17). onnxruntime.transformers' fusions, and so `optimum`'s
+    ORT optimisation of a RoBERTa exported at opset 14, write them; ONNX Runtime runs such files,
+    ONNX's checker rejects them ("No Op registered for LayerNormalization with domain_version of
+    14")."""
+    from .graph import default_opset
+
+    opset = default_opset(model)
+    used = {n.op_type for n in _all_nodes(model.graph) if n.domain in ("", "ai.onnx")}
+    missing = {op for op in used if not _onnx_defines(op, "", opset)}
+    if not missing:
+        return set()
+    from onnxruntime.capi import _pybind_state as ort_c
+
+    runtime = {s.name for s in ort_c.get_all_operator_schema()
+               if s.domain in ("", "ai.onnx") and s.name in missing and s.since_version <= opset}
+    return missing & runtime
+
+
+def check_model(model: onnx.ModelProto) -> None:
+    """onnx.checker.check_model, except that ONNX-domain ops only ONNX Runtime defines at the
+    model's opset (runtime_only_ops) pass: they are checked as the custom ops they are (moved to
+    ORT's own domain in a copy), every other node and the graph as the checker does."""
+    extra = runtime_only_ops(model)
+    if not extra:
+        onnx.checker.check_model(model)
+        return
+    checked = copy.deepcopy(model)
+    for node in _all_nodes(checked.graph):
+        if node.domain in ("", "ai.onnx") and node.op_type in extra:
+            node.domain = RUNTIME_DOMAIN
+    if not any(o.domain == RUNTIME_DOMAIN for o in checked.opset_import):
+        checked.opset_import.append(onnx.helper.make_opsetid(RUNTIME_DOMAIN, 1))
+    onnx.checker.check_model(checked)
+
+
+RUNTIME_DOMAIN = "com.microsoft"
 
 
 def topological_sort(graph: onnx.GraphProto) -> bool:

@@ -46,7 +46,16 @@ SHAPE_LIKE_SIZE = 8  # integer constants of at most this many values are shape a
 # Inputs that are weights: a dim equal to L there is a coincidence (hidden size == L), never a length.
 _WEIGHT_INPUTS = {("MatMul", 1), ("Gemm", 1), ("Gemm", 2), ("Conv", 1), ("LayerNormalization", 1),
                   ("LayerNormalization", 2), ("BatchNormalization", 1), ("BatchNormalization", 2),
-                  ("Gather", 0)}
+                  ("Gather", 0),
+                  # ONNX Runtime's fused transformer ops (onnxruntime.transformers' optimizer, and
+                  # optimum's ORT optimisation, write them): embedding tables and LayerNorm
+                  # parameters of EmbedLayerNormalization, which takes positions 0..L-1 itself
+                  # and needs its tables' sizes known; the projections of Attention; the
+                  # parameters of SkipLayerNormalization and the biases of fused GELUs.
+                  *(("EmbedLayerNormalization", k) for k in range(2, 7)), ("Attention", 1), ("Attention", 2),
+                  ("SkipLayerNormalization", 2), ("SkipLayerNormalization", 3), ("SkipLayerNormalization", 4),
+                  ("SkipSimplifiedLayerNormalization", 2), ("SimplifiedLayerNormalization", 1),
+                  ("BiasGelu", 1), ("FastGelu", 1)}
 
 
 @dataclass(frozen=True)
