@@ -383,3 +383,27 @@ def compile_on_noise(model: onnx.ModelProto, tmp, rows: int = 1700, calib_rows: 
                         CompileOptions(target_acc=target_acc, progress=False, never_slower=False), log=lambda *a: None)
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return str(tmp / "m.exitc"), res, x[calib_rows:], sess.run(None, {"x": x[calib_rows:]})[0]
+
+
+def cnn_with_functions(blocks: int = 4, seed: int = 0) -> onnx.ModelProto:
+    """tiny_cnn with each residual block written as a call to one local function (domain
+    ``exitc.tests``), as torch.onnx's export_modules_as_functions writes repeated modules; it
+    computes what tiny_cnn(blocks=`blocks`, seed=`seed`) does."""
+    plain = tiny_cnn(blocks=blocks, seed=seed)
+    body = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c1"], ["r1"]),
+            helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+            helper.make_node("Add", ["x", "c2"], ["s"]),
+            helper.make_node("Relu", ["s"], ["y"])]
+    fn = helper.make_function("exitc.tests", "ResBlock", ["x", "w1", "b1", "w2", "b2"], ["y"], body,
+                              [helper.make_opsetid("", 17)])
+    nodes = [n for n in plain.graph.node if not n.name.startswith("b")]
+    calls = [helper.make_node("ResBlock", [f"h{b}", f"b{b}_w1", f"b{b}_b1", f"b{b}_w2", f"b{b}_b2"], [f"h{b + 1}"],
+                              domain="exitc.tests", name=f"block{b}") for b in range(blocks)]
+    graph = helper.make_graph(nodes[:2] + calls + nodes[2:], "cnn_with_functions", list(plain.graph.input),
+                              list(plain.graph.output), initializer=list(plain.graph.initializer))
+    model = helper.make_model(graph, functions=[fn], producer_name="exitc-tests",
+                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("exitc.tests", 1)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model

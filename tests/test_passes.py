@@ -645,3 +645,28 @@ def test_model_with_onnx_runtime_only_ops_compiles_exactly(tmp_path):
         (got,), idx = ExitModel(out, use_conditional=conditional).run(feeds)
         end = idx == ExitModel(out).num_exits
         np.testing.assert_allclose(got[end], ref[end], rtol=1e-5, atol=1e-5)
+
+
+def test_local_functions_are_inlined_and_compile_exactly(tmp_path):
+    """Residual blocks written as calls to a local function (torch.onnx's
+    export_modules_as_functions). Before: each call was one opaque node (no cut inside or between
+    its ops' own tensors), and the batch-1 form failed to load ("ResBlock(-1) is not a registered
+    function/op" inside its If bodies): `exitc: error: ... conditional.onnx: ONNX Runtime cannot
+    load the model`. Now load_model inlines them; the compiled model is exact at full depth."""
+    from exitc.passes.normalize import load_model
+    from synthetic import cnn_with_functions, compile_on_noise
+
+    model = cnn_with_functions()
+    onnx.save(model, str(tmp_path / "fn.onnx"))
+    loaded = load_model(str(tmp_path / "fn.onnx"))
+    assert not loaded.functions and {n.op_type for n in loaded.graph.node} >= {"Conv", "Add"}
+    feeds = feeds_for("cnn", 4)
+    np.testing.assert_allclose(run(loaded, feeds)["logits"], run(tiny_cnn(blocks=4), feeds)["logits"], rtol=1e-5,
+                               atol=1e-6)
+    from exitc.runtime import ExitModel
+
+    out, _, x, ref = compile_on_noise(model, tmp_path)
+    for conditional in (False, True):
+        (got,), idx = ExitModel(out, use_conditional=conditional).run({"x": x})
+        end = idx == ExitModel(out).num_exits
+        np.testing.assert_allclose(got[end], ref[end], rtol=1e-5, atol=1e-5)

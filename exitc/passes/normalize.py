@@ -140,7 +140,25 @@ def load_model(path: str) -> onnx.ModelProto:
         except Exception as again:
             first = str(again).strip().splitlines()[0] if str(again).strip() else "invalid model"
             raise ExitcError(f"{path}: the ONNX checker rejects this model: {first}") from None
-    return model
+    return inline_functions(model, path)
+
+
+def inline_functions(model: onnx.ModelProto, label: str = "model") -> onnx.ModelProto:
+    """`model` with its local functions inlined (the model itself where it has none).
+
+    Why: exporters write repeated blocks as functions (torch.onnx's export_modules_as_functions,
+    older dynamo exports): a call is one opaque node to the passes, so no cut falls inside it,
+    and ONNX Runtime does not resolve a call inside the batch-1 form's If bodies ("Block(-1) is
+    not a registered function/op"). Inlined, the graph computes the same with plain ops."""
+    if not model.functions:
+        return model
+    import onnx.inliner
+
+    try:
+        return onnx.inliner.inline_local_functions(model)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExitcError(f"{label}: its {len(model.functions)} local functions could not be inlined: {first}") from None
 
 
 def _onnx_defines(op: str, domain: str, opset: int) -> bool:
