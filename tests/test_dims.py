@@ -193,3 +193,76 @@ def test_opset_9_models_are_converted_for_the_heads(tmp_path):
     outs, idx = ExitModel(out).run({"x": x})
     end = idx == len(idx) * 0 + ExitModel(out).num_exits
     assert np.allclose(outs[0][end], run(src, {"x": x})[0][end], atol=1e-4)
+
+
+def _fixed_batch_cnn(n: int, expand: bool = False) -> onnx.ModelProto:
+    """tiny_cnn exported at a fixed batch of `n` rows as torch.onnx does without dynamic axes:
+    every input and output [n, ...], the flatten written as Reshape to a constant [n, -1]; with
+    `expand`, also a learned [1, 5] bias expanded to a constant [n, 5] (as a ViT's class token),
+    so the graph computes the batch size itself."""
+    m = tiny_cnn(batch=n)
+    g = m.graph
+    flat = next(node for node in g.node if node.op_type == "Flatten")
+    flat.CopyFrom(helper.make_node("Reshape", ["gap", "flat_shape"], ["flat"], name="flatten"))
+    g.initializer.append(onnx.numpy_helper.from_array(np.array([n, -1], np.int64), "flat_shape"))
+    if expand:
+        fc = next(node for node in g.node if node.op_type == "Gemm")
+        fc.output[0] = "fc_out"
+        g.initializer.extend([onnx.numpy_helper.from_array(np.full((1, 5), 0.1, np.float32), "row_bias"),
+                              onnx.numpy_helper.from_array(np.array([n, 5], np.int64), "bias_shape")])
+        g.node.extend([helper.make_node("Expand", ["row_bias", "bias_shape"], ["bias_rows"], name="expand"),
+                       helper.make_node("Add", ["fc_out", "bias_rows"], ["logits"], name="add_bias")])
+    onnx.checker.check_model(m)
+    return m
+
+
+def test_a_batch_fixed_at_export_is_opened():
+    """torch.onnx.export without dynamic axes fixes the batch to the example's rows (here 8) and
+    folds it into Reshape targets. Before: 'no batch-major classification output [batch,
+    classes] found (outputs: logits [8, 5])'. Now the batch axis is opened as for a fixed 1, and
+    the model runs at other batch sizes, each row as at the exported size."""
+    from exitc.passes.normalize import fixed_batch
+
+    m = _fixed_batch_cnn(8)
+    assert fixed_batch(m) == 8 and fixed_batch(tiny_cnn()) == 0 and fixed_batch(tiny_cnn(batch=1)) == 1
+    model, sig = prepare(m)
+    assert sig.exported_batch == 8 and sig.output.shape[0] == "batch"
+    x = np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype(np.float32)
+    (ref,) = run(m, {"x": x})
+    for rows in (1, 3, 8):
+        np.testing.assert_allclose(run(model, {"x": x[:rows]})[0], ref[:rows], rtol=1e-5, atol=1e-6)
+
+
+def test_inputs_fixed_at_different_sizes_are_no_batch():
+    from exitc.passes.normalize import fixed_batch
+
+    m = tiny_transformer()
+    for v, n in zip(m.graph.input, (8, 4)):
+        v.type.tensor_type.shape.dim[0].Clear()
+        v.type.tensor_type.shape.dim[0].dim_value = n
+    assert fixed_batch(m) == 0
+
+
+def test_a_fixed_batch_the_graph_computes_is_refused_in_one_line(tmp_path):
+    """A constant [8, 5] expanded and added to the logits: the graph makes 8 rows itself, so
+    opening the axis cannot make it run at other sizes. The line says why and what to do."""
+    from exitc.errors import ExitcError
+
+    with pytest.raises(ExitcError, match=r"batch axis is fixed to 8 rows \(exported without a dynamic batch axis\).*"
+                                         r"export it with a dynamic batch axis"):
+        prepare(_fixed_batch_cnn(8, expand=True))
+
+
+def test_a_batch_fixed_at_export_compiles_exactly(tmp_path):
+    m = _fixed_batch_cnn(8)
+    onnx.save(m, str(tmp_path / "m.onnx"))
+    x = np.random.default_rng(0).standard_normal((1696, 3, 16, 16)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x[:1400])
+    out = str(tmp_path / "m.exitc")
+    compile_model(str(tmp_path / "m.onnx"), str(tmp_path / "calib.npz"), out,
+                  CompileOptions(target_acc=0.9, progress=False, never_slower=False), log=lambda *a: None)
+    held = x[1400:]  # 296 rows: the original itself runs them 8 at a time
+    ref = np.concatenate([run(m, {"x": held[i:i + 8]})[0] for i in range(0, len(held), 8)])
+    (got,), idx = ExitModel(out, full_depth=True).run({"x": held})
+    assert (idx == ExitModel(out).num_exits).all()
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)

@@ -41,6 +41,9 @@ class Signature:
     # The original's other outputs: the compiled model produces only the prediction output (an
     # early exit has no value for, say, a separate label output).
     dropped_outputs: list[str] = field(default_factory=list)
+    # The batch size the file was exported at where its batch axis was fixed (fixed_batch), else 0:
+    # exitc opens that axis, and says so where the model then does not run at other sizes.
+    exported_batch: int = 0
 
     @property
     def num_classes(self) -> int:
@@ -252,16 +255,42 @@ def _dim_symbol(tensor: str, axis: int) -> str:
     return f"{re.sub(r'[^A-Za-z0-9_]', '_', tensor)}_dim{axis}"
 
 
-def name_dims(model: onnx.ModelProto) -> bool:
+def fixed_batch(model: onnx.ModelProto) -> int:
+    """The batch size the model was exported at where its batch axis is fixed: the dim 0 every
+    graph input has (a fixed 1, or one fixed N >= 2 shared by every input and by an output);
+    0 where dim 0 is open or the inputs disagree. Why N: torch.onnx.export without dynamic axes
+    fixes the batch to the example's rows (often 1, also 4, 8, 32), and the file then runs only
+    at that batch size."""
+    g = model.graph
+    inits = {t.name for t in g.initializer}
+
+    def dim0(v):
+        if not (v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")
+                and len(v.type.tensor_type.shape.dim)):
+            return None
+        d = v.type.tensor_type.shape.dim[0]
+        return d.dim_value if d.HasField("dim_value") and d.dim_value >= 1 else None
+
+    sizes = {dim0(v) for v in g.input if v.name not in inits}
+    if len(sizes) != 1 or None in sizes:
+        return 0
+    n = sizes.pop()
+    return n if n == 1 or any(dim0(o) == n for o in g.output) else 0
+
+
+def name_dims(model: onnx.ModelProto) -> int:
     """Give the graph inputs' and outputs' dims names ONNX Runtime can trust (in place).
 
-    Dim 0 becomes ``batch`` where it is unknown or 1. Every other unknown dim gets a symbol of its
+    Dim 0 becomes ``batch`` where it is unknown, 1, or the batch size the model was exported at
+    (fixed_batch). Every other unknown dim gets a symbol of its
     own unless its name is a real one: ORT takes two dims with the same name to be equal when it
     plans buffers, so exporters that write one placeholder (``?``, ``unk__3``, ``-1``, ``N``) for
     several axes make it reuse an H-sized buffer for W (seen: "Shape mismatch attempting to re-use
     buffer"). A name is kept only if it is not a placeholder and every use of it is at the same
     axis position and at most once per tensor (e.g. ``sequence`` in both input_ids and
-    attention_mask). Negative dim values count as unknown. Returns whether a dim 0 was a fixed 1.
+    attention_mask). Negative dim values count as unknown. Returns the fixed batch size the
+    model was exported at (fixed_batch; 1 also where an input or output alone has a dim 0 of 1),
+    or 0.
     """
     g = model.graph
     inits = {t.name for t in g.initializer}
@@ -283,16 +312,19 @@ def name_dims(model: onnx.ModelProto) -> bool:
     input_batch = {v.type.tensor_type.shape.dim[0].dim_param for v in g.input
                    if v.name not in inits and v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")
                    and len(v.type.tensor_type.shape.dim) and v.type.tensor_type.shape.dim[0].HasField("dim_param")}
-    fixed_one = False
+    exported_at = fixed_batch(model)
+    fixed = exported_at
     for v in values:
         is_input = any(v is i for i in g.input)
         for axis, d in enumerate(v.type.tensor_type.shape.dim):
             if axis == 0:
                 if d.HasField("dim_value") and d.dim_value == 1:
-                    fixed_one = True
+                    fixed = fixed or 1
                 named_other = (d.HasField("dim_param") and not is_input and bool(input_batch)
                                and d.dim_param not in input_batch and not _PLACEHOLDER_DIM.match(d.dim_param))
-                if (not d.HasField("dim_value") or d.dim_value <= 1) and not named_other:
+                batch_size = (not d.HasField("dim_value") or d.dim_value <= 1
+                              or (exported_at > 1 and d.dim_value == exported_at))
+                if batch_size and not named_other:
                     d.Clear()
                     d.dim_param = BATCH
             elif d.HasField("dim_value") and d.dim_value >= 0:
@@ -300,15 +332,17 @@ def name_dims(model: onnx.ModelProto) -> bool:
             elif not (d.HasField("dim_param") and d.dim_param in trusted):
                 d.Clear()
                 d.dim_param = _dim_symbol(v.name, axis)
-    return fixed_one
+    return fixed
 
 
-def _make_batch_symbolic(model: onnx.ModelProto) -> onnx.ModelProto:
-    """name_dims, and Reshape shapes that start with a literal 1 computed for a fixed batch of 1
-    become 0 ("copy from input")."""
+def _make_batch_symbolic(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """name_dims, and Reshape shapes that start with the literal batch size of a model exported at
+    a fixed batch (1, or the N of fixed_batch) become 0 ("copy from input"). Whether the model
+    then runs at other batch sizes, and computes each row on its own, is checked by running it
+    (observe_shapes, check_rows_independent)."""
     g = model.graph
-    fixed_one = name_dims(model)
-    if fixed_one:
+    fixed = name_dims(model)
+    if fixed:
         by_name = {t.name: t for t in g.initializer}
         consts = {n.output[0]: n for n in g.node if n.op_type == "Constant" and len(n.output) == 1}
         for node in g.node:
@@ -320,7 +354,7 @@ def _make_batch_symbolic(model: onnx.ModelProto) -> onnx.ModelProto:
             target = by_name.get(node.input[1])
             if target is not None:
                 arr = numpy_helper.to_array(target).copy()
-                if arr.ndim == 1 and arr.size >= 2 and arr[0] == 1:
+                if arr.ndim == 1 and arr.size >= 2 and arr[0] == fixed:
                     arr[0] = 0
                     target.CopyFrom(numpy_helper.from_array(arr, target.name))
             elif node.input[1] in consts:
@@ -328,11 +362,11 @@ def _make_batch_symbolic(model: onnx.ModelProto) -> onnx.ModelProto:
                 for a in c.attribute:
                     if a.name == "value":
                         arr = numpy_helper.to_array(a.t).copy()
-                        if arr.ndim == 1 and arr.size >= 2 and arr[0] == 1:
+                        if arr.ndim == 1 and arr.size >= 2 and arr[0] == fixed:
                             arr[0] = 0
                             a.t.CopyFrom(numpy_helper.from_array(arr, a.t.name))
     del g.value_info[:]
-    return model
+    return model, fixed
 
 
 MIN_OPSET = 11  # exit heads use ops in their opset-11 form (TopK with K as an input; see passes.heads)
@@ -367,7 +401,7 @@ def prepare(model: onnx.ModelProto, output: str | None = None, label: str = "mod
     names = [o.name for o in g.output]
     if output is not None and output not in names:
         raise ExitcError(f"{label}: --output {output!r} is not an output of the model (outputs: {', '.join(names)})")
-    model = _make_batch_symbolic(model)
+    model, exported = _make_batch_symbolic(model)
     model = _infer(model, label)
     idx = GraphIndex.build(model)
 
@@ -384,6 +418,10 @@ def prepare(model: onnx.ModelProto, output: str | None = None, label: str = "mod
         cands = [n for n in names if is_classification(n)] or [n for n in names if is_classification(n, 1)]
         if not cands:
             shapes = ", ".join(f"{n} {idx.infos[n].shape if n in idx.infos else '?'}" for n in names)
+            if exported > 1:
+                raise ExitcError(f"{label}: its batch axis is fixed to {exported} rows (exported without a dynamic "
+                                 f"batch axis), and the graph computes that size itself (outputs: {shapes}); export "
+                                 "it with a dynamic batch axis")
             raise ExitcError(f"{label}: no batch-major classification output [batch, classes] found (outputs: {shapes})")
         if len(cands) > 1:
             raise ExitcError(f"{label}: several classification outputs ({', '.join(cands)}); choose one with --output NAME")
@@ -405,7 +443,7 @@ def prepare(model: onnx.ModelProto, output: str | None = None, label: str = "mod
     model = _infer(model, label)
     idx = GraphIndex.build(model)
     return model, Signature(inputs=[idx.infos[n] for n in idx.graph_inputs], output=idx.infos[output],
-                            dropped_outputs=dropped)
+                            dropped_outputs=dropped, exported_batch=exported if exported > 1 else 0)
 
 
 def normalize(model: onnx.ModelProto, output: str | None = None, label: str = "model",
@@ -543,6 +581,10 @@ def observe_shapes(model: onnx.ModelProto, sig: Signature, feeds: dict[str, np.n
         runs = [_output_shapes(sess, _rows(feeds, b)) for b in (2, 3)]
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if sig.exported_batch:
+            raise ExitcError(f"{label}: its batch axis is fixed to {sig.exported_batch} rows (exported without a "
+                             f"dynamic batch axis), and it does not run at other batch sizes: {first}; export it "
+                             "with a dynamic batch axis") from None
         raise ExitcError(f"{label}: ONNX Runtime cannot run the model: {first}") from None
     varied = None
     open_axes = dynamic_axes(sig)
