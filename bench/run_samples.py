@@ -14,7 +14,8 @@ segment engines (exit decisions, compaction, scatter) relative to the original m
 Samples (each built by samples/build_<name>.py into samples/.cache/<name>/): cv, nlp (the
 default), and the slower ones kept out of CI: cv_native (MobileNetV2 on preprocessed 3x160x160
 images, 3000 calibration rows) and nlp_austen (6-class MiniLM, 2000 calibration rows).
-`--samples new` runs those two, `--samples all` all four.
+`--samples new` runs those two, `--samples all` all four. `nlp_ortopt` is the NLP sample
+after ONNX Runtime's transformer optimizer (samples/build_nlp_ortopt.py), run by name only.
 
 `--seeds` compiles each sample once per seed (`exitc compile --seed`: another fit/certification
 split, other neighbours), `--calib-rows N` from only the first N calibration rows (the "CV from
