@@ -234,6 +234,20 @@ def _tiny_bert(tmp_path, exporter: str, seq: int, attn: str = "eager"):
     return _export_text_classifier(tmp_path, model, "bert", exporter, feeds, optimize=False), feeds
 
 
+def _assert_opens_exactly(src, feeds: dict, length: int) -> None:
+    """`src` prepared and opened along its token axis (padded to `length`) gives the original's
+    outputs on rows cut to the shortest, the median and the full length."""
+    model, sig = prepare(src)
+    opened, axis, why = open_sequence(model, sig.inputs, "logits", feeds)
+    assert why is None and axis is not None and axis.length == length
+    lengths = row_lengths(feeds["attention_mask"])
+    for n in (int(lengths.min()), int(np.median(lengths)), length):
+        rows = np.flatnonzero(lengths <= n)
+        part = {k: v[rows] for k, v in feeds.items()}
+        np.testing.assert_allclose(run(opened, {k: v[:, :n] for k, v in part.items()}), run(model, part),
+                                   rtol=1e-3, atol=1e-4)
+
+
 @pytest.mark.parametrize("exporter,seq,attn", [("torchscript", 24, "eager"), ("torchscript", 32, "sdpa"),
                                                ("dynamo", 24, "eager")])
 def test_exported_bert_runs_cut_to_its_rows(tmp_path, exporter, seq, attn):
@@ -241,15 +255,7 @@ def test_exported_bert_runs_cut_to_its_rows(tmp_path, exporter, seq, attn):
     mask ranges and Reshape targets hold L; seq 32 == hidden 32 as well): opened, it gives the
     original's outputs at every length."""
     src, feeds = _tiny_bert(tmp_path, exporter, seq, attn)
-    model, sig = prepare(src)
-    opened, axis, why = open_sequence(model, sig.inputs, "logits", feeds)
-    assert why is None and axis is not None and axis.length == seq
-    lengths = row_lengths(feeds["attention_mask"])
-    for n in (int(lengths.min()), int(np.median(lengths)), seq):
-        rows = np.flatnonzero(lengths <= n)
-        part = {k: v[rows] for k, v in feeds.items()}
-        np.testing.assert_allclose(run(opened, {k: v[:, :n] for k, v in part.items()}), run(model, part),
-                                   rtol=1e-3, atol=1e-4)
+    _assert_opens_exactly(src, feeds, seq)
 
 
 def test_trim_timing_arithmetic():
@@ -371,15 +377,7 @@ def test_a_hidden_size_equal_to_the_length_is_told_apart(tmp_path, exporter):
     node ONNX Runtime names are repaired: the opened graph gives the original's outputs at every
     length."""
     src, feeds = _tiny_gpt2(tmp_path, exporter, seq=32, hidden=32)
-    model, sig = prepare(src)
-    opened, axis, why = open_sequence(model, sig.inputs, "logits", feeds)
-    assert why is None and axis is not None and axis.length == 32
-    lengths = row_lengths(feeds["attention_mask"])
-    for n in (int(lengths.min()), int(np.median(lengths)), 32):
-        rows = np.flatnonzero(lengths <= n)
-        part = {k: v[rows] for k, v in feeds.items()}
-        np.testing.assert_allclose(run(opened, {k: v[:, :n] for k, v in part.items()}), run(model, part),
-                                   rtol=1e-3, atol=1e-4)
+    _assert_opens_exactly(src, feeds, 32)
 
 
 def _reshape_gemm_graph():
@@ -460,12 +458,4 @@ def test_bert_fused_by_onnxruntime_runs_cut_to_its_rows(tmp_path):
     fused = onnx.load(str(fused_path))
     assert {"EmbedLayerNormalization", "Attention", "SkipLayerNormalization"} <= {
         n.op_type for n in fused.graph.node if n.domain == "com.microsoft"}
-    model, sig = prepare(fused)
-    opened, axis, why = open_sequence(model, sig.inputs, "logits", feeds)
-    assert why is None and axis is not None and axis.length == 32
-    lengths = row_lengths(feeds["attention_mask"])
-    for n in (int(lengths.min()), int(np.median(lengths)), 32):
-        rows = np.flatnonzero(lengths <= n)
-        part = {k: v[rows] for k, v in feeds.items()}
-        np.testing.assert_allclose(run(opened, {k: v[:, :n] for k, v in part.items()}), run(model, part),
-                                   rtol=1e-3, atol=1e-4)
+    _assert_opens_exactly(fused, feeds, 32)
