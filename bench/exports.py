@@ -56,13 +56,17 @@ def compile_and_read(d: Path, extra: list[str] | tuple[str, ...] = ()) -> dict:
             "seconds": took}
 
 
-def parse_args(description: str, prog: str, known: list[str],
-               steps: int) -> tuple[argparse.Namespace, list[str], Path] | None:
+def parse_args(description: str, prog: str, known: list[str], steps: int, exporters: list[str],
+               default_exporters: list[str] | None = None) -> tuple[argparse.Namespace, list[str], Path] | None:
     """The benches' command line; (arguments, the names to run, the directory models and
     artifacts go to), or None (after a one-line error on stderr) where --only names one not in
-    `known`."""
+    `known` or --exporters one not in `exporters`. `a.exporters` is the list of exporters to run
+    (default `default_exporters`, else all)."""
+    default_exporters = default_exporters or exporters
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--only", help=f"comma-separated names (default: all of {', '.join(known)})")
+    ap.add_argument("--exporters", default=",".join(default_exporters),
+                    help=f"comma-separated, of {', '.join(exporters)} (default: %(default)s)")
     ap.add_argument("--steps", type=int, default=steps, help="Adam steps of 64 rows before export")
     ap.add_argument("--out", help="keep models and artifacts here (default: a temporary directory)")
     ap.add_argument("--json", help="write the rows as JSON here")
@@ -72,5 +76,10 @@ def parse_args(description: str, prog: str, known: list[str],
     unknown = [n for n in names if n not in known]
     if unknown:
         print(f"{prog}: unknown name {unknown[0]!r} ({', '.join(known)})", file=sys.stderr)
+        return None
+    a.exporters = [e for e in a.exporters.split(",") if e]
+    unknown = [e for e in a.exporters if e not in exporters]
+    if unknown or not a.exporters:
+        print(f"{prog}: unknown exporter {(unknown or [''])[0]!r} ({', '.join(exporters)})", file=sys.stderr)
         return None
     return a, names, Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix=f"exitc-{Path(prog).stem}-"))

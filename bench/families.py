@@ -17,7 +17,8 @@ compile's own measured batch-32 speedup beside its prediction, and how far full-
 from the original (exact: at most 1e-4). A failed export is torch's and is shown as such; an
 exitc failure shows its one-line message.
 
-    .venv/bin/python bench/families.py [--only shuffle_se,dense] [--steps 150] [--out DIR]
+    .venv/bin/python bench/families.py [--only shuffle_se,dense] [--exporters dynamo,torchscript-batch8]
+                                       [--steps 150] [--out DIR]
 
 Needs torch (scripts/setup_samples.sh) and the Fashion-MNIST package (bench/zoo/cache.py).
 """
@@ -237,7 +238,13 @@ FAMILIES = {
     "hf_convnextv2": (partial(Transformers, "convnextv2"), "logits", False),
     "hf_deit": (partial(Transformers, "deit"), "logits", False),
 }
-EXPORTERS = {"dynamo": 18, "torchscript": 13}
+# Opsets of each export. Besides the two exporters, two forms users' files often have (run with
+# --exporters): "torchscript-batch8", exported without dynamic axes from an example of 8 rows, so
+# the batch is fixed to 8 and folded into Reshape targets; "torchscript+ort-saved", the
+# TorchScript export as ONNX Runtime saves it after its extended graph optimisations
+# (optimized_model_filepath: FusedConv, FusedGemm, FusedMatMul, BiasGelu from ORT's own domain).
+EXPORTERS = {"dynamo": 18, "torchscript": 13, "torchscript-batch8": 13, "torchscript+ort-saved": 13}
+DEFAULT_EXPORTERS = ["dynamo", "torchscript"]
 
 
 def photos(n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -269,14 +276,28 @@ def fit(model: nn.Module, kind: str, x: torch.Tensor, y: torch.Tensor, steps: in
 def export(model: nn.Module, x: torch.Tensor, path: Path, exporter: str) -> str | None:
     """Writes `path`; returns torch's one-line reason where the export fails."""
     dynamo = exporter == "dynamo"
-    return torch_export(torch.onnx.export, model, (x[:2],), str(path), input_names=["img"], output_names=["out"],
-                        dynamo=dynamo, opset_version=EXPORTERS[exporter],
-                        dynamic_shapes=({0: torch.export.Dim("n")},) if dynamo else None,
-                        dynamic_axes=None if dynamo else {"img": {0: "n"}, "out": {0: "n"}})
+    fixed = exporter == "torchscript-batch8"
+    saved = exporter == "torchscript+ort-saved"
+    raw = path.with_name(path.stem + ".torchscript.onnx") if saved else path
+    failed = torch_export(torch.onnx.export, model, (x[:8] if fixed else x[:2],), str(raw), input_names=["img"],
+                          output_names=["out"], dynamo=dynamo, opset_version=EXPORTERS[exporter],
+                          dynamic_shapes=({0: torch.export.Dim("n")},) if dynamo else None,
+                          dynamic_axes=None if dynamo or fixed else {"img": {0: "n"}, "out": {0: "n"}})
+    if failed or not saved:
+        return failed
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(path)
+    ort.InferenceSession(str(raw), opts, providers=["CPUExecutionProvider"])
+    raw.unlink()
+    return None
 
 
 def main() -> int:
-    parsed = parse_args(__doc__.split("\n\n")[0], "families.py", list(FAMILIES), steps=150)
+    parsed = parse_args(__doc__.split("\n\n")[0], "families.py", list(FAMILIES), steps=150,
+                        exporters=list(EXPORTERS), default_exporters=DEFAULT_EXPORTERS)
     if parsed is None:
         return 2
     a, names, out = parsed
@@ -287,7 +308,7 @@ def main() -> int:
         model = cls()
         xin = x.permute(0, 2, 3, 1).contiguous() if nhwc else x
         acc = fit(model, kind, xin, y, a.steps)
-        for exporter in EXPORTERS:
+        for exporter in a.exporters:
             d = out / f"{name}_{exporter}"
             d.mkdir(parents=True, exist_ok=True)
             failed = export(model, xin, d / "model.onnx", exporter)

@@ -15,8 +15,8 @@ the compile's own measured batch-32 speedup beside its prediction, and how far f
 are from the original (exact: at most 1e-4). Models this small are where per-call costs and
 ONNX Runtime's handling of open shapes show most; they are not the samples' scale.
 
-    .venv/bin/python bench/text_families.py [--only bert,gpt2] [--steps 200] [--out DIR] [--json FILE]
-                                            [--compile-args "--trim-padding always"]
+    .venv/bin/python bench/text_families.py [--only bert,gpt2] [--exporters dynamo,torchscript] [--steps 200]
+                                            [--out DIR] [--json FILE] [--compile-args "--trim-padding always"]
 
 Needs torch and transformers (scripts/setup_samples.sh).
 """
@@ -144,7 +144,8 @@ def export(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, path: Path, 
 
 
 def main() -> int:
-    parsed = parse_args(__doc__.split("\n\n")[0], "text_families.py", list(ARCHS), steps=200)
+    parsed = parse_args(__doc__.split("\n\n")[0], "text_families.py", list(ARCHS), steps=200,
+                        exporters=list(EXPORTERS))
     if parsed is None:
         return 2
     a, names, out = parsed
@@ -154,7 +155,7 @@ def main() -> int:
     for name in names:
         model = make(name)
         acc = fit(model, ids, mask, y, a.steps)
-        for exporter in EXPORTERS:
+        for exporter in a.exporters:
             d = out / f"{name}_{exporter}"
             d.mkdir(parents=True, exist_ok=True)
             failed = export(model, ids, mask, d / "model.onnx", exporter)
