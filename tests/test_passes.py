@@ -670,3 +670,32 @@ def test_local_functions_are_inlined_and_compile_exactly(tmp_path):
         (got,), idx = ExitModel(out, use_conditional=conditional).run({"x": x})
         end = idx == ExitModel(out).num_exits
         np.testing.assert_allclose(got[end], ref[end], rtol=1e-5, atol=1e-5)
+
+
+def test_weights_listed_as_inputs_compile_exactly(tmp_path):
+    """Before IR version 4 every initializer had to be a graph input as well (old PyTorch, MXNet
+    and Caffe2 exports list all weights as inputs). Before: `exitc: internal error in emit:
+    ValidationError: stem_w in initializer but not in graph input` (the derived graphs kept IR 3
+    but not those inputs). Now the prepared model has no weight inputs and IR >= 4; compiled, it
+    is exact at full depth, and its batch-1 form answers as its segments do."""
+    from onnx import helper
+
+    from exitc.runtime import ExitModel
+    from synthetic import compile_on_noise
+
+    m = tiny_cnn(opset=9)
+    m.ir_version = 3
+    for t in m.graph.initializer:
+        m.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    onnx.checker.check_model(m)
+    model, sig = prepare(m)
+    assert [i.name for i in model.graph.input] == ["x"] and model.ir_version >= 4 and [i.name for i in sig.inputs] == ["x"]
+    out, _, x, ref = compile_on_noise(m, tmp_path)
+    (full,), _ = ExitModel(out, full_depth=True).run({"x": x})
+    np.testing.assert_allclose(full, ref, rtol=1e-5, atol=1e-5)
+    (seg,), seg_idx = ExitModel(out, use_conditional=False).run({"x": x[:8]})
+    batch1 = ExitModel(out)  # batch-1 requests run the conditional form where the artifact has one
+    for i in range(8):
+        (row,), idx = batch1.run({"x": x[i:i + 1]})
+        assert idx[0] == seg_idx[i]
+        np.testing.assert_allclose(row[0], seg[i], rtol=1e-5, atol=1e-5)

@@ -392,11 +392,28 @@ def _upgrade_opset(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
     return up
 
 
+def _weights_not_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` (in place) with no graph input that an initializer backs, at IR version 4 or later.
+
+    Why: before IR version 4 every initializer had to be a graph input too, and old exporters
+    (PyTorch 0.x/1.0, MXNet, Caffe2; ONNX's model zoo has many such files) list all weights as
+    inputs. The graphs exitc derives keep the model's IR version but not those inputs, and
+    ONNX's checker rejected them ("stem_w in initializer but not in graph input"); at IR 4 and
+    later such inputs are overridable, which keeps ONNX Runtime from folding them as constants."""
+    inits = {t.name for t in model.graph.initializer}
+    weights = [v for v in model.graph.input if v.name in inits]
+    for v in weights:
+        model.graph.input.remove(v)
+    if model.ir_version < 4:
+        model.ir_version = 4
+    return model
+
+
 def prepare(model: onnx.ModelProto, output: str | None = None, label: str = "model") -> tuple[onnx.ModelProto, Signature]:
     """Return (normalised copy, signature) before any run of the model: dims named (name_dims),
     prediction output chosen, shapes inferred. Raises ExitcError if no batch-major classification
     output can be identified."""
-    model = _upgrade_opset(copy.deepcopy(model), label)
+    model = _weights_not_inputs(_upgrade_opset(copy.deepcopy(model), label))
     g = model.graph
     names = [o.name for o in g.output]
     if output is not None and output not in names:
