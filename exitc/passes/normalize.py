@@ -383,7 +383,7 @@ def _upgrade_opset(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
     if opset == 0 or opset >= MIN_OPSET:
         return model
     try:
-        up = version_converter.convert_version(model, MIN_OPSET)
+        up = _weights_not_inputs(version_converter.convert_version(_weights_not_inputs(model), MIN_OPSET))
         onnx.checker.check_model(up)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
