@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper, shape_inference
 
-from ..errors import ExitcError
+from ..errors import ExitcError, first_line
 from ..predictions import is_classification_shape
 
 from .graph import BATCH, GraphIndex, TensorInfo, node_inputs
@@ -87,7 +87,7 @@ def _load_weights_file(model: onnx.ModelProto, path: str) -> None:
     try:
         load_external_data_for_model(model, base)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ExitcError(f"{path}: its external weights could not be read: {first}") from None
     size = model.ByteSize()
     if size > MAX_MODEL_BYTES:
@@ -160,7 +160,7 @@ def inline_functions(model: onnx.ModelProto, label: str = "model") -> onnx.Model
     try:
         return onnx.inliner.inline_local_functions(model)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ExitcError(f"{label}: its {len(model.functions)} local functions could not be inlined: {first}") from None
 
 
@@ -335,6 +335,13 @@ def name_dims(model: onnx.ModelProto) -> int:
     return fixed
 
 
+def _fixed_batch_error(label: str, rows: int, why: str) -> ExitcError:
+    """The one line for a model exported at a fixed batch of `rows` (fixed_batch) that opening
+    the batch axis did not make run at other sizes, `why` saying what showed it."""
+    return ExitcError(f"{label}: its batch axis is fixed to {rows} rows (exported without a dynamic batch axis), and "
+                      f"{why}; export it with a dynamic batch axis")
+
+
 def _make_batch_symbolic(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """name_dims, and Reshape shapes that start with the literal batch size of a model exported at
     a fixed batch (1, or the N of fixed_batch) become 0 ("copy from input"). Whether the model
@@ -383,10 +390,10 @@ def _upgrade_opset(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
     if opset == 0 or opset >= MIN_OPSET:
         return model
     try:
-        up = _weights_not_inputs(version_converter.convert_version(_weights_not_inputs(model), MIN_OPSET))
+        up = _weights_not_inputs(version_converter.convert_version(model, MIN_OPSET))
         onnx.checker.check_model(up)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ExitcError(f"{label}: opset {opset}; exitc needs opset {MIN_OPSET} or newer and "
                          f"onnx.version_converter could not convert it: {first}") from None
     return up
@@ -436,9 +443,7 @@ def prepare(model: onnx.ModelProto, output: str | None = None, label: str = "mod
         if not cands:
             shapes = ", ".join(f"{n} {idx.infos[n].shape if n in idx.infos else '?'}" for n in names)
             if exported > 1:
-                raise ExitcError(f"{label}: its batch axis is fixed to {exported} rows (exported without a dynamic "
-                                 f"batch axis), and the graph computes that size itself (outputs: {shapes}); export "
-                                 "it with a dynamic batch axis")
+                raise _fixed_batch_error(label, exported, f"the graph computes that size itself (outputs: {shapes})")
             raise ExitcError(f"{label}: no batch-major classification output [batch, classes] found (outputs: {shapes})")
         if len(cands) > 1:
             raise ExitcError(f"{label}: several classification outputs ({', '.join(cands)}); choose one with --output NAME")
@@ -597,11 +602,9 @@ def observe_shapes(model: onnx.ModelProto, sig: Signature, feeds: dict[str, np.n
         sess = unoptimised_session(model, names)
         runs = [_output_shapes(sess, _rows(feeds, b)) for b in (2, 3)]
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         if sig.exported_batch:
-            raise ExitcError(f"{label}: its batch axis is fixed to {sig.exported_batch} rows (exported without a "
-                             f"dynamic batch axis), and it does not run at other batch sizes: {first}; export it "
-                             "with a dynamic batch axis") from None
+            raise _fixed_batch_error(label, sig.exported_batch, f"it does not run at other batch sizes: {first}") from None
         raise ExitcError(f"{label}: ONNX Runtime cannot run the model: {first}") from None
     varied = None
     open_axes = dynamic_axes(sig)
