@@ -16,12 +16,12 @@ import numpy as np
 from tqdm import tqdm
 
 from .backends import make_session
-from .data import load_dataset
+from .data import file_layout, load_dataset
 from .errors import ExitcError
-from .manifest import input_infos
+from .manifest import input_batch_axes, input_infos
 from .measure import batch1_latencies, run_all, run_interleaved
 from .passes.graph import GraphIndex
-from .passes.normalize import load_model, prepare
+from .passes.normalize import load_model, original_input_layout, prepare
 from .report import format_table
 from .runtime import load
 from .predictions import predicted_classes
@@ -68,17 +68,20 @@ def bench(artifact: str, data_path: str, opts: BenchOptions, original: str | Non
     path = original_path(artifact, manifest, original)
     raw = load_model(path)
     check_original(path, raw, manifest)
+    # Both are fed as users hold the inputs (rows on the manifest's batch_axis); the data is
+    # sliced rows first.
+    axes = input_batch_axes(manifest)
     model, _ = prepare(raw, output=manifest["prediction_output"])
-    orig = make_session(model, "original model")
-    data = load_dataset(data_path, input_infos(manifest))
+    orig = make_session(original_input_layout(model, axes), "original model")
+    data = load_dataset(data_path, input_infos(manifest), batch_axes=axes)
     n, b = data.rows, opts.batch_size
     feeds = data.feeds
 
     def run_orig(f):
-        return orig.run(f)[0]
+        return orig.run(file_layout(f, axes))[0]
 
     def run_comp(f):
-        outs, idx = compiled.run(f)
+        outs, idx = compiled.run(file_layout(f, axes))
         return outs[0], idx
 
     # Warm-up both (session creation, allocator growth).

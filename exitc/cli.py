@@ -138,7 +138,8 @@ def cmd_inspect(a) -> int:
 
     model, sig = normalize(load_model(a.model), output=a.output, label=a.model)
     cands = find_candidates(model)
-    feeds = (load_dataset(a.data, sig.inputs).feeds if a.data else example_feeds(sig, a.batch_size))
+    feeds = (load_dataset(a.data, sig.inputs, batch_axes=sig.batch_axes).feeds if a.data
+             else example_feeds(sig, a.batch_size))
     feeds = {k: v[: a.batch_size] for k, v in feeds.items()}
     b = len(next(iter(feeds.values())))
     original, slices, _ = profile_backbone(model, cands, find_mask_input(model), feeds, reps_b1=10, reps_bn=3)
@@ -197,15 +198,16 @@ def cmd_bench(a) -> int:
 def cmd_run(a) -> int:
     import numpy as np
 
-    from .manifest import input_infos
-    from .data import batches, load_dataset
+    from .manifest import input_batch_axes, input_infos
+    from .data import batches, file_layout, load_dataset
     from .runtime import load
 
     model = load(a.artifact, engine=a.engine)
-    data = load_dataset(a.input, input_infos(model.manifest))
+    axes = input_batch_axes(model.manifest)
+    data = load_dataset(a.input, input_infos(model.manifest), batch_axes=axes)
     outs, idxs = [], []
     for sl in batches(data.rows, a.batch_size):
-        o, i = model.run({k: v[sl] for k, v in data.feeds.items()})
+        o, i = model.run(file_layout({k: v[sl] for k, v in data.feeds.items()}, axes))
         outs.append(o[0])
         idxs.append(i)
     with _atomic_output(a.out, suffix=".npz") as tmp:

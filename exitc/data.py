@@ -83,8 +83,23 @@ def read_arrays(path: str) -> dict[str, np.ndarray]:
         raise ExitcError(f"{path}: not a readable .npz (or, for a model with one input, .npy) file") from None
 
 
-def load_dataset(path: str, inputs, label: str = "data") -> Dataset:
-    """Load and validate `path` against the model inputs (a list of TensorInfo)."""
+def rows_first(arrays: dict[str, np.ndarray], batch_axes: dict[str, int]) -> dict[str, np.ndarray]:
+    """Arrays with their rows moved to axis 0 (`batch_axes`: name -> the axis they are on)."""
+    return {k: np.moveaxis(v, batch_axes[k], 0) if batch_axes.get(k) else v for k, v in arrays.items()}
+
+
+def file_layout(feeds: dict[str, np.ndarray], batch_axes: dict[str, int]) -> dict[str, np.ndarray]:
+    """The inverse of rows_first, contiguous: feeds as the model file and the artifact take them."""
+    if not batch_axes:
+        return feeds
+    return {k: np.ascontiguousarray(np.moveaxis(v, 0, batch_axes[k])) if batch_axes.get(k) else v
+            for k, v in feeds.items()}
+
+
+def load_dataset(path: str, inputs, label: str = "data", batch_axes: dict[str, int] | None = None) -> Dataset:
+    """Load and validate `path` against the model inputs (a list of TensorInfo, rows first).
+    `batch_axes` names inputs whose arrays hold their rows on another axis (as the model file
+    takes them, e.g. 1 for [time, batch]); the Dataset holds every array rows first."""
     arrays = read_arrays(path)
     labels = arrays.pop(LABELS, None)
     names = [i.name for i in inputs]
@@ -97,6 +112,14 @@ def load_dataset(path: str, inputs, label: str = "data") -> Dataset:
         if info.name not in arrays:
             raise ExitcError(f"{path}: missing input tensor {info.name!r} (found {', '.join(sorted(arrays)) or 'none'})")
         arr = arrays[info.name]
+        rows_axis = (batch_axes or {}).get(info.name, 0)
+        # what the file should hold, in the model file's layout (rows on rows_axis)
+        expected = list(info.shape[1:])
+        expected.insert(rows_axis, "rows")
+        file_shape = list(arr.shape)
+        if arr.ndim != info.rank:
+            raise ExitcError(f"{path}: tensor {info.name!r} has shape {file_shape}, the model expects {expected}")
+        arr = np.moveaxis(arr, rows_axis, 0) if rows_axis else arr
         if arr.dtype != info.dtype:
             cast = cast_to(arr, info.dtype)
             if cast is None:
@@ -104,13 +127,10 @@ def load_dataset(path: str, inputs, label: str = "data") -> Dataset:
                                  " (and its values do not all convert unchanged)")
             casts[info.name] = f"{arr.dtype} -> {info.dtype}"
             arr = cast
-        if arr.ndim != info.rank:
-            raise ExitcError(f"{path}: tensor {info.name!r} has shape {list(arr.shape)}, the model expects "
-                             f"{['rows'] + list(info.shape[1:])}")
-        for axis, (got, want) in enumerate(zip(arr.shape[1:], info.shape[1:]), start=1):
+        for axis, (got, want) in enumerate(zip(file_shape, expected)):
             if isinstance(want, int) and got != want:
-                raise ExitcError(f"{path}: tensor {info.name!r} has shape {list(arr.shape)}, the model expects "
-                                 f"{['rows'] + list(info.shape[1:])} (axis {axis})")
+                raise ExitcError(f"{path}: tensor {info.name!r} has shape {file_shape}, the model expects "
+                                 f"{expected} (axis {axis})")
         if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
             bad = int((~np.isfinite(arr)).reshape(len(arr), -1).any(axis=1).sum())
             raise ExitcError(f"{path}: tensor {info.name!r} contains NaN or Inf in {bad} rows")

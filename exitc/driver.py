@@ -91,8 +91,10 @@ def normalise_stage(raw: onnx.ModelProto, read_data: Callable[[Signature], Datas
     if data.casts:
         log(f"exitc: {data.path}: cast to the model's input dtypes: "
             + ", ".join(f"{k} {v}" for k, v in data.casts.items()))
+    # Runtimes cut padding along axis 1 of rows-first token inputs; inputs the artifact takes
+    # time-major (sig.batch_axes) run at their padded length.
     runnable, sequence, why = (open_sequence(reference, sig.inputs, sig.output.name, data.feeds)
-                               if opts.trim_padding != "never" else (reference, None, None))
+                               if opts.trim_padding != "never" and not sig.batch_axes else (reference, None, None))
     trim = None
     # Costs given for another machine (opts.cost_profile) outrank timings taken here.
     if sequence is not None and opts.trim_padding == "auto" and opts.cost_profile is None:
@@ -125,7 +127,8 @@ def normalise_stage(raw: onnx.ModelProto, read_data: Callable[[Signature], Datas
 def load_stage(model_path: str, calib_path: str, opts: CompileOptions, log=print) -> FrontEnd:
     """The ONNX front end: the file read and normalised (:func:`normalise_stage`), the .npz
     calibration data read against its inputs."""
-    return normalise_stage(load_model(model_path), lambda sig: load_dataset(calib_path, sig.inputs), opts,
+    return normalise_stage(load_model(model_path),
+                           lambda sig: load_dataset(calib_path, sig.inputs, batch_axes=sig.batch_axes), opts,
                            model_path, model_path, log)
 
 

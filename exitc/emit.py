@@ -20,10 +20,10 @@ import onnx
 
 from . import __version__
 from .errors import ExitcError
-from .manifest import FORMAT, MANIFEST, SCHEMA_VERSION, tensor_entry
+from .manifest import FORMAT, MANIFEST, SCHEMA_VERSION, input_batch_axes, input_entry, tensor_entry
 from .passes.graph import GraphIndex, default_opset
 from .passes.heads import ExitHead
-from .passes.normalize import check_model
+from .passes.normalize import check_model, original_input_layout
 from .passes.sequence import DEFAULT_CALL_ROWS, SequenceAxis
 from .passes.split import EXIT_INDEX, build_segments, conditional_model, original_form
 from .predictions import KINDS
@@ -81,7 +81,7 @@ def build_manifest(model, sig, model_path, segments, cond_file, plan, profile, p
         "source": {"file": os.path.basename(model_path), "path": os.path.abspath(model_path),
                    "sha256": _sha256(model_path), "opset": default_opset(model), **(source or {})},
         "backend": "onnxruntime-cpu",
-        "inputs": [tensor_entry(i) for i in sig.inputs],
+        "inputs": [input_entry(i, sig.batch_axes.get(i.name, 0)) for i in sig.inputs],
         "outputs": [tensor_entry(sig.output)],
         "prediction_output": sig.output.name,
         "dropped_outputs": list(sig.dropped_outputs),
@@ -179,7 +179,8 @@ def stage(out_dir: str, spec: ArtifactSpec) -> tuple[str, dict]:
         cuts = [spec.heads[c].candidate for c in spec.plan.exits]
         segments = build_segments(spec.model, cuts, exit_heads, spec.mask_input)
         for seg in segments:
-            onnx.save(seg.model, os.path.join(staging, "segments", f"seg_{seg.index}.onnx"))
+            onnx.save(original_input_layout(seg.model, spec.sig.batch_axes),
+                      os.path.join(staging, "segments", f"seg_{seg.index}.onnx"))
         manifest = build_manifest(spec.model, spec.sig, spec.model_path, segments, None, spec.plan, spec.profile,
                                   spec.prediction_kind, spec.source)
         manifest["sequence"] = sequence_section(spec.sequence, spec.profile)
@@ -204,6 +205,7 @@ def write_batch1_form(staging: str, manifest: dict, batch1: str, model, segments
         cond, form = original_form(model, len(manifest["segments"]) - 1), "original"
     else:
         cond, form = conditional_model(segments, model), "if"
+    cond = original_input_layout(cond, input_batch_axes(manifest))
     check_model(cond)
     onnx.save(cond, os.path.join(staging, COND_FILE))
     manifest["conditional"] = {"file": COND_FILE, "form": form,

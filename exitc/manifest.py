@@ -18,14 +18,34 @@ def tensor_entry(info) -> dict:
     return {"name": info.name, "dtype": str(info.dtype), "shape": list(info.shape), "batch_axis": info.batch_axis or 0}
 
 
+def input_entry(info, batch_axis: int = 0) -> dict:
+    """A graph input of the artifact, from its rows-first TensorInfo: in the model file's layout,
+    rows on `batch_axis` (passes.normalize.rows_first_inputs moved them to 0)."""
+    shape = list(info.shape)
+    shape.insert(batch_axis, shape.pop(0))
+    return {"name": info.name, "dtype": str(info.dtype), "shape": shape, "batch_axis": batch_axis}
+
+
+def input_batch_axes(manifest: dict) -> dict[str, int]:
+    """Inputs the artifact takes with their rows on another axis than 0 (name -> that axis)."""
+    return {i["name"]: int(i["batch_axis"]) for i in manifest["inputs"] if i.get("batch_axis", 0)}
+
+
 def input_infos(manifest: dict):
-    """The model inputs declared by a manifest, as TensorInfo (for loading .npz data against them)."""
+    """The model inputs declared by a manifest, as TensorInfo with their rows first (for loading
+    .npz data against them with input_batch_axes; exitc.data.file_layout gives feeds back the
+    declared layout)."""
     import numpy as np
     from onnx import helper
 
     from .passes.graph import TensorInfo
 
-    return [TensorInfo(i["name"], helper.np_dtype_to_tensor_dtype(np.dtype(i["dtype"])), i["shape"])
+    def rows_first(i):
+        shape = list(i["shape"])
+        shape.insert(0, shape.pop(int(i.get("batch_axis", 0))))
+        return shape
+
+    return [TensorInfo(i["name"], helper.np_dtype_to_tensor_dtype(np.dtype(i["dtype"])), rows_first(i))
             for i in manifest["inputs"]]
 
 

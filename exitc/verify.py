@@ -37,7 +37,8 @@ import onnx
 
 from . import emit
 from .backends import make_session
-from .data import Dataset, batches
+from .data import Dataset, batches, file_layout
+from .manifest import input_batch_axes
 from .measure import batch1_latencies, run_all, run_interleaved
 from .passes.normalize import Signature, resize_feeds
 from .policy import MEDIAN_TOLERANCE
@@ -106,17 +107,40 @@ class Verification:
         return asdict(self)
 
 
+class _RowsFirst:
+    """An artifact's runtime fed the compiler's rows-first arrays: inputs the artifact takes with
+    their rows on another axis (the manifest's batch_axis, e.g. [time, batch]) are moved there
+    before each run, as users hold them."""
+
+    def __init__(self, model, batch_axes: dict[str, int]):
+        self._model, self._axes = model, batch_axes
+
+    def run(self, feeds):
+        return self._model.run(file_layout(feeds, self._axes))
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+
 def _load(path: str, use_conditional: bool = True, full_depth: bool = False):
-    """The artifact as users load it: the C++ runtime when built, else the reference.
-    full_depth: no row exits (what a row that runs to the end pays, in the runtime users run)."""
+    """The artifact as users load it: the C++ runtime when built, else the reference, taking
+    rows-first feeds (_RowsFirst). full_depth: no row exits (what a row that runs to the end
+    pays, in the runtime users run)."""
     try:
         from .cpp_runtime import CppExitModel
 
-        return CppExitModel(path, use_conditional=use_conditional, full_depth=full_depth)
+        model = CppExitModel(path, use_conditional=use_conditional, full_depth=full_depth)
     except ImportError:
         from .runtime import ExitModel
 
-        return ExitModel(path, use_conditional=use_conditional, full_depth=full_depth)
+        model = ExitModel(path, use_conditional=use_conditional, full_depth=full_depth)
+    return _rows_first(model)
+
+
+def _rows_first(model):
+    """`model` (a runtime of an artifact) taking rows-first feeds (_RowsFirst) where it needs to."""
+    axes = input_batch_axes(model.manifest)
+    return _RowsFirst(model, axes) if axes else model
 
 
 def reduced_precision_eps(model: onnx.ModelProto) -> float:
@@ -153,7 +177,7 @@ def check_exact(path: str, model: onnx.ModelProto, sig: Signature, data: Dataset
     """Part 1 of the module doc; fills `result` and raises RuntimeError on a deviation."""
     from .runtime import ExitModel
 
-    compiled = ExitModel(path)
+    compiled = _rows_first(ExitModel(path))
     probabilities = compiled.manifest.get("prediction_kind") == "probabilities"
     original = make_session(model, "original model")
     n = min(EXACT_ROWS, data.rows)
@@ -180,7 +204,7 @@ def check_exact(path: str, model: onnx.ModelProto, sig: Signature, data: Dataset
                 d = _within(got[end], ref[end], eps, probabilities)
                 if not np.isfinite(d) and b == 1 and compiled.manifest.get("conditional"):
                     # the same rows through the segments (loaded only here: most compiles never get here)
-                    seg_outs, seg_idx = ExitModel(path, use_conditional=False).run(part)
+                    seg_outs, seg_idx = _rows_first(ExitModel(path, use_conditional=False)).run(part)
                     seg_end = seg_idx == compiled.num_exits
                     if not seg_end.any() or np.isfinite(_within(seg_outs[0][seg_end], ref[seg_end], eps, probabilities)):
                         raise ConditionalDeviates(float(np.abs(got[end] - ref[end]).max()))

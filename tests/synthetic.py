@@ -202,16 +202,17 @@ def tiny_mlp(layers: int = 4, width: int = 32, features: int = 16, classes: int 
 
 
 def tiny_rnn(layers: int = 3, steps: int = 12, features: int = 6, hidden: int = 16, classes: int = 4,
-             cell: str = "GRU", seed: int = 0) -> onnx.ModelProto:
+             cell: str = "GRU", seed: int = 0, input_dims: list | None = None) -> onnx.ModelProto:
     """x[B,T,F] (batch-first, as exporters take it) -> Transpose to [T,B,F] -> `layers` ONNX
     recurrent ops (LSTM, GRU or RNN; each Y [T,1,B,H] squeezed to [T,B,H]: time-major between the
     layers, as torch.onnx writes an nn.GRU/nn.LSTM stack) -> last step -> Gemm -> logits[B,classes].
-    Weights are scaled so that the class varies from row to row."""
+    Weights are scaled so that the class varies from row to row. `input_dims` given: x is
+    time-major with those dims ([T, B, F], as a batch_first=False module takes it), no Transpose."""
     rng = np.random.default_rng(seed)
     gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[cell]
-    nodes = [helper.make_node("Transpose", ["x"], ["t0"], perm=[1, 0, 2], name="time_major")]
+    nodes = [] if input_dims else [helper.make_node("Transpose", ["x"], ["t0"], perm=[1, 0, 2], name="time_major")]
     inits = [_init("sq_axes", np.array([1], np.int64)), _init("last", np.array(-1, np.int64))]
-    h, d = "t0", features
+    h, d = ("x" if input_dims else "t0"), features
     for l in range(layers):
         inits += [_init(f"W{l}", (rng.standard_normal((1, gates * hidden, d)) / np.sqrt(d)).astype(np.float32)),
                   _init(f"R{l}", (rng.standard_normal((1, gates * hidden, hidden)) * 0.5 / np.sqrt(hidden)).astype(np.float32)),
@@ -223,7 +224,8 @@ def tiny_rnn(layers: int = 3, steps: int = 12, features: int = 6, hidden: int = 
               _init("fc_b", np.zeros(classes, np.float32))]
     nodes += [helper.make_node("Gather", [h, "last"], ["final"], axis=0, name="last_step"),
               helper.make_node("Gemm", ["final", "fc_w", "fc_b"], ["logits"], transB=1, name="fc")]
-    graph = helper.make_graph(nodes, "tiny_rnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", steps, features])],
+    graph = helper.make_graph(nodes, "tiny_rnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                              input_dims or ["N", steps, features])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])], initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="exitc-tests")
     model.ir_version = 8

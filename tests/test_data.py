@@ -39,3 +39,24 @@ def test_refused_cast_is_one_line_naming_tensor_and_dtypes(tmp_path):
     np.savez(tmp_path / "c.npz", input_ids=np.full((5, 6), 2 ** 40, np.int64))
     with pytest.raises(ExitcError, match=r"c.npz: tensor 'input_ids' has dtype int64, the model expects int32"):
         load_dataset(str(tmp_path / "c.npz"), [IDS])
+
+
+def test_rows_on_another_axis_are_read_rows_first(tmp_path):
+    # a time-major input [time, rows, features] (passes.normalize.rows_first_inputs): the Dataset
+    # holds rows first, and file_layout gives the file's layout back
+    from exitc.data import file_layout
+
+    x = np.arange(5 * 7 * 3, dtype=np.float32).reshape(5, 7, 3)
+    np.savez(tmp_path / "d.npz", x=x)
+    info = TensorInfo("x", TensorProto.FLOAT, ["batch", 5, 3])
+    data = load_dataset(str(tmp_path / "d.npz"), [info], batch_axes={"x": 1})
+    assert data.rows == 7 and data.feeds["x"].shape == (7, 5, 3)
+    np.testing.assert_array_equal(data.feeds["x"][2], x[:, 2])
+    back = file_layout({"x": data.feeds["x"][2:4]}, {"x": 1})["x"]
+    assert back.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(back, x[:, 2:4])
+    # a wrong size is named in the file's layout
+    np.savez(tmp_path / "bad.npz", x=np.zeros((6, 7, 3), np.float32))
+    with pytest.raises(ExitcError, match=r"bad.npz: tensor 'x' has shape \[6, 7, 3\], the model expects "
+                                         r"\[5, 'rows', 3\] \(axis 0\)"):
+        load_dataset(str(tmp_path / "bad.npz"), [info], batch_axes={"x": 1})

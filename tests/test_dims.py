@@ -266,3 +266,28 @@ def test_a_batch_fixed_at_export_compiles_exactly(tmp_path):
     (got,), idx = ExitModel(out, full_depth=True).run({"x": held})
     assert (idx == ExitModel(out).num_exits).all()
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dims,batch_axes", [
+    ([24, "N", 6], {"x": 1}),                  # time fixed, batch open (torch.onnx without names)
+    (["seq", "batch_size", 6], {"x": 1}),      # "batch" in dim 1's name
+    (["T", "N", 6], {"x": 1}),                 # dim 1 named as the output's dim 0 ("N")
+    (["N", 24, 6], {}),                        # batch-major: unchanged
+], ids=["fixed-time", "batch-name", "output-name", "batch-major"])
+def test_time_major_inputs_are_seen_rows_first(dims, batch_axes):
+    from synthetic import tiny_rnn
+    from exitc.passes.normalize import original_input_layout
+
+    raw = tiny_rnn(steps=24, input_dims=dims if dims[0] != "N" else None)
+    model, sig = prepare(raw)
+    assert sig.batch_axes == batch_axes
+    assert sig.inputs[0].shape[0] == "batch" and sig.inputs[0].batch_axis == 0
+    x = np.random.default_rng(0).standard_normal((5, 24, 6)).astype(np.float32)  # rows first
+    file_x = np.ascontiguousarray(np.moveaxis(x, 0, 1)) if batch_axes else x
+    want = ort.InferenceSession(raw.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": file_x})[0]
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, want)
+    # and the artifact's graphs get the file's layout back (a Transpose that ORT folds)
+    back = original_input_layout(model, sig.batch_axes)
+    again = ort.InferenceSession(back.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": file_x})[0]
+    np.testing.assert_array_equal(again, want)

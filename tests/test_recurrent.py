@@ -6,6 +6,7 @@ LSTM text classifier exported by torch.onnx: "0 candidate exits")."""
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 
 import exitc
 from exitc.driver import CompileOptions, compile_model
@@ -43,3 +44,64 @@ def test_recurrent_classifier_exits_between_its_layers(tmp_path):
         for r in np.flatnonzero(~early)[:3]:
             (one,), one_idx = m.run({"x": test[r:r + 1]})
             np.testing.assert_allclose(one, out[r:r + 1], rtol=1e-4, atol=1e-5, err_msg=engine)
+
+
+@pytest.mark.parametrize("dims", [[24, "N", 6], ["seq", "batch_size", 6]], ids=["fixed-time", "named-batch"])
+def test_time_major_inputs_are_taken_as_the_file_takes_them(tmp_path, dims):
+    # A module run with batch_first=False (nn.LSTM/nn.GRU's default) exports x as [time, batch,
+    # features]; it was refused ("exitc needs every input to be batch-major"). The compiler now
+    # works on rows first and the artifact takes x as the file does: batch_axis 1 in the manifest.
+    model = tiny_rnn(steps=24, hidden=64, input_dims=dims)
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    x = np.random.default_rng(0).standard_normal((24, 1700, 6)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x[:, :1400])
+    np.savez(tmp_path / "test.npz", x=x[:, 1400:])
+    res = compile_model(str(tmp_path / "m.onnx"), str(tmp_path / "calib.npz"), str(tmp_path / "m.exitc"),
+                        CompileOptions(target_acc=0.9, progress=False, never_slower=False), log=lambda *a: None)
+    assert res.plan.exits
+    (spec,) = res.manifest["inputs"]
+    assert spec["batch_axis"] == 1 and spec["shape"][1] == "batch" and spec["shape"][2] == 6
+    test = x[:, 1400:]
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": test})[0]
+    for engine in ("python", "cpp"):
+        try:
+            m = exitc.load(str(tmp_path / "m.exitc"), engine=engine)
+        except exitc.ExitcError:
+            if engine == "cpp":
+                continue  # libexitc not built: tests/test_cpp_runtime.py says so
+            raise
+        (out,), idx = m.run({"x": test})
+        early = idx < m.num_exits
+        assert 0 < early.sum() < test.shape[1], engine
+        np.testing.assert_allclose(out[~early], ref[~early], rtol=1e-5, atol=1e-5, err_msg=engine)
+        r = int(np.flatnonzero(~early)[0])
+        (one,), _ = m.run({"x": test[:, r:r + 1]})
+        np.testing.assert_allclose(one, out[r:r + 1], rtol=1e-4, atol=1e-5, err_msg=engine)
+    # the batch-1 form takes the file's layout too
+    cond = res.manifest["conditional"]
+    if cond:
+        sess = ort.InferenceSession(str(tmp_path / "m.exitc" / cond["file"]), providers=["CPUExecutionProvider"])
+        assert sess.get_inputs()[0].shape[0] != "batch" and sess.run(None, {"x": test[:, :1]})[0].shape == (1, 4)
+    # bench and run read the test file in that layout
+    from exitc.bench import BenchOptions, bench
+    r = bench(str(tmp_path / "m.exitc"), str(tmp_path / "test.npz"), BenchOptions(rounds=1, latency_rows=5, progress=False),
+              log=lambda *a: None)
+    assert r["rows"] == 300 and r["agreement"] > 0.85
+    from exitc.cli import main
+    assert main(["run", str(tmp_path / "m.exitc"), "--input", str(tmp_path / "test.npz"), "-o",
+                 str(tmp_path / "out.npz")]) == 0
+    with np.load(tmp_path / "out.npz") as z:
+        assert z["logits"].shape == (300, 4)
+
+
+def test_time_major_input_without_a_batch_name_is_refused_in_one_line(tmp_path):
+    # [?, ?, F] with an output [?, C]: nothing says which axis holds the rows, and axis 0 does not
+    # (the output has as many rows as the data's axis 1). One line, not a numpy broadcast error.
+    model = tiny_rnn(steps=24, input_dims=["?", "?", 6])
+    model.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "?"
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "calib.npz", x=np.zeros((24, 700, 6), np.float32) + np.arange(700)[None, :, None] / 700)
+    with pytest.raises(exitc.ExitcError, match=r"output 'logits' has 700 rows where the inputs have 8 on axis 0"):
+        compile_model(str(tmp_path / "m.onnx"), str(tmp_path / "calib.npz"), str(tmp_path / "o"),
+                      CompileOptions(target_acc=0.9, progress=False), log=lambda *a: None)
+    assert not (tmp_path / "o").exists()

@@ -44,6 +44,10 @@ class Signature:
     # The batch size the file was exported at where its batch axis was fixed (fixed_batch), else 0:
     # exitc opens that axis, and says so where the model then does not run at other sizes.
     exported_batch: int = 0
+    # Inputs the file takes with their rows on another axis than 0 (input -> that axis: 1 for
+    # [time, batch, ...]). `inputs` and every graph exitc derives take them rows first
+    # (rows_first_inputs); the artifact's graphs and manifest have the file's layout again.
+    batch_axes: dict[str, int] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -278,6 +282,42 @@ def fixed_batch(model: onnx.ModelProto) -> int:
     return n if n == 1 or any(dim0(o) == n for o in g.output) else 0
 
 
+_NO_NAME_DIM = re.compile(r"^(|\?|-?\d+)$")  # dim names that say nothing about which axis they are
+
+
+def time_major_inputs(model: onnx.ModelProto) -> set[str]:
+    """Graph inputs whose batch is declared on axis 1 ([time, batch, ...], as torch.onnx writes a
+    module whose nn.LSTM / nn.GRU / nn.Transformer runs with batch_first=False): dim 1 is open and
+    either it has the name an output's dim 0 has or a name with "batch" in it (dim 0 another), or
+    dim 0 is a fixed size above 1 while an output's dim 0 is open. (A shared fixed dim 0 is a batch fixed at export,
+    fixed_batch.) Whether the model really takes its rows along that axis is then checked by
+    running it, as for batch-major inputs (observe_shapes)."""
+    g = model.graph
+    inits = {t.name for t in g.initializer}
+
+    def dims(v):
+        return list(v.type.tensor_type.shape.dim) if (v.type.HasField("tensor_type")
+                                                      and v.type.tensor_type.HasField("shape")) else []
+
+    outs = [dims(o)[0] for o in g.output if dims(o)]
+    open_out = [d for d in outs if not d.HasField("dim_value") or d.dim_value <= 0]
+    out_names = {d.dim_param for d in open_out if d.HasField("dim_param") and not _NO_NAME_DIM.match(d.dim_param)}
+    shared = fixed_batch(model)
+    found = set()
+    for v in g.input:
+        d = dims(v)
+        if v.name in inits or len(d) < 2 or (d[1].HasField("dim_value") and d[1].dim_value > 0):
+            continue
+        d0, d1 = d[0], d[1]
+        d0_name = d0.dim_param if d0.HasField("dim_param") else ""
+        named = d1.HasField("dim_param") and d0_name != d1.dim_param and (
+            d1.dim_param in out_names or ("batch" in d1.dim_param.lower() and "batch" not in d0_name.lower()))
+        sized = d0.HasField("dim_value") and d0.dim_value > 1 and d0.dim_value != shared and bool(open_out)
+        if named or sized:
+            found.add(v.name)
+    return found
+
+
 def name_dims(model: onnx.ModelProto) -> int:
     """Give the graph inputs' and outputs' dims names ONNX Runtime can trust (in place).
 
@@ -309,14 +349,21 @@ def name_dims(model: onnx.ModelProto) -> int:
     trusted = {n for n, axes in uses.items() if len(axes) == 1 and n not in repeated and not _PLACEHOLDER_DIM.match(n)}
     # A named dim 0 is the batch if the inputs use that name at dim 0, or if it is a placeholder;
     # an output whose dim 0 has another real name (time-major [time, batch, classes]) keeps it.
-    input_batch = {v.type.tensor_type.shape.dim[0].dim_param for v in g.input
+    time_major = time_major_inputs(model)
+    input_batch = {v.type.tensor_type.shape.dim[int(v.name in time_major)].dim_param for v in g.input
                    if v.name not in inits and v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")
-                   and len(v.type.tensor_type.shape.dim) and v.type.tensor_type.shape.dim[0].HasField("dim_param")}
+                   and len(v.type.tensor_type.shape.dim)
+                   and v.type.tensor_type.shape.dim[int(v.name in time_major)].HasField("dim_param")}
     exported_at = fixed_batch(model)
     fixed = exported_at
     for v in values:
         is_input = any(v is i for i in g.input)
         for axis, d in enumerate(v.type.tensor_type.shape.dim):
+            if v.name in time_major and axis < 2:  # [time, batch, ...]: the batch is axis 1
+                if axis == 1 or not d.HasField("dim_value"):
+                    d.Clear()
+                    d.dim_param = BATCH if axis == 1 else _dim_symbol(v.name, axis)
+                continue
             if axis == 0:
                 if d.HasField("dim_value") and d.dim_value == 1:
                     fixed = fixed or 1
@@ -333,6 +380,50 @@ def name_dims(model: onnx.ModelProto) -> int:
                 d.Clear()
                 d.dim_param = _dim_symbol(v.name, axis)
     return fixed
+
+
+def _move_input_axis(model: onnx.ModelProto, name: str, src: int, dst: int, inner: str) -> None:
+    """In place: graph input `name` gets axis `src` moved to `dst` (its dims reordered), and a
+    Transpose from the new layout back to the old one, writing `inner`, feeds what read it."""
+    for node in _all_nodes(model.graph):
+        node.input[:] = [inner if t == name else t for t in node.input]
+    v = next(i for i in model.graph.input if i.name == name)
+    dims = list(v.type.tensor_type.shape.dim)
+    order = list(range(len(dims)))
+    order.insert(dst, order.pop(src))  # new axis k holds old axis order[k]
+    moved = [onnx.TensorShapeProto.Dimension() for _ in dims]
+    for k, old in enumerate(order):
+        moved[k].CopyFrom(dims[old])
+    del v.type.tensor_type.shape.dim[:]
+    v.type.tensor_type.shape.dim.extend(moved)
+    back = [order.index(a) for a in range(len(dims))]  # old axis a sits at new axis back[a]
+    model.graph.node.insert(0, onnx.helper.make_node("Transpose", [name], [inner], perm=back,
+                                                     name=f"exitc_layout_{inner}"))
+
+
+def rows_first_inputs(model: onnx.ModelProto, axes: dict[str, int]) -> onnx.ModelProto:
+    """A copy of `model` whose inputs named in `axes` (input -> its batch axis) take their rows on
+    axis 0: each such input's dims are reordered batch-first and a Transpose back to the file's
+    layout feeds what read it, so every row's outputs are the original's. The rest of exitc (data,
+    features, cuts, heads, profiling) then sees batch-major inputs only; original_input_layout
+    gives the artifact's graphs the file's layout back."""
+    out = copy.deepcopy(model)
+    for name, axis in axes.items():
+        _move_input_axis(out, name, axis, 0, f"{name}__exitc_file_layout")
+    return out
+
+
+def original_input_layout(model: onnx.ModelProto, axes: dict[str, int]) -> onnx.ModelProto:
+    """The inverse of rows_first_inputs for a graph derived from its result (a segment, the
+    conditional form): inputs named in `axes` that the graph has take the file's layout again (batch
+    on their axis), through a Transpose to rows first in front of what read them. ONNX Runtime
+    folds it with rows_first_inputs' Transpose behind it. Guarantees: same outputs row for row."""
+    out = copy.deepcopy(model)
+    names = {i.name for i in out.graph.input}
+    for name, axis in axes.items():
+        if name in names:
+            _move_input_axis(out, name, 0, axis, f"{name}__exitc_rows_first")
+    return out
 
 
 def _fixed_batch_error(label: str, rows: int, why: str) -> ExitcError:
@@ -457,15 +548,17 @@ def prepare(model: onnx.ModelProto, output: str | None = None, label: str = "mod
     dropped = [o.name for o in g.output if o.name != output]
     del g.output[:]
     g.output.extend(keep)
+    axes = {gi: 1 for gi in idx.graph_inputs if gi in idx.infos and idx.infos[gi].batch_axis == 1}
     for gi in idx.graph_inputs:
         info = idx.infos.get(gi)
-        if info is None or not info.batch_major:
+        if info is None or info.batch_axis is None:
             raise ExitcError(f"{label}: input {gi!r} has shape {info.shape if info else 'unknown'}; "
-                             "exitc needs every input to be batch-major")
-    model = _infer(model, label)
+                             "exitc needs every input to hold its rows on axis 0 (or on axis 1: [time, batch, ...])")
+    model = _infer(rows_first_inputs(model, axes) if axes else model, label)
     idx = GraphIndex.build(model)
     return model, Signature(inputs=[idx.infos[n] for n in idx.graph_inputs], output=idx.infos[output],
-                            dropped_outputs=dropped, exported_batch=exported if exported > 1 else 0)
+                            dropped_outputs=dropped, exported_batch=exported if exported > 1 else 0,
+                            batch_axes=axes)
 
 
 def normalize(model: onnx.ModelProto, output: str | None = None, label: str = "model",
@@ -565,6 +658,11 @@ def check_rows_independent(model: onnx.ModelProto, sig: Signature, feeds: dict[s
         alone = np.concatenate([sess.run([out], {k: v[i:i + 1] for k, v in feeds.items()})[0] for i in range(3)])
     except Exception:  # observe_shapes runs the model next and names what ONNX Runtime says
         return
+    if together.shape[:1] != (n,) or alone.shape[:1] != (3,):
+        raise ExitcError(f"{label}: output {out!r} has {together.shape[0] if together.ndim else 0} rows where the "
+                         f"inputs have {n} on axis 0: the inputs do not hold their rows on axis 0 (a time-major "
+                         "input [time, batch, ...] is recognised where its dim 1 has the outputs' dim 0 name or "
+                         "'batch' in its name)")
     ref = together[:len(alone)].astype(np.float64)
     diff = np.abs(alone.astype(np.float64) - ref)
     if np.all(diff <= ROW_ATOL + ROW_RTOL * np.abs(ref)):
