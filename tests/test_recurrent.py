@@ -26,25 +26,34 @@ def test_recurrent_classifier_exits_between_its_layers(tmp_path):
     assert res.plan.exits, "an exit between the GRUs is worth taking at 0.9"
     carried = {c["name"]: c for c in res.manifest["carried"]}
     assert carried and all(c["batch_axis"] == 1 and c["shape"][1] == "batch" for c in carried.values())
-    test = x[1400:]
+    _check_both_runtimes(str(tmp_path / "m.exitc"), model, x[1400:], rows_axis=0)
+
+
+def _check_both_runtimes(path: str, model: onnx.ModelProto, test: np.ndarray, rows_axis: int) -> None:
+    """Both runtimes on `test` (rows on `rows_axis`, as the original takes x): some rows leave
+    early (compacted out along the time-major state's axis 1), full-depth rows are the original's,
+    and a row run alone gets the answer it got in the batch."""
     ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": test})[0]
+
+    def rows(sl):
+        return {"x": test[(slice(None),) * rows_axis + (sl,)]}
+
     for engine in ("python", "cpp"):
         try:
-            m = exitc.load(str(tmp_path / "m.exitc"), engine=engine)
+            m = exitc.load(path, engine=engine)
         except exitc.ExitcError:
             if engine == "cpp":
                 continue  # libexitc not built: tests/test_cpp_runtime.py says so
             raise
-        (out,), idx = m.run({"x": test})
+        (out,), idx = m.run(rows(slice(None)))
         early = idx < m.num_exits
-        assert 0 < early.sum() < len(test), engine  # rows compacted out along the time-major state's axis 1
+        assert 0 < early.sum() < len(ref), engine
         np.testing.assert_allclose(out[~early], ref[~early], rtol=1e-5, atol=1e-5, err_msg=engine)
         assert (out.argmax(1) == ref.argmax(1)).mean() > 0.85, engine
         # the same rows one at a time: each row's answer does not depend on the rows beside it
         for r in np.flatnonzero(~early)[:3]:
-            (one,), one_idx = m.run({"x": test[r:r + 1]})
+            (one,), _ = m.run(rows(slice(r, r + 1)))
             np.testing.assert_allclose(one, out[r:r + 1], rtol=1e-4, atol=1e-5, err_msg=engine)
-
 
 @pytest.mark.parametrize("dims", [[24, "N", 6], ["seq", "batch_size", 6]], ids=["fixed-time", "named-batch"])
 def test_time_major_inputs_are_taken_as_the_file_takes_them(tmp_path, dims):
@@ -62,21 +71,7 @@ def test_time_major_inputs_are_taken_as_the_file_takes_them(tmp_path, dims):
     (spec,) = res.manifest["inputs"]
     assert spec["batch_axis"] == 1 and spec["shape"][1] == "batch" and spec["shape"][2] == 6
     test = x[:, 1400:]
-    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": test})[0]
-    for engine in ("python", "cpp"):
-        try:
-            m = exitc.load(str(tmp_path / "m.exitc"), engine=engine)
-        except exitc.ExitcError:
-            if engine == "cpp":
-                continue  # libexitc not built: tests/test_cpp_runtime.py says so
-            raise
-        (out,), idx = m.run({"x": test})
-        early = idx < m.num_exits
-        assert 0 < early.sum() < test.shape[1], engine
-        np.testing.assert_allclose(out[~early], ref[~early], rtol=1e-5, atol=1e-5, err_msg=engine)
-        r = int(np.flatnonzero(~early)[0])
-        (one,), _ = m.run({"x": test[:, r:r + 1]})
-        np.testing.assert_allclose(one, out[r:r + 1], rtol=1e-4, atol=1e-5, err_msg=engine)
+    _check_both_runtimes(str(tmp_path / "m.exitc"), model, test, rows_axis=1)
     # the batch-1 form takes the file's layout too
     cond = res.manifest["conditional"]
     if cond:
