@@ -67,15 +67,18 @@ cat > "$dir/paths.json" <<EOF
  "path_prepend": ["$venv/bin", "$server/bin"], "ld_library_path": ["$server/external_libs", "$pylib"],
  "python_version": "$pyver"}
 EOF
+# Before env.sh: its LD_LIBRARY_PATH puts the server venv's libdir (Debian's /usr/lib) first, and
+# a venv of another Python build then fails to import ssl ("pip is configured with locations that
+# require TLS/SSL, however the ssl module in Python is not available"; seen with pyenv's 3.11.7).
+main_py="${EXITC_VENV:-$root/.venv}/bin/python"
+if [[ -x "$main_py" ]] && ! "$main_py" -c "import tritonclient.http, tritonclient.grpc" 2>/dev/null; then
+    log "installing tritonclient[http,grpc] into $main_py's venv (for tests/test_triton.py)"
+    "$main_py" -m pip install -q "tritonclient[http,grpc]"
+fi
 . "$dir/env.sh"
 usage="$("$server/bin/tritonserver" --help 2>&1 || true)"
 if [[ "$usage" != *"Usage: tritonserver"* ]]; then
     echo "[setup_triton] error: tritonserver does not start (. $dir/env.sh; tritonserver --help): ${usage:0:300}" >&2
     exit 1
-fi
-main_py="${EXITC_VENV:-$root/.venv}/bin/python"
-if [[ -x "$main_py" ]] && ! "$main_py" -c "import tritonclient.http, tritonclient.grpc" 2>/dev/null; then
-    log "installing tritonclient[http,grpc] into $main_py's venv (for tests/test_triton.py)"
-    "$main_py" -m pip install -q "tritonclient[http,grpc]"
 fi
 log "tritonserver ready at $server/bin/tritonserver (env: $dir/env.sh)"
