@@ -245,6 +245,17 @@ def test_calibration_from_dataloader_numpy_and_dicts_is_the_same_data():
         tf.to_dataset(np.zeros((4, 3, 5, 5), np.float32), ex)
 
 
+def test_time_major_calibration_data_is_named_as_such():
+    # a batch_first=False module's data [time, rows]: the front end reads rows on axis 0, so it
+    # says which layout it takes and where a time-major input is taken (the ONNX path)
+    ex = {"ids": np.zeros((20, 2), np.int64)}
+    with pytest.raises(ExitcError, match=r"input 'ids' has shape \[20, 900\], the example input has \['rows', 2\]; "
+                                         r"if its rows are on axis 1 \(time-major\).*compile the \.onnx file"):
+        tf.to_dataset({"ids": np.zeros((20, 900), np.int64)}, ex)
+    with pytest.raises(ExitcError, match=r"the example input has \['rows', 2\]$"):
+        tf.to_dataset({"ids": np.zeros((20, 900, 3), np.int64)}, ex)
+
+
 def test_compile_from_dataloader():
     m = make_cnn()
     x = cnn_data(600)

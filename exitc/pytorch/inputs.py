@@ -107,8 +107,13 @@ def to_dataset(calib, examples: dict[str, np.ndarray], label: str = "calibration
             if a.ndim == ex.ndim - 1:
                 a = a[None]
             if a.ndim != ex.ndim or a.shape[1:] != ex.shape[1:]:
+                # [time, rows, ...] beside an example [time, 2, ...]: a batch_first=False module
+                hint = ("; if its rows are on axis 1 (time-major), the PyTorch front end does not take it: use "
+                        "batch_first=True, or export with torch.onnx and compile the .onnx file (exitc compile takes "
+                        "[time, batch, ...] inputs)"
+                        if a.ndim == ex.ndim >= 2 and a.shape[0] == ex.shape[0] and a.shape[2:] == ex.shape[2:] else "")
                 raise ExitcError(f"{label}: input {n!r} has shape {list(a.shape)}, the example input has "
-                                 f"{['rows'] + list(ex.shape[1:])}")
+                                 f"{['rows'] + list(ex.shape[1:])}{hint}")
             if np.dtype(a.dtype).kind != np.dtype(ex.dtype).kind and not (a.dtype.kind in "iub" and ex.dtype.kind in "iub"):
                 raise ExitcError(f"{label}: input {n!r} has dtype {a.dtype}, the example input has {ex.dtype}")
             chunks.append(a.astype(ex.dtype, copy=False))
