@@ -202,12 +202,16 @@ def tiny_mlp(layers: int = 4, width: int = 32, features: int = 16, classes: int 
 
 
 def tiny_rnn(layers: int = 3, steps: int = 12, features: int = 6, hidden: int = 16, classes: int = 4,
-             cell: str = "GRU", seed: int = 0, input_dims: list | None = None) -> onnx.ModelProto:
+             cell: str = "GRU", seed: int = 0, input_dims: list | None = None,
+             final_states: bool = False) -> onnx.ModelProto:
     """x[B,T,F] (batch-first, as exporters take it) -> Transpose to [T,B,F] -> `layers` ONNX
     recurrent ops (LSTM, GRU or RNN; each Y [T,1,B,H] squeezed to [T,B,H]: time-major between the
     layers, as torch.onnx writes an nn.GRU/nn.LSTM stack) -> last step -> Gemm -> logits[B,classes].
     Weights are scaled so that the class varies from row to row. `input_dims` given: x is
-    time-major with those dims ([T, B, F], as a batch_first=False module takes it), no Transpose."""
+    time-major with those dims ([T, B, F], as a batch_first=False module takes it), no Transpose.
+    final_states: the classifier reads the last layer's final state out of every layer's Y_h
+    concatenated ([layers, B, H], as torch.onnx writes h_n of an nn.GRU stack; `fc(h_n[-1])`), so
+    each layer's Y_h is carried to the end beside the sequence."""
     rng = np.random.default_rng(seed)
     gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[cell]
     nodes = [] if input_dims else [helper.make_node("Transpose", ["x"], ["t0"], perm=[1, 0, 2], name="time_major")]
@@ -217,11 +221,15 @@ def tiny_rnn(layers: int = 3, steps: int = 12, features: int = 6, hidden: int = 
         inits += [_init(f"W{l}", (rng.standard_normal((1, gates * hidden, d)) / np.sqrt(d)).astype(np.float32)),
                   _init(f"R{l}", (rng.standard_normal((1, gates * hidden, hidden)) * 0.5 / np.sqrt(hidden)).astype(np.float32)),
                   _init(f"B{l}", (rng.standard_normal((1, 2 * gates * hidden)) * 0.1).astype(np.float32))]
-        nodes += [helper.make_node(cell, [h, f"W{l}", f"R{l}", f"B{l}"], [f"y{l}"], hidden_size=hidden, name=f"{cell.lower()}{l}"),
+        nodes += [helper.make_node(cell, [h, f"W{l}", f"R{l}", f"B{l}"], [f"y{l}", f"yh{l}"][:1 + final_states],
+                                   hidden_size=hidden, name=f"{cell.lower()}{l}"),
                   helper.make_node("Squeeze", [f"y{l}", "sq_axes"], [f"t{l + 1}"], name=f"squeeze{l}")]
         h, d = f"t{l + 1}", hidden
     inits += [_init("fc_w", (rng.standard_normal((classes, hidden)) * 4.0).astype(np.float32)),
               _init("fc_b", np.zeros(classes, np.float32))]
+    if final_states:
+        nodes.append(helper.make_node("Concat", [f"yh{l}" for l in range(layers)], ["h_n"], axis=0, name="h_n"))
+        h = "h_n"
     nodes += [helper.make_node("Gather", [h, "last"], ["final"], axis=0, name="last_step"),
               helper.make_node("Gemm", ["final", "fc_w", "fc_b"], ["logits"], transB=1, name="fc")]
     graph = helper.make_graph(nodes, "tiny_rnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT,

@@ -14,10 +14,12 @@ from exitc.driver import CompileOptions, compile_model
 from synthetic import tiny_rnn
 
 
-def test_recurrent_classifier_exits_between_its_layers(tmp_path):
+@pytest.mark.parametrize("final_states", [False, True], ids=["reads-last-step", "reads-h_n"])
+def test_recurrent_classifier_exits_between_its_layers(tmp_path, final_states):
     # GRUs wide and long enough that a layer costs well above a segment call (a tiny one's exits
-    # do not pay for themselves on measured costs)
-    model = tiny_rnn(steps=24, hidden=64)
+    # do not pay for themselves on measured costs); read through h_n, every cut also carries the
+    # final states of the layers before it ([1, batch, H], batch axis 1 as well)
+    model = tiny_rnn(steps=24, hidden=64, final_states=final_states)
     onnx.save(model, str(tmp_path / "m.onnx"))
     x = np.random.default_rng(0).standard_normal((1700, 24, 6)).astype(np.float32)
     np.savez(tmp_path / "calib.npz", x=x[:1400])

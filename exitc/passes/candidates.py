@@ -370,10 +370,17 @@ def find_candidates(model: onnx.ModelProto, max_side: int = 3, max_candidates: i
     # It takes no part in the neighbour rules below (its neighbours are of another kind).
     cands = [c for c in cands if c not in early]
     cands = _quantized_cuts_only(cands, quantized, idx)
-    # Keep the cheapest cut among neighbours (block outputs rather than expanded inner tensors).
+    # Keep the cheapest cut among neighbours (block outputs rather than expanded inner tensors),
+    # judged by the main tensor: side tensors that pile up along the model do not make a later
+    # block output an inner tensor. (A multi-layer nn.GRU/nn.LSTM read through h_n carries every
+    # layer's final state [1, batch, H] to the end; counted in, each cut between layers carried
+    # more than the one before, and only the first stayed a candidate.)
+    def main_elems(c: Candidate) -> int:
+        return _row_elems(idx.infos.get(c.tensor))
+
     keep = [c for k, c in enumerate(cands)
-            if (k == 0 or c.row_elements <= cands[k - 1].row_elements)
-            and (k == len(cands) - 1 or c.row_elements <= cands[k + 1].row_elements)]
+            if (k == 0 or main_elems(c) <= main_elems(cands[k - 1]))
+            and (k == len(cands) - 1 or main_elems(c) <= main_elems(cands[k + 1]))]
     # Successive cuts with no heavy op between them (e.g. before and after a ReLU) are the same
     # exit point for cost purposes; keep the later one, whose head sees the finished activation.
     collapsed: list[Candidate] = []
