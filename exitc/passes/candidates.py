@@ -179,6 +179,15 @@ def _spatial(info: TensorInfo, layout: str) -> tuple[int, int] | None:
     return tuple(dims) if dims is not None and all(isinstance(d, int) for d in dims) else None
 
 
+def _final_state(idx: GraphIndex, tensor: str) -> bool:
+    """Is `tensor` a recurrent op's final state (Y_h or Y_c of RNN/GRU/LSTM: [directions, batch,
+    hidden])? Such a state is 1/time of the layer's sequence output, so SIDE_FRACTION would rule
+    out every cut of a classifier reading h_n over sequences shorter than 16 steps."""
+    i = idx.producer.get(tensor)
+    node = idx.nodes[i] if i is not None else None
+    return node is not None and node.op_type in ("RNN", "GRU", "LSTM") and tensor in node.output[1:]
+
+
 def _row_elems(info: TensorInfo | None) -> int:
     if info is None:
         return 1 << 40
@@ -330,7 +339,8 @@ def find_candidates(model: onnx.ModelProto, max_side: int = 3, max_candidates: i
         layout = _layout(main_info, channels_first, quantized)
         if layout is None:
             continue
-        if any(sizes[k] > sizes[main_i] * SIDE_FRACTION for k in range(len(carried)) if k != main_i):
+        if any(sizes[k] > sizes[main_i] * SIDE_FRACTION and not _final_state(idx, carried[k])
+               for k in range(len(carried)) if k != main_i):
             continue
         key = tuple(sorted(carried))
         if key in found:
