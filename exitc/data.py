@@ -83,13 +83,10 @@ def read_arrays(path: str) -> dict[str, np.ndarray]:
         raise ExitcError(f"{path}: not a readable .npz (or, for a model with one input, .npy) file") from None
 
 
-def rows_first(arrays: dict[str, np.ndarray], batch_axes: dict[str, int]) -> dict[str, np.ndarray]:
-    """Arrays with their rows moved to axis 0 (`batch_axes`: name -> the axis they are on)."""
-    return {k: np.moveaxis(v, batch_axes[k], 0) if batch_axes.get(k) else v for k, v in arrays.items()}
-
-
 def file_layout(feeds: dict[str, np.ndarray], batch_axes: dict[str, int]) -> dict[str, np.ndarray]:
-    """The inverse of rows_first, contiguous: feeds as the model file and the artifact take them."""
+    """Rows-first feeds (a Dataset's) with each input's rows moved back to its axis in
+    `batch_axes` (name -> axis, as load_dataset read them), contiguous: as the model file and the
+    artifact take them."""
     if not batch_axes:
         return feeds
     return {k: np.ascontiguousarray(np.moveaxis(v, 0, batch_axes[k])) if batch_axes.get(k) else v

@@ -57,6 +57,7 @@ def _check_both_runtimes(path: str, model: onnx.ModelProto, test: np.ndarray, ro
             (one,), _ = m.run(rows(slice(r, r + 1)))
             np.testing.assert_allclose(one, out[r:r + 1], rtol=1e-4, atol=1e-5, err_msg=engine)
 
+
 @pytest.mark.parametrize("dims", [[24, "N", 6], ["seq", "batch_size", 6]], ids=["fixed-time", "named-batch"])
 def test_time_major_inputs_are_taken_as_the_file_takes_them(tmp_path, dims):
     # A module run with batch_first=False (nn.LSTM/nn.GRU's default) exports x as [time, batch,

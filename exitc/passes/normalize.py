@@ -289,9 +289,10 @@ def time_major_inputs(model: onnx.ModelProto) -> set[str]:
     """Graph inputs whose batch is declared on axis 1 ([time, batch, ...], as torch.onnx writes a
     module whose nn.LSTM / nn.GRU / nn.Transformer runs with batch_first=False): dim 1 is open and
     either it has the name an output's dim 0 has or a name with "batch" in it (dim 0 another), or
-    dim 0 is a fixed size above 1 while an output's dim 0 is open. (A shared fixed dim 0 is a batch fixed at export,
-    fixed_batch.) Whether the model really takes its rows along that axis is then checked by
-    running it, as for batch-major inputs (observe_shapes)."""
+    dim 0 is a fixed size above 1 while an output's dim 0 is open. (A fixed dim 0 every input and
+    an output share is a batch fixed at export, fixed_batch.) Whether the model really takes its
+    rows along that axis is then checked by running it, as for batch-major inputs
+    (check_rows_independent, observe_shapes)."""
     g = model.graph
     inits = {t.name for t in g.initializer}
 
@@ -350,10 +351,9 @@ def name_dims(model: onnx.ModelProto) -> int:
     # A named dim 0 is the batch if the inputs use that name at dim 0, or if it is a placeholder;
     # an output whose dim 0 has another real name (time-major [time, batch, classes]) keeps it.
     time_major = time_major_inputs(model)
-    input_batch = {v.type.tensor_type.shape.dim[int(v.name in time_major)].dim_param for v in g.input
-                   if v.name not in inits and v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")
-                   and len(v.type.tensor_type.shape.dim)
-                   and v.type.tensor_type.shape.dim[int(v.name in time_major)].HasField("dim_param")}
+    batch_dims = [v.type.tensor_type.shape.dim[int(v.name in time_major)] for v in values
+                  if any(v is i for i in g.input) and len(v.type.tensor_type.shape.dim)]
+    input_batch = {d.dim_param for d in batch_dims if d.HasField("dim_param")}
     exported_at = fixed_batch(model)
     fixed = exported_at
     for v in values:
